@@ -1,0 +1,44 @@
+# Two commands do everything on a fresh machine with Python 3.11:
+#   make reproduce   - build the venv, run every notebook on the embedded default, write results/
+#   make test        - build the venv, run the test suite (unit tests, nbval tutorials, browser test)
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+OUT    ?= results/reproduce
+
+.PHONY: venv reproduce reproduce-fast run test tutorials bench clean
+
+venv: $(STAMP)
+
+# Recreated when the dependency list changes. torch is installed first, pinned, so that pip
+# never resolves an unpinned (multi-GB CUDA) build for it.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	$(BIN)/python -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (quee-kit)" >/dev/null
+	touch $(STAMP)
+
+reproduce: venv
+	$(BIN)/quee-kit reproduce --config configs/mnist10k.yaml --out $(OUT)
+
+reproduce-fast: venv
+	$(BIN)/quee-kit reproduce --config configs/mnist10k.yaml --fast --out results/reproduce-fast
+
+run: venv
+	$(BIN)/quee-kit run --config configs/mnist10k.yaml --out results/run
+
+test: venv
+	$(BIN)/python -m pytest -q
+
+# Re-execute the nbval-checked tutorials in place, storing their outputs (commit the result).
+tutorials: venv
+	$(BIN)/python -m quee_kit.reproduce --store-tutorials
+
+bench: venv
+	$(BIN)/python benchmarks/bench_pipeline.py
+
+clean:
+	rm -rf .quee_cache results

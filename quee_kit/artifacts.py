@@ -1,0 +1,104 @@
+"""Content hashes, atomic writes, and stale/corrupt artifact detection.
+
+An artifact file is ``MAGIC | header length | JSON header | torch.save payload``; the
+header holds the key (hash of everything the artifact was built from) and the sha256 of
+the payload. :func:`load_or_build` reuses a file only when both match; anything else
+(stale key, truncated or flipped bytes, unreadable file) is reported and rebuilt.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import struct
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+__all__ = ["content_hash", "atomic_write_bytes", "save_artifact", "load_artifact", "load_or_build",
+           "ArtifactError", "tensor_digest"]
+
+MAGIC = b"QUEEKIT1"
+
+
+class ArtifactError(RuntimeError):
+    """An artifact that is missing, stale or corrupted."""
+
+
+def content_hash(*parts: Any) -> str:
+    """sha256 of a JSON rendering of ``parts`` (dataclasses/paths rendered with ``str``)."""
+    blob = json.dumps(parts, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()
+
+
+def tensor_digest(tensors: dict[str, torch.Tensor]) -> str:
+    """sha256 of the bytes of named tensors (e.g. a model's state dict)."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous()
+        h.update(name.encode())
+        h.update(str(t.dtype).encode())
+        h.update(t.numpy().tobytes() if t.dtype != torch.bfloat16 else t.float().numpy().tobytes())
+    return h.hexdigest()
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write to a temp file in the same folder, fsync, then rename over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_artifact(path: str | Path, key: str, payload: Any) -> None:
+    buf = io.BytesIO()
+    torch.save(payload, buf)
+    body = buf.getvalue()
+    header = json.dumps({"key": key, "sha256": hashlib.sha256(body).hexdigest()}).encode()
+    atomic_write_bytes(path, MAGIC + struct.pack("<I", len(header)) + header + body)
+
+
+def load_artifact(path: str | Path, key: str) -> Any:
+    """Load an artifact, raising :class:`ArtifactError` if missing, stale or corrupted."""
+    path = Path(path)
+    if not path.is_file():
+        raise ArtifactError(f"{path}: missing")
+    raw = path.read_bytes()
+    try:
+        if raw[:8] != MAGIC:
+            raise ValueError("bad magic")
+        (n,) = struct.unpack("<I", raw[8:12])
+        header = json.loads(raw[12:12 + n])
+        body = raw[12 + n:]
+    except Exception as e:  # noqa: BLE001 - any parse failure means a corrupted file
+        raise ArtifactError(f"{path}: corrupted header ({e})") from None
+    if header.get("key") != key:
+        raise ArtifactError(f"{path}: stale (built from different inputs)")
+    if hashlib.sha256(body).hexdigest() != header.get("sha256"):
+        raise ArtifactError(f"{path}: corrupted payload (checksum mismatch)")
+    return torch.load(io.BytesIO(body), weights_only=False)
+
+
+def load_or_build(path: str | Path, key: str, build: Callable[[], Any], what: str = "artifact") -> Any:
+    """Return the artifact at ``path`` built from ``key``, building and saving it if needed."""
+    path = Path(path)
+    try:
+        return load_artifact(path, key)
+    except ArtifactError as e:
+        if path.exists():
+            warnings.warn(f"rebuilding {what}: {e}", stacklevel=2)
+    payload = build()
+    save_artifact(path, key, payload)
+    return payload

@@ -1,0 +1,91 @@
+"""Command line: ``quee-kit cache | run | reproduce`` (also ``python -m quee_kit``)."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .config import ConfigError, load_config
+
+__all__ = ["main"]
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", default="configs/mnist10k.yaml", help="YAML config (default: %(default)s)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key, e.g. --set model.epochs=5 (repeatable)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _write_json(path: Path, obj) -> None:
+    from .artifacts import atomic_write_bytes
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, default=float) + "\n").encode())
+
+
+def cmd_cache(args) -> int:
+    from .pipeline import exits_table, peak_memory_mb, prepare
+    cfg = load_config(args.config, args.overrides)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    prep = prepare(cfg, progress=not args.quiet)
+    df = exits_table(prep)
+    df.to_csv(out / "exits.csv", index=False, float_format="%.6g")
+    stats = {"tree_nodes": len(prep.tree), "family": prep.tree.family,
+             "levels": [l.name for l in prep.levels], "depth": prep.tree.L,
+             "splits": {s: c.stats for s, c in prep.caches.items()},
+             "build_seconds": sum(c.stats["seconds"] for c in prep.caches.values()),
+             "train_seconds": prep.timings["train_seconds"], "peak_memory_mb": peak_memory_mb()}
+    _write_json(out / "cache_stats.json", stats)
+    test = df[df.split == "test"].pivot_table(index="level", columns="exit", values="accuracy", sort=False)
+    print(f"path tree: {len(prep.tree)} nodes ({prep.tree.family}); "
+          f"cache build {stats['build_seconds']:.1f} s; wrote {out}/exits.csv, {out}/cache_stats.json")
+    print("test accuracy per exit and level:")
+    print(test.round(3).to_string())
+    return 0
+
+
+def cmd_run(args) -> int:
+    from .evaluate import run_pipeline
+    overrides = list(args.overrides)
+    if args.seeds:
+        overrides.append(f"eval.seeds=[{args.seeds}]")
+    cfg = load_config(args.config, overrides)
+    run_pipeline(cfg, Path(args.out), progress=not args.quiet)
+    return 0
+
+
+def cmd_reproduce(args) -> int:
+    from .reproduce import reproduce
+    load_config(args.config, args.overrides)  # fail fast on a bad config
+    return reproduce(args.config, Path(args.out), fast=args.fast, overrides=args.overrides,
+                     params_file=args.params, progress=not args.quiet)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="quee-kit", description="QuEE study kit: early exits x quantization, "
+                                 "decided per input from predicted probabilities of error.")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("cache", help="data -> backbone+exits -> path cache; writes exits.csv, cache_stats.json")
+    _add_common(p)
+    p.set_defaults(fn=cmd_cache)
+    p = sub.add_parser("run", help="the whole pipeline; writes curves.csv, budgets.csv, summary.json")
+    _add_common(p)
+    p.add_argument("--seeds", help="comma-separated seeds, e.g. 0,1,2 (overrides eval.seeds)")
+    p.set_defaults(fn=cmd_run)
+    p = sub.add_parser("reproduce", help="execute every notebook with papermill; figures and tables under OUT")
+    _add_common(p)
+    p.add_argument("--fast", action="store_true", help="the fast parameter set (CI, nbval)")
+    p.add_argument("--params", help="YAML file: {notebook stem: {parameter: value}}")
+    p.set_defaults(fn=cmd_reproduce)
+    args = ap.parse_args(argv)
+    try:
+        return args.fn(args)
+    except ConfigError as e:
+        print(f"quee-kit: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

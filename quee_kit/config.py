@@ -1,0 +1,277 @@
+"""Validated configuration: dataclasses, YAML files, ``--set key=value`` overrides.
+
+Every key has a default. An unknown key, a wrong type or an impossible value raises
+:class:`ConfigError` with one line naming the key and what is allowed, before any
+compute starts (configs are built and validated by :func:`load_config`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+__all__ = ["ConfigError", "Config", "load_config", "parse_overrides", "config_to_dict"]
+
+
+class ConfigError(ValueError):
+    """A one-line error naming the offending config key and the allowed values."""
+
+
+def _fail(key: str, allowed: str, got) -> typing.NoReturn:
+    raise ConfigError(f"config: {key} must be {allowed} (got {got!r})")
+
+
+@dataclass
+class DataConfig:
+    name: str = "mnist10k"          # mnist10k | digits | npz:PATH
+    split_seed: int = 0             # fixed shuffle seed of the train/calib/test split (same for every run seed)
+    sizes: list[int] | None = None  # [train, calib, test]; None = dataset default (6000/2000/2000 on mnist10k)
+
+    def validate(self, p: str) -> None:
+        from .data import validate_dataset_name
+        try:
+            validate_dataset_name(self.name)
+        except ValueError as e:
+            raise ConfigError(f"config: {e}") from None
+        if self.sizes is not None and (len(self.sizes) != 3 or min(self.sizes) < 1):
+            _fail(f"{p}.sizes", "null or three positive ints [train, calib, test]", self.sizes)
+
+
+@dataclass
+class ModelConfig:
+    arch: str = "vit"          # backbone registry name (see quee_kit.models.BACKBONES)
+    patch: int = 7             # patch size in pixels (must divide the image side)
+    dim: int = 64              # token width
+    depth: int = 6             # number of blocks L (one exit head after each)
+    heads: int = 4             # attention heads (must divide dim)
+    mlp_ratio: int = 2         # MLP hidden = mlp_ratio * dim
+    epochs: int = 12           # joint training of backbone + all exits (sum of exit losses)
+    batch_size: int = 128
+    lr: float = 3.0e-3         # AdamW peak learning rate (linear warm-up, cosine decay)
+    weight_decay: float = 0.05
+    warmup_epochs: float = 1.0
+
+    def validate(self, p: str) -> None:
+        from .models import BACKBONES
+        if self.arch not in BACKBONES:
+            _fail(f"{p}.arch", "one of " + ", ".join(sorted(BACKBONES)), self.arch)
+        for k in ("patch", "dim", "depth", "heads", "mlp_ratio", "batch_size"):
+            if getattr(self, k) < 1:
+                _fail(f"{p}.{k}", "an int >= 1", getattr(self, k))
+        if self.epochs < 0:
+            _fail(f"{p}.epochs", "an int >= 0", self.epochs)
+        if self.dim % self.heads:
+            _fail(f"{p}.heads", f"a divisor of model.dim={self.dim}", self.heads)
+        if self.lr <= 0:
+            _fail(f"{p}.lr", "a float > 0", self.lr)
+        if self.weight_decay < 0 or self.warmup_epochs < 0:
+            _fail(f"{p}.weight_decay/warmup_epochs", "floats >= 0", (self.weight_decay, self.warmup_epochs))
+
+
+@dataclass
+class QuantConfig:
+    # Precision levels 'w{bits}a{bits}'; the costliest is the reference. Fixed by measurement (README).
+    levels: list[str] = field(default_factory=lambda: ["w16a16", "w8a8", "w4a8", "w3a8", "w4a4"])
+    act_granularity: str = "tensor"      # tensor: one scale per sample | token: one scale per token
+    clip_percentile: float | None = None  # e.g. 99.9 clips activations at that percentile of |x| (per sample)
+    quantize_attention: bool = True       # attention matmuls at a_bits (and costed so) or float (costed at reference)
+
+    def validate(self, p: str) -> None:
+        from .quant import parse_level
+        if not self.levels:
+            _fail(f"{p}.levels", "a non-empty list like [w16a16, w8a8]", self.levels)
+        for s in self.levels:
+            try:
+                parse_level(s)
+            except ValueError as e:
+                raise ConfigError(f"config: {p}.levels: {e}") from None
+        if len(set(self.levels)) != len(self.levels):
+            _fail(f"{p}.levels", "a list without repeats", self.levels)
+        if self.act_granularity not in ("tensor", "token"):
+            _fail(f"{p}.act_granularity", "'tensor' or 'token'", self.act_granularity)
+        if self.clip_percentile is not None and not (50.0 < self.clip_percentile <= 100.0):
+            _fail(f"{p}.clip_percentile", "null or a float in (50, 100]", self.clip_percentile)
+
+
+@dataclass
+class PathsConfig:
+    family: str = "monotone"   # monotone (level may only stay or go down) | free | uniform
+    batch_size: int = 500      # samples per chunk when building the path cache
+
+    def validate(self, p: str) -> None:
+        if self.family not in ("monotone", "free", "uniform"):
+            _fail(f"{p}.family", "'monotone', 'free' or 'uniform'", self.family)
+        if self.batch_size < 1:
+            _fail(f"{p}.batch_size", "an int >= 1", self.batch_size)
+
+
+@dataclass
+class PredictorConfig:
+    targets: str = "kmeans"    # kmeans (K cells per depth) | knn (k neighbours) | raw (0/1 labels)
+    K: int = 8                 # k-means cells per depth
+    knn_k: int = 50            # neighbours for targets=knn
+    prior_weight: float = 5.0  # cell mean shrunk toward the depth mean with this many pseudo-samples
+    hidden: int = 32           # MLP width
+    layers: int = 2            # hidden layers
+    folds: int = 5             # cross-fitting folds on calib
+    epochs: int = 40           # max epochs (early stopping on held-out 0/1 BCE)
+    patience: int = 5
+    lr: float = 3.0e-3
+    history: bool = True       # previous head's max prob and agreement with the current prediction
+    shared: bool = True        # one MLP for all depths (False: one per depth)
+    max_rows: int = 200000     # cap on (node, sample) rows per fold for fitting (random subsample)
+
+    def validate(self, p: str) -> None:
+        if self.targets not in ("kmeans", "knn", "raw"):
+            _fail(f"{p}.targets", "'kmeans', 'knn' or 'raw'", self.targets)
+        for k in ("K", "knn_k", "hidden", "layers", "epochs", "patience", "max_rows"):
+            if getattr(self, k) < 1:
+                _fail(f"{p}.{k}", "an int >= 1", getattr(self, k))
+        if self.folds < 2:
+            _fail(f"{p}.folds", "an int >= 2 (cross-fitting)", self.folds)
+        if self.prior_weight < 0:
+            _fail(f"{p}.prior_weight", "a float >= 0", self.prior_weight)
+        if self.lr <= 0:
+            _fail(f"{p}.lr", "a float > 0", self.lr)
+
+
+@dataclass
+class EvalConfig:
+    # Target budgets: mean normalized BOPs (1.0 = full depth at the reference level), chosen in the
+    # trade-off region of the default model (README, "Choosing the budgets").
+    budgets: list[float] = field(default_factory=lambda: [0.03, 0.04, 0.05, 0.06, 0.08])
+    auc_range: list[float] = field(default_factory=lambda: [0.03, 0.08])
+    lambda_grid: int = 120        # log-spaced lambda values (plus 0) swept per entry level
+    bootstrap: int = 2000         # paired bootstrap resamples for the 95% intervals
+    seeds: list[int] = field(default_factory=lambda: [0])
+
+    def validate(self, p: str) -> None:
+        if not self.budgets or min(self.budgets) <= 0:
+            _fail(f"{p}.budgets", "a non-empty list of floats > 0", self.budgets)
+        if len(self.auc_range) != 2 or not (0 < self.auc_range[0] < self.auc_range[1]):
+            _fail(f"{p}.auc_range", "[lo, hi] with 0 < lo < hi", self.auc_range)
+        if self.lambda_grid < 2:
+            _fail(f"{p}.lambda_grid", "an int >= 2", self.lambda_grid)
+        if self.bootstrap < 100:
+            _fail(f"{p}.bootstrap", "an int >= 100", self.bootstrap)
+        if not self.seeds:
+            _fail(f"{p}.seeds", "a non-empty list of ints", self.seeds)
+
+
+@dataclass
+class Config:
+    seed: int = 0                  # seed of training and predictors (the data split has its own)
+    device: str = "cpu"            # cpu | cuda
+    cache_dir: str = ".quee_cache"  # checkpoints, path caches, predictors (content-hashed)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    quant: QuantConfig = field(default_factory=QuantConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    predictor: PredictorConfig = field(default_factory=PredictorConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def validate(self) -> "Config":
+        if self.device not in ("cpu", "cuda") and not self.device.startswith("cuda:"):
+            _fail("device", "'cpu', 'cuda' or 'cuda:N'", self.device)
+        for f in dataclasses.fields(self):
+            sub = getattr(self, f.name)
+            if dataclasses.is_dataclass(sub):
+                sub.validate(f.name)
+        return self
+
+
+# ---------------------------------------------------------------- building from dicts
+
+def _type_name(tp) -> str:
+    return getattr(tp, "__name__", str(tp)).replace("typing.", "")
+
+
+def _coerce(value, tp, key: str):
+    """Check ``value`` against annotation ``tp`` (int, float, bool, str, list[...], Optional)."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], key)
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            _fail(key, f"a list of {_type_name(args[0])}", value)
+        return [_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)]
+    if tp is bool:
+        if not isinstance(value, bool):
+            _fail(key, "true or false", value)
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            _fail(key, "an int", value)
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            _fail(key, "a number", value)
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            _fail(key, "a string", value)
+        return value
+    raise TypeError(f"unsupported annotation {tp} for {key}")
+
+
+def _from_dict(cls, d: dict, prefix: str):
+    if not isinstance(d, dict):
+        _fail(prefix or "config", "a mapping", d)
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for k, v in d.items():
+        key = f"{prefix}.{k}" if prefix else str(k)
+        if k not in names:
+            raise ConfigError(f"config: unknown key '{key}' (allowed: {', '.join(names)})")
+        tp = hints[k]
+        if dataclasses.is_dataclass(tp):
+            kwargs[k] = _from_dict(tp, v or {}, key)
+        else:
+            kwargs[k] = _coerce(v, tp, key)
+    return cls(**kwargs)
+
+
+def parse_overrides(items: list[str] | None) -> dict:
+    """``['model.depth=4', 'quant.levels=[w16a16,w8a8]']`` -> nested dict (values parsed as YAML)."""
+    out: dict = {}
+    for item in items or []:
+        if "=" not in item:
+            raise ConfigError(f"config: --set expects key=value (got {item!r})")
+        key, raw = item.split("=", 1)
+        node = out
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = yaml.safe_load(raw)
+    return out
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | dict | None = None) -> Config:
+    """Read a YAML config (or defaults when ``path`` is None), apply overrides, validate."""
+    raw: dict = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config: file not found: {p}")
+        raw = yaml.safe_load(p.read_text()) or {}
+    over = overrides if isinstance(overrides, dict) else parse_overrides(overrides)
+    return _from_dict(Config, _merge(raw, over), "").validate()
+
+
+def config_to_dict(cfg: Config) -> dict:
+    return dataclasses.asdict(cfg)

@@ -1,0 +1,217 @@
+"""Dataset registry: small image-classification sets split into train / calib / test.
+
+Every dataset is a pair of raw arrays (x, y) shuffled once with a fixed seed
+(``np.random.default_rng(split_seed).permutation(N)``) and cut into three
+disjoint parts:
+
+- train: fits the classifier;
+- calib: trains the error predictors and picks lambda;
+- test:  only reported.
+
+Names: ``mnist10k`` (data/mnist10k.npz, see data/README.md), ``digits``
+(scikit-learn's bundled 8x8 UCI digits) and ``npz:PATH`` (your own file with
+keys ``x`` and ``y``). Nothing here touches the network.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+MNIST10K_SHA256 = "c127f28ba6587b035da58af9c862de40ecd72470e8f3396f0cf542242845222b"
+REBUILD_HINT = "rebuild it with `python data/build_mnist10k.py`"
+MIN_SAMPLES = 10
+
+
+# eq=False: dataclass equality would compare tensors elementwise and fail;
+# compare datasets by ``digest`` instead.
+@dataclass(frozen=True, eq=False)
+class Split:
+    """One part of a dataset.
+
+    x: (N, C, H, W) float32, pixel intensities in [0, 1] (npz floats kept as given).
+    y: (N,) int64 class labels in [0, num_classes).
+    """
+    x: torch.Tensor
+    y: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.y.shape[0])
+
+
+@dataclass(frozen=True, eq=False)
+class Dataset:
+    """A dataset split into train / calib / test.
+
+    digest: sha256 hex of the name, the raw arrays and the split indices; equal
+    digests mean identical splits (used as a cache key).
+    """
+    name: str
+    train: Split
+    calib: Split
+    test: Split
+    num_classes: int
+    image_shape: tuple[int, int, int]  # (C, H, W)
+    digest: str
+
+    def split(self, name: str) -> Split:
+        """Return the split called 'train', 'calib' or 'test'."""
+        if name not in ("train", "calib", "test"):
+            raise ValueError(f"unknown split {name!r} (allowed: train, calib, test)")
+        return getattr(self, name)
+
+
+# A loader takes the data directory and returns raw (x, y): x (N, H, W) or
+# (N, C, H, W) as uint8 (scaled by 1/255 later) or float (kept), y (N,) integers.
+Loader = Callable[[Path], "tuple[np.ndarray, np.ndarray]"]
+DATASETS: dict[str, Loader] = {}
+
+
+def register_dataset(name: str) -> Callable[[Loader], Loader]:
+    """Decorator: register ``loader(data_dir) -> (x, y)`` under ``name``."""
+    def deco(fn: Loader) -> Loader:
+        DATASETS[name] = fn
+        return fn
+    return deco
+
+
+def default_data_dir() -> Path:
+    """$QUEE_KIT_DATA if set, else the repository's data/ folder."""
+    env = os.environ.get("QUEE_KIT_DATA")
+    return Path(env) if env else Path(__file__).resolve().parent.parent / "data"
+
+
+@register_dataset("mnist10k")
+def _load_mnist10k(data_dir: Path) -> tuple[np.ndarray, np.ndarray]:
+    """10,000 MNIST digits: x uint8 (10000, 28, 28), y uint8 (10000,), in class order."""
+    path = Path(data_dir) / "mnist10k.npz"
+    if not path.is_file():
+        raise ValueError(f"mnist10k: file not found: {path}; {REBUILD_HINT}")
+    raw = path.read_bytes()
+    got = hashlib.sha256(raw).hexdigest()
+    if got != MNIST10K_SHA256:
+        raise ValueError(f"mnist10k: {path} is corrupted (sha256 {got[:12]}..., "
+                         f"expected {MNIST10K_SHA256[:12]}...); {REBUILD_HINT}")
+    with np.load(path, allow_pickle=False) as f:
+        return f["x"], f["y"]
+
+
+@register_dataset("digits")
+def _load_digits(data_dir: Path) -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's bundled UCI digits: x float (1797, 8, 8) in [0, 1] (0..16 / 16), y (1797,)."""
+    from sklearn.datasets import load_digits
+    d = load_digits()
+    return (d.images / 16.0).astype(np.float32), d.target
+
+
+def _load_npz(path_str: str) -> tuple[np.ndarray, np.ndarray]:
+    """Read and validate a user npz with keys x and y; every problem is one ValueError line."""
+    path = Path(path_str)
+    where = f"npz:{path_str}"
+    if not path.is_file():
+        raise ValueError(f"{where}: file not found")
+    try:
+        f = np.load(path, allow_pickle=False)
+    except Exception as e:  # zip/format errors come in many types
+        raise ValueError(f"{where}: not a valid npz file ({type(e).__name__})") from None
+    if not isinstance(f, np.lib.npyio.NpzFile):
+        raise ValueError(f"{where}: not a valid npz file (a single .npy array, not a zip of x and y)")
+    with f:
+        for key in ("x", "y"):
+            if key not in f.files:
+                raise ValueError(f"{where}: missing key {key!r} (found: {', '.join(f.files) or 'none'})")
+        try:
+            x, y = f["x"], f["y"]
+        except Exception as e:
+            raise ValueError(f"{where}: cannot read arrays ({type(e).__name__}: {e})") from None
+    if x.ndim not in (3, 4):
+        raise ValueError(f"{where}: x must have rank 3 (N,H,W) or 4 (N,C,H,W), got shape {x.shape}")
+    if x.dtype != np.uint8 and not np.issubdtype(x.dtype, np.floating):
+        raise ValueError(f"{where}: x must be uint8 or float, got dtype {x.dtype}")
+    if y.ndim != 1:
+        raise ValueError(f"{where}: y must be 1-D (N,), got shape {y.shape}")
+    if not np.issubdtype(y.dtype, np.integer):
+        raise ValueError(f"{where}: y must have an integer dtype, got {y.dtype}")
+    if len(x) != len(y):
+        raise ValueError(f"{where}: x has {len(x)} samples but y has {len(y)}")
+    if x.dtype != np.uint8 and not np.isfinite(x).all():
+        raise ValueError(f"{where}: x contains NaN or inf")
+    if len(y) and y.min() < 0:
+        raise ValueError(f"{where}: y contains negative labels (min {y.min()})")
+    if len(y) < MIN_SAMPLES:
+        raise ValueError(f"{where}: too few samples ({len(y)} < {MIN_SAMPLES})")
+    return x, y
+
+
+def validate_dataset_name(name: str) -> None:
+    """Cheap check, no loading: a registered name or 'npz:' + an existing file."""
+    if isinstance(name, str) and name.startswith("npz:"):
+        if not Path(name[4:]).is_file():
+            raise ValueError(f"data.name: npz file not found: {name[4:]!r}")
+        return
+    if name not in DATASETS:
+        allowed = ", ".join([*DATASETS, "npz:PATH"])
+        raise ValueError(f"data.name: unknown dataset {name!r} (allowed: {allowed})")
+
+
+def _check_sizes(sizes, n: int) -> tuple[int, int, int]:
+    """sizes = (train, calib, test); None -> 60/20/20 of n with the remainder to train."""
+    if sizes is None:
+        calib = test = n // 5
+        return n - calib - test, calib, test
+    sizes = tuple(sizes)
+    if (len(sizes) != 3 or not all(isinstance(s, (int, np.integer)) and s >= 1 for s in sizes)
+            or sum(sizes) > n):
+        raise ValueError(f"data.sizes: need three ints >= 1 summing to <= {n} samples, got {list(sizes)}")
+    return tuple(int(s) for s in sizes)
+
+
+def _to_tensor(x: np.ndarray) -> torch.Tensor:
+    """uint8 -> float32 / 255, float -> float32; add the channel axis to (N, H, W)."""
+    xf = x.astype(np.float32) / 255.0 if x.dtype == np.uint8 else x.astype(np.float32)
+    if xf.ndim == 3:
+        xf = xf[:, None]
+    return torch.from_numpy(np.ascontiguousarray(xf))
+
+
+def load_dataset(name: str, split_seed: int = 0, sizes: tuple[int, int, int] | None = None,
+                 data_dir: str | Path | None = None) -> Dataset:
+    """Load ``name`` and split it with a fixed-seed permutation.
+
+    sizes: (train, calib, test) sample counts, default mnist10k 6000/2000/2000,
+    else 60/20/20 of N. Samples beyond sum(sizes) are left unused.
+    data_dir: folder holding mnist10k.npz (default: $QUEE_KIT_DATA or data/).
+    """
+    if name.startswith("npz:"):
+        x, y = _load_npz(name[4:])
+    else:
+        validate_dataset_name(name)
+        x, y = DATASETS[name](Path(data_dir) if data_dir is not None else default_data_dir())
+    x, y = np.asarray(x), np.asarray(y)
+    n = len(y)
+    if sizes is None and name == "mnist10k":
+        sizes = (6000, 2000, 2000)
+    n_train, n_calib, n_test = _check_sizes(sizes, n)
+
+    perm = np.random.default_rng(split_seed).permutation(n)
+    parts = {"train": perm[:n_train],
+             "calib": perm[n_train:n_train + n_calib],
+             "test": perm[n_train + n_calib:n_train + n_calib + n_test]}
+
+    h = hashlib.sha256(name.encode())
+    for arr in (x, y):
+        h.update(f"{arr.dtype.str}{arr.shape}".encode())
+        h.update(np.ascontiguousarray(arr).tobytes())
+    for idx in parts.values():
+        h.update(idx.astype(np.int64).tobytes() + b"|")
+
+    xt = _to_tensor(x)
+    yt = torch.from_numpy(y.astype(np.int64))
+    splits = {k: Split(xt[torch.from_numpy(i)], yt[torch.from_numpy(i)]) for k, i in parts.items()}
+    return Dataset(name=name, **splits, num_classes=int(y.max()) + 1,
+                   image_shape=tuple(xt.shape[1:]), digest=h.hexdigest())

@@ -1,0 +1,172 @@
+"""Early-exit backbones: a stem, a list of blocks, an exit head after every block.
+
+Any backbone can be wrapped in :class:`EarlyExitModel` (stem, blocks, heads); the kit
+only ever calls ``stem(x)``, ``blocks[t](h)`` and ``heads[t](h)``. The registry
+:data:`BACKBONES` builds the kit's own small backbones from a :class:`ModelConfig`.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+
+__all__ = ["EarlyExitModel", "ViTStem", "ViTBlock", "Attention", "ExitHead", "BACKBONES",
+           "register_backbone", "build_model"]
+
+
+class EarlyExitModel(nn.Module):
+    """``stem`` -> ``blocks[0..L-1]``, with ``heads[t]`` reading the state after block ``t``.
+
+    forward(x: (B, C, H, W)) -> list of L logits tensors (B, num_classes), one per exit.
+    """
+
+    def __init__(self, stem: nn.Module, blocks: list[nn.Module], heads: list[nn.Module]):
+        super().__init__()
+        if len(blocks) != len(heads) or not blocks:
+            raise ValueError("EarlyExitModel needs as many heads as blocks (at least one)")
+        self.stem, self.blocks, self.heads = stem, nn.ModuleList(blocks), nn.ModuleList(heads)
+
+    @property
+    def depth(self) -> int:
+        return len(self.blocks)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        h = self.stem(x)
+        outs = []
+        for block, head in zip(self.blocks, self.heads):
+            h = block(h)
+            outs.append(head(h))
+        return outs
+
+
+class ViTStem(nn.Module):
+    """Patch embedding + CLS token + learned positions: (B, C, H, W) -> (B, 1 + P, D)."""
+
+    def __init__(self, in_ch: int, img: int, patch: int, dim: int):
+        super().__init__()
+        if img % patch:
+            raise ValueError(f"model.patch={patch} must divide the image side {img}")
+        self.proj = nn.Conv2d(in_ch, dim, patch, stride=patch)
+        n = (img // patch) ** 2
+        self.cls = nn.Parameter(torch.zeros(1, 1, dim))
+        self.pos = nn.Parameter(torch.randn(1, n + 1, dim) * 0.02)
+
+    def forward(self, x):
+        t = self.proj(x).flatten(2).transpose(1, 2)
+        return torch.cat([self.cls.expand(len(x), -1, -1), t], 1) + self.pos
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention written out so its two matmuls can be quantized.
+
+    ``matmul_quant`` (set by :func:`quee_kit.quant.apply_level`) quantizes q, k, the
+    attention probabilities and v per sample before the matmuls; ``None`` = float.
+    """
+
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        self.heads, self.dh = heads, dim // heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.matmul_quant = None
+
+    def forward(self, x):
+        B, N, D = x.shape
+        q, k, v = self.qkv(x).reshape(B, N, 3, self.heads, self.dh).permute(2, 0, 3, 1, 4)
+        mq = self.matmul_quant or (lambda t: t)
+        att = (mq(q) @ mq(k).transpose(-2, -1)) * self.dh ** -0.5
+        att = att.softmax(-1)
+        out = (mq(att) @ mq(v)).transpose(1, 2).reshape(B, N, D)
+        return self.proj(out)
+
+
+class ViTBlock(nn.Module):
+    """Pre-norm transformer block: x + Attn(LN(x)), then x + MLP(LN(x))."""
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: int):
+        super().__init__()
+        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.attn = Attention(dim, heads)
+        self.fc1, self.fc2 = nn.Linear(dim, mlp_ratio * dim), nn.Linear(mlp_ratio * dim, dim)
+        self.act = nn.GELU()
+
+    def forward(self, x):
+        x = x + self.attn(self.norm1(x))
+        return x + self.fc2(self.act(self.fc1(self.norm2(x))))
+
+
+class ExitHead(nn.Module):
+    """LayerNorm + Linear on the CLS token: (B, N, D) -> (B, num_classes)."""
+
+    def __init__(self, dim: int, num_classes: int):
+        super().__init__()
+        self.norm, self.fc = nn.LayerNorm(dim), nn.Linear(dim, num_classes)
+
+    def forward(self, h):
+        return self.fc(self.norm(h[:, 0]))
+
+
+BACKBONES: dict[str, Callable] = {}
+
+
+def register_backbone(name: str):
+    def deco(fn):
+        BACKBONES[name] = fn
+        return fn
+    return deco
+
+
+@register_backbone("vit")
+def build_vit(cfg, image_shape: tuple[int, int, int], num_classes: int) -> EarlyExitModel:
+    """The default small ViT (patch 7, dim 64, 6 blocks, 4 heads, MLP ratio 2 on MNIST)."""
+    c, h, w = image_shape
+    if h != w:
+        raise ValueError(f"vit needs square images (got {h}x{w})")
+    stem = ViTStem(c, h, cfg.patch, cfg.dim)
+    blocks = [ViTBlock(cfg.dim, cfg.heads, cfg.mlp_ratio) for _ in range(cfg.depth)]
+    heads = [ExitHead(cfg.dim, num_classes) for _ in range(cfg.depth)]
+    model = EarlyExitModel(stem, blocks, heads)
+    for m in model.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.trunc_normal_(m.weight, std=0.02)
+            nn.init.zeros_(m.bias)
+    return model
+
+
+class MLPStem(nn.Module):
+    """Flatten + Linear: (B, C, H, W) -> (B, 1, D) (one token, so heads read h[:, 0])."""
+
+    def __init__(self, in_features: int, dim: int):
+        super().__init__()
+        self.fc = nn.Linear(in_features, dim)
+
+    def forward(self, x):
+        return self.fc(x.flatten(1)).unsqueeze(1)
+
+
+class ResMLPBlock(nn.Module):
+    """x + fc2(GELU(fc1(LN(x)))): a residual MLP block, to show a non-attention backbone."""
+
+    def __init__(self, dim: int, ratio: int):
+        super().__init__()
+        self.norm, self.fc1, self.fc2, self.act = nn.LayerNorm(dim), nn.Linear(dim, ratio * dim), \
+            nn.Linear(ratio * dim, dim), nn.GELU()
+
+    def forward(self, x):
+        return x + self.fc2(self.act(self.fc1(self.norm(x))))
+
+
+@register_backbone("resmlp")
+def build_resmlp(cfg, image_shape: tuple[int, int, int], num_classes: int) -> EarlyExitModel:
+    """A residual MLP with an exit after every block (uses dim, depth, mlp_ratio)."""
+    c, h, w = image_shape
+    stem = MLPStem(c * h * w, cfg.dim)
+    blocks = [ResMLPBlock(cfg.dim, cfg.mlp_ratio) for _ in range(cfg.depth)]
+    heads = [ExitHead(cfg.dim, num_classes) for _ in range(cfg.depth)]
+    return EarlyExitModel(stem, blocks, heads)
+
+
+def build_model(cfg, image_shape, num_classes: int) -> EarlyExitModel:
+    """Build the backbone named by ``cfg.arch`` (a :class:`~quee_kit.config.ModelConfig`)."""
+    return BACKBONES[cfg.arch](cfg, tuple(image_shape), num_classes)

@@ -1,0 +1,132 @@
+"""The first stage, composed: data -> backbone + exits -> levels -> costs -> path caches.
+
+Everything expensive is an artifact under ``cfg.cache_dir`` keyed by the hash of what
+built it, so notebooks and the CLI share one trained model and one cache per split.
+"""
+from __future__ import annotations
+
+import dataclasses
+import resource
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from .artifacts import content_hash, load_or_build, tensor_digest
+from .config import Config
+from .costs import CostModel
+from .data import Dataset, load_dataset
+from .models import EarlyExitModel, build_model
+from .paths import PathCache, PathTree, _features, build_path_cache
+from .quant import Level, apply_level, parse_level
+from .train import train_early_exit
+
+__all__ = ["Prepared", "prepare", "sorted_levels", "exits_table", "peak_memory_mb"]
+
+
+def sorted_levels(names: list[str]) -> list[Level]:
+    """Levels ordered by cost per MAC, costliest (the reference) first."""
+    return sorted((parse_level(s) for s in names), key=lambda l: (l.w_bits * l.a_bits, l.a_bits, l.w_bits),
+                  reverse=True)
+
+
+def peak_memory_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+@dataclass
+class Prepared:
+    """Everything downstream stages need. ``levels[0]`` is the reference; ``qblocks[q][t]`` is
+    block ``t`` at ``levels[q]``; ``caches`` maps split name -> :class:`PathCache`."""
+    cfg: Config
+    data: Dataset
+    model: EarlyExitModel
+    levels: list[Level]
+    costs: CostModel
+    tree: PathTree
+    qblocks: dict[int, list[torch.nn.Module]]
+    caches: dict[str, PathCache] = field(default_factory=dict)
+    timings: dict = field(default_factory=dict)
+    model_hash: str = ""
+
+    @property
+    def ref(self) -> Level:
+        return self.levels[0]
+
+
+def _cache_dir(cfg: Config) -> Path:
+    return Path(cfg.cache_dir)
+
+
+def _train_model(cfg: Config, data: Dataset, progress: bool) -> dict:
+    model = build_model(cfg.model, data.image_shape, data.num_classes)
+    stats = train_early_exit(model, data.train, cfg.model, seed=cfg.seed, device=cfg.device, progress=progress)
+    return {"state_dict": {k: v.cpu() for k, v in model.state_dict().items()}, "train": stats}
+
+
+def prepare(cfg: Config, splits: tuple[str, ...] = ("calib", "test"), progress: bool = True) -> Prepared:
+    """Load or build the trained model and the path cache of each split in ``splits``."""
+    timings: dict = {}
+    torch.manual_seed(cfg.seed)
+    data = load_dataset(cfg.data.name, split_seed=cfg.data.split_seed,
+                        sizes=tuple(cfg.data.sizes) if cfg.data.sizes else None)
+    model_key = content_hash("model", dataclasses.asdict(cfg.model), data.digest, cfg.seed)
+    t0 = time.perf_counter()
+    ckpt = load_or_build(_cache_dir(cfg) / f"model-{model_key[:16]}.pt", model_key,
+                         lambda: _train_model(cfg, data, progress), what="checkpoint")
+    timings["train_seconds"] = ckpt["train"]["seconds"]
+    timings["load_or_train_seconds"] = time.perf_counter() - t0
+    model = build_model(cfg.model, data.image_shape, data.num_classes)
+    model.load_state_dict(ckpt["state_dict"])
+    model.to(cfg.device).eval()
+    levels = sorted_levels(cfg.quant.levels)
+    q = cfg.quant
+    costs = CostModel(model.cpu(), data.image_shape, levels, levels[0], q.quantize_attention)
+    model.to(cfg.device)
+    tree = PathTree(levels, model.depth, cfg.paths.family)
+    qblocks = {i: [apply_level(b, lv, q.act_granularity, q.clip_percentile, q.quantize_attention)
+                   for b in model.blocks] for i, lv in enumerate(levels)}
+    weights = tensor_digest(model.state_dict())
+    prep = Prepared(cfg, data, model, levels, costs, tree, qblocks, timings=timings, model_hash=weights)
+    for split in splits:
+        prep.caches[split] = load_cache(prep, split, progress)
+    return prep
+
+
+def load_cache(prep: Prepared, split: str, progress: bool = True) -> PathCache:
+    """Load or build the path cache of ``split`` (keyed by data, weights, levels, family, quant options)."""
+    cfg, q = prep.cfg, prep.cfg.quant
+    key = content_hash("cache", prep.data.digest, split, prep.model_hash, [l.name for l in prep.levels],
+                       cfg.paths.family, q.act_granularity, q.clip_percentile, q.quantize_attention)
+    sp = prep.data.split(split)
+
+    def build():
+        c = build_path_cache(prep.model, prep.qblocks, prep.tree, prep.costs, sp.x, sp.y,
+                             cfg.paths.batch_size, cfg.device, progress, desc=f"{split} cache")
+        c.stats["peak_memory_mb"] = peak_memory_mb()
+        return {"logits": c.logits, "y": c.y, "node_cost": c.node_cost, "static_cost": c.static_cost,
+                "stats": c.stats}
+
+    payload = load_or_build(_cache_dir(cfg) / f"cache-{split}-{key[:16]}.pt", key, build, what=f"{split} cache")
+    cache = PathCache(prep.tree, payload["logits"], payload["y"], payload["node_cost"], payload["static_cost"],
+                      stats=payload["stats"])
+    cache.features = _features(prep.tree, cache.logits)
+    return cache
+
+
+def exits_table(prep: Prepared) -> pd.DataFrame:
+    """Accuracy of every exit at every uniform level: columns level, exit, split, accuracy, cost.
+
+    ``cost`` is the normalized cost of a static model exiting there (stem + blocks at that level +
+    that exit's head), so exit L at the reference level costs exactly 1.0.
+    """
+    rows = []
+    for split, cache in prep.caches.items():
+        for qi, lv in enumerate(prep.levels):
+            for t in range(1, prep.tree.L + 1):
+                node = cache.node((qi,) * t)  # uniform paths exist in every family
+                rows.append({"level": lv.name, "exit": t, "split": split,
+                             "accuracy": cache.accuracy(node), "cost": float(cache.static_cost[node])})
+    return pd.DataFrame(rows)

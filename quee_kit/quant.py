@@ -1,0 +1,169 @@
+"""Precision levels and fake quantization.
+
+A level ``w{W}a{A}`` fake-quantizes, inside the blocks only, every ``Linear``/``Conv2d``
+weight symmetrically per output channel at ``W`` bits and the activations entering it
+symmetrically and dynamically at ``A`` bits. The activation scale is computed **per
+sample** (one scale per sample tensor, or one per token), never over the batch, so a
+sample's output does not depend on its batch-mates. Bits >= 16 mean "run in float"
+(the reference is costed at 16 bits but computed in float32).
+"""
+from __future__ import annotations
+
+import copy
+import re
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["Level", "parse_level", "fake_quant_weight", "fake_quant_act", "ActQuant",
+           "QuantLinear", "QuantConv2d", "apply_level", "FLOAT_BITS"]
+
+FLOAT_BITS = 16  # bits >= this run in float32 (costed at their nominal bits)
+_LEVEL_RE = re.compile(r"^w(\d+)a(\d+)$")
+
+
+@dataclass(frozen=True, order=True)
+class Level:
+    w_bits: int
+    a_bits: int
+
+    @property
+    def name(self) -> str:
+        return f"w{self.w_bits}a{self.a_bits}"
+
+    def __str__(self) -> str:
+        return self.name
+
+
+def parse_level(s: str | Level) -> Level:
+    """``'w4a8'`` -> ``Level(4, 8)``; bits must be in [2, 32]."""
+    if isinstance(s, Level):
+        return s
+    m = _LEVEL_RE.match(str(s).strip())
+    if not m:
+        raise ValueError(f"level {s!r} is not of the form w<bits>a<bits>, e.g. w4a8")
+    w, a = int(m.group(1)), int(m.group(2))
+    if not (2 <= w <= 32 and 2 <= a <= 32):
+        raise ValueError(f"level {s!r}: bits must be between 2 and 32")
+    return Level(w, a)
+
+
+def _qmax(bits: int) -> int:
+    # Restricted symmetric range [-(2^(b-1)-1), 2^(b-1)-1]: zero is exact, +/- symmetric.
+    return 2 ** (bits - 1) - 1
+
+
+def _round_clamp(x: torch.Tensor, scale: torch.Tensor, bits: int) -> torch.Tensor:
+    q = _qmax(bits)
+    return torch.clamp(torch.round(x / scale), -q, q) * scale
+
+
+def fake_quant_weight(w: torch.Tensor, bits: int) -> torch.Tensor:
+    """Symmetric per-output-channel (dim 0) fake quantization; float passthrough for bits >= 16."""
+    if bits >= FLOAT_BITS:
+        return w
+    amax = w.detach().abs().flatten(1).amax(1).clamp_min(1e-12)
+    scale = (amax / _qmax(bits)).view(-1, *([1] * (w.dim() - 1)))
+    return _round_clamp(w, scale, bits)
+
+
+def fake_quant_act(x: torch.Tensor, bits: int, granularity: str = "tensor",
+                   clip_percentile: float | None = None) -> torch.Tensor:
+    """Symmetric dynamic fake quantization with a scale per sample (dim 0) or per token (last dim).
+
+    ``granularity='tensor'``: one scale per sample from all its elements;
+    ``'token'``: one scale per vector along the last dim. ``clip_percentile`` (e.g. 99.9)
+    clips at that percentile of |x| within the same group instead of the max.
+    """
+    if bits >= FLOAT_BITS:
+        return x
+    if granularity == "tensor":
+        flat = x.detach().abs().reshape(x.shape[0], -1)
+        shape = (x.shape[0],) + (1,) * (x.dim() - 1)
+    elif granularity == "token":
+        flat = x.detach().abs().reshape(-1, x.shape[-1])
+        shape = x.shape[:-1] + (1,)
+    else:
+        raise ValueError(f"granularity must be 'tensor' or 'token' (got {granularity!r})")
+    if clip_percentile is None or clip_percentile >= 100:
+        amax = flat.amax(1)
+    else:
+        amax = torch.quantile(flat, clip_percentile / 100.0, dim=1)
+    scale = (amax.clamp_min(1e-12) / _qmax(bits)).reshape(shape)
+    x = torch.maximum(torch.minimum(x, scale * _qmax(bits)), -scale * _qmax(bits)) \
+        if clip_percentile is not None else x
+    return _round_clamp(x, scale, bits)
+
+
+@dataclass(frozen=True)
+class ActQuant:
+    """How activations are quantized at one level (callable on a tensor)."""
+    bits: int
+    granularity: str = "tensor"
+    clip_percentile: float | None = None
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return fake_quant_act(x, self.bits, self.granularity, self.clip_percentile)
+
+
+class QuantLinear(nn.Module):
+    """A ``Linear`` whose weight is pre-quantized and whose input is quantized per sample."""
+
+    def __init__(self, layer: nn.Linear, w_bits: int, act: ActQuant):
+        super().__init__()
+        self.register_buffer("weight", fake_quant_weight(layer.weight.detach(), w_bits))
+        self.register_buffer("bias", None if layer.bias is None else layer.bias.detach().clone())
+        self.in_features, self.out_features = layer.in_features, layer.out_features
+        self.w_bits, self.act = w_bits, act
+
+    def forward(self, x):
+        return F.linear(self.act(x), self.weight, self.bias)
+
+
+class QuantConv2d(nn.Module):
+    """A ``Conv2d`` with per-output-channel weight quantization and per-sample input quantization."""
+
+    def __init__(self, layer: nn.Conv2d, w_bits: int, act: ActQuant):
+        super().__init__()
+        self.conv = copy.deepcopy(layer)
+        with torch.no_grad():
+            self.conv.weight.copy_(fake_quant_weight(layer.weight.detach(), w_bits))
+        self.w_bits, self.act = w_bits, act
+
+    def forward(self, x):
+        return self.conv(self.act(x))
+
+
+def apply_level(block: nn.Module, level: Level | str, granularity: str = "tensor",
+                clip_percentile: float | None = None, quantize_attention: bool = True) -> nn.Module:
+    """Return a quantized copy of ``block`` at ``level`` (the original is untouched).
+
+    Every ``nn.Linear``/``nn.Conv2d`` inside is replaced; modules exposing
+    ``matmul_quant`` (e.g. the ViT attention) get the activation quantizer for their
+    matmuls when ``quantize_attention`` (else they stay float). A level with both bit
+    widths >= 16 returns a plain copy (float reference).
+    """
+    level = parse_level(level)
+    act = ActQuant(level.a_bits, granularity, clip_percentile)
+    out = copy.deepcopy(block).eval()
+
+    def swap(mod: nn.Module):
+        for name, child in mod.named_children():
+            if isinstance(child, nn.Linear):
+                setattr(mod, name, QuantLinear(child, level.w_bits, act))
+            elif isinstance(child, nn.Conv2d):
+                setattr(mod, name, QuantConv2d(child, level.w_bits, act))
+            else:
+                swap(child)
+            if hasattr(child, "matmul_quant"):
+                child.matmul_quant = act if (quantize_attention and level.a_bits < FLOAT_BITS) else None
+
+    if level.w_bits < FLOAT_BITS or level.a_bits < FLOAT_BITS:
+        swap(out)
+        if hasattr(out, "matmul_quant"):
+            out.matmul_quant = act if (quantize_attention and level.a_bits < FLOAT_BITS) else None
+    for p in out.parameters():
+        p.requires_grad_(False)
+    return out

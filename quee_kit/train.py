@@ -1,0 +1,85 @@
+"""Training the backbone with all its exits (sum of exit losses), or the heads alone on a frozen backbone."""
+from __future__ import annotations
+
+import math
+import time
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from .data import Split
+from .models import EarlyExitModel
+
+__all__ = ["train_early_exit", "exit_accuracies"]
+
+
+def _warmup_cosine(step: int, total: int, warmup: int) -> float:
+    if step < warmup:
+        return (step + 1) / warmup
+    return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+
+
+def train_early_exit(model: EarlyExitModel, train: Split, cfg, seed: int = 0, heads_only: bool = False,
+                     device: str = "cpu", progress: bool = True) -> dict:
+    """Train with AdamW on the sum of the exits' cross-entropies, linear warm-up then cosine decay.
+
+    ``cfg`` is a :class:`~quee_kit.config.ModelConfig` (epochs, batch_size, lr, weight_decay,
+    warmup_epochs). ``heads_only`` freezes the stem and blocks (post-training exits on a given
+    backbone). Returns ``{'seconds': ..., 'loss': [per-epoch mean loss]}``.
+    """
+    g = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    model.to(device).train()
+    if heads_only:
+        for p in list(model.stem.parameters()) + list(model.blocks.parameters()):
+            p.requires_grad_(False)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    n = len(train)
+    steps_per_epoch = math.ceil(n / cfg.batch_size)
+    total = cfg.epochs * steps_per_epoch
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: _warmup_cosine(s, total, max(1, int(cfg.warmup_epochs * steps_per_epoch))))
+    t0, losses = time.perf_counter(), []
+    bar = tqdm(range(cfg.epochs), desc="train exits", disable=not progress, leave=False)
+    for _ in bar:
+        perm = torch.randperm(n, generator=g)
+        tot = 0.0
+        for s in range(0, n, cfg.batch_size):
+            idx = perm[s:s + cfg.batch_size]
+            xb, yb = train.x[idx].to(device), train.y[idx].to(device)
+            if heads_only:
+                with torch.no_grad():
+                    h = model.stem(xb)
+                    states = []
+                    for b in model.blocks:
+                        h = b(h)
+                        states.append(h)
+                outs = [hd(s_) for hd, s_ in zip(model.heads, states)]
+            else:
+                outs = model(xb)
+            loss = sum(F.cross_entropy(o, yb) for o in outs)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            tot += loss.item() * len(idx)
+        losses.append(tot / n)
+        bar.set_postfix(loss=f"{losses[-1]:.3f}")
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(True)
+    return {"seconds": time.perf_counter() - t0, "loss": losses}
+
+
+@torch.no_grad()
+def exit_accuracies(model: EarlyExitModel, split: Split, batch_size: int = 1000, device: str = "cpu") -> list[float]:
+    """Float accuracy of every exit on ``split``."""
+    model.eval()
+    correct = torch.zeros(model.depth)
+    for s in range(0, len(split), batch_size):
+        outs = model(split.x[s:s + batch_size].to(device))
+        y = split.y[s:s + batch_size].to(device)
+        correct += torch.tensor([float((o.argmax(-1) == y).sum()) for o in outs])
+    return (correct / len(split)).tolist()

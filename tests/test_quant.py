@@ -1,0 +1,108 @@
+"""Fake quantization against PyTorch's own fake_quantize ops, and per-sample independence."""
+import pytest
+import torch
+
+from quee_kit.models import ViTBlock
+from quee_kit.quant import Level, apply_level, fake_quant_act, fake_quant_weight, parse_level
+
+
+def _qmax(b):
+    return 2 ** (b - 1) - 1
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4, 8])
+def test_weight_quant_matches_torch_per_channel(bits):
+    torch.manual_seed(bits)
+    w = torch.randn(48, 32) * torch.rand(48, 1) * 3
+    ours = fake_quant_weight(w, bits)
+    scale = (w.abs().amax(1) / _qmax(bits)).float()
+    ref = torch.fake_quantize_per_channel_affine(w, scale, torch.zeros(48, dtype=torch.int32), 0,
+                                                 -_qmax(bits), _qmax(bits))
+    torch.testing.assert_close(ours, ref, rtol=0, atol=1e-6)
+    # symmetric per channel: at most 2^b - 1 distinct values in each row
+    assert max(len(torch.unique(r)) for r in ours) <= 2 * _qmax(bits) + 1
+
+
+@pytest.mark.parametrize("bits", [3, 4, 8])
+def test_act_quant_per_sample_matches_torch_per_tensor(bits):
+    torch.manual_seed(0)
+    x = torch.randn(5, 17, 64) * torch.tensor([0.1, 1, 3, 10, 0.5]).view(5, 1, 1)
+    ours = fake_quant_act(x, bits, "tensor")
+    for i in range(5):
+        s = float(x[i].abs().max()) / _qmax(bits)
+        ref = torch.fake_quantize_per_tensor_affine(x[i], s, 0, -_qmax(bits), _qmax(bits))
+        torch.testing.assert_close(ours[i], ref, rtol=0, atol=1e-6)
+
+
+def test_act_quant_per_token_matches_torch_per_channel():
+    torch.manual_seed(1)
+    x = torch.randn(3, 7, 16) * torch.rand(3, 7, 1) * 5
+    ours = fake_quant_act(x, 4, "token")
+    flat = x.reshape(-1, 16)
+    scale = flat.abs().amax(1) / _qmax(4)
+    ref = torch.fake_quantize_per_channel_affine(flat, scale, torch.zeros(21, dtype=torch.int32), 0, -7, 7)
+    torch.testing.assert_close(ours, ref.reshape(3, 7, 16), rtol=0, atol=1e-6)
+
+
+def test_clip_percentile_bounds_values():
+    torch.manual_seed(2)
+    x = torch.randn(4, 1000)
+    x[:, 0] = 100.0  # an outlier per sample
+    out = fake_quant_act(x, 8, "tensor", clip_percentile=99.0)
+    assert float(out.abs().max()) < 10  # the outlier is clipped, not the scale's anchor
+    plain = fake_quant_act(x, 8, "tensor")
+    assert float(plain.abs().max()) == pytest.approx(100.0, rel=1e-5)
+
+
+def test_float_levels_pass_through():
+    x = torch.randn(2, 5)
+    assert fake_quant_act(x, 16) is x and fake_quant_weight(x, 32) is x
+
+
+@pytest.mark.parametrize("level", ["w4a4", "w3a8", "w8a8"])
+def test_block_output_independent_of_batch_mates(level):
+    torch.manual_seed(0)
+    block = ViTBlock(64, 4, 2).eval()
+    qb = apply_level(block, level)
+    x = torch.randn(64, 17, 64)
+    x[1:] *= torch.rand(63, 1, 1) * 20  # batch-mates with very different ranges
+    with torch.no_grad():
+        alone = qb(x[:1])
+        batched = qb(x)[:1]
+    torch.testing.assert_close(alone, batched, rtol=0, atol=1e-5)
+
+
+def test_batch_wide_scale_would_depend_on_batch_mates():
+    # The failure mode the per-sample scale avoids: with one scale over the batch the
+    # first sample's quantized input changes when a large batch-mate joins.
+    torch.manual_seed(0)
+    x = torch.randn(2, 17, 64)
+    x[1] *= 50
+    batch_scale = x.abs().max() / 7
+    wide = torch.round(x[0] / batch_scale).clamp(-7, 7) * batch_scale
+    assert not torch.allclose(wide, fake_quant_act(x, 4)[0])
+    torch.testing.assert_close(fake_quant_act(x, 4)[0], fake_quant_act(x[:1], 4)[0])
+
+
+def test_apply_level_quantizes_copy_and_attention_switch():
+    torch.manual_seed(0)
+    block = ViTBlock(32, 2, 2).eval()
+    before = {k: v.clone() for k, v in block.state_dict().items()}
+    x = torch.randn(3, 5, 32)
+    with torch.no_grad():
+        ref = block(x)
+        with_att = apply_level(block, "w4a4")(x)
+        no_att = apply_level(block, "w4a4", quantize_attention=False)(x)
+        float_copy = apply_level(block, "w16a16")(x)
+    for k, v in block.state_dict().items():
+        assert torch.equal(v, before[k])
+    torch.testing.assert_close(float_copy, ref)
+    assert not torch.allclose(with_att, no_att)
+    assert not torch.allclose(with_att, ref, atol=1e-3)
+
+
+def test_parse_level():
+    assert parse_level("w4a8") == Level(4, 8) and parse_level("w16a16").name == "w16a16"
+    for bad in ["w1a8", "4a8", "w4", "w40a8"]:
+        with pytest.raises(ValueError, match="level"):
+            parse_level(bad)
