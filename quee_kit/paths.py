@@ -19,7 +19,7 @@ from .costs import CostModel
 from .models import EarlyExitModel
 from .quant import Level
 
-__all__ = ["FAMILIES", "PathTree", "PathCache", "build_path_cache", "softmax_features",
+__all__ = ["FAMILIES", "PathTree", "PathCache", "build_path_cache", "softmax_features", "compact_features",
            "FEATURE_NAMES", "HISTORY_FEATURES"]
 
 FAMILIES = ("monotone", "free", "uniform")
@@ -78,6 +78,16 @@ class PathTree:
     def __len__(self) -> int:
         return len(self.paths)
 
+    def child_table(self) -> np.ndarray:
+        """(n_nodes, n_levels) int: child node per next level, -1 where none."""
+        if not hasattr(self, "_child_table"):
+            t = np.full((len(self), len(self.levels)), -1, dtype=np.int64)
+            for n, ch in enumerate(self.child):
+                for q, c in ch.items():
+                    t[n, q] = c
+            self._child_table = t
+        return self._child_table
+
     def nodes_at(self, t: int) -> np.ndarray:
         return np.flatnonzero(self.depth == t)
 
@@ -132,17 +142,36 @@ class PathCache:
         return self.tree.index[tuple(levels)]
 
 
+def compact_features(logits: torch.Tensor, prev_logits: torch.Tensor | None, depth, level,
+                     L: int, n_levels: int) -> torch.Tensor:
+    """Features of :data:`FEATURE_NAMES` for rows of head outputs.
+
+    logits, prev_logits: (..., C) at this head and the previous one (None at depth 1);
+    depth, level: broadcastable to ``logits.shape[:-1]``. Shared by the cache and the engine so
+    that both compute bit-identical features.
+    """
+    sm = softmax_features(logits)
+    shape = logits.shape[:-1]
+    d = torch.as_tensor(depth, dtype=torch.float32).expand(shape) / L
+    q = torch.as_tensor(level, dtype=torch.float32).expand(shape) / max(n_levels - 1, 1)
+    if prev_logits is None:
+        prev_max, agree = torch.zeros(shape), torch.ones(shape)
+    else:
+        prev_max = softmax_features(prev_logits)[..., 0]
+        agree = (logits.argmax(-1) == prev_logits.argmax(-1)).float()
+    return torch.cat([sm, d.unsqueeze(-1), q.unsqueeze(-1), prev_max.unsqueeze(-1), agree.unsqueeze(-1)], -1)
+
+
 def _features(tree: PathTree, logits: torch.Tensor) -> torch.Tensor:
-    sm = softmax_features(logits)                               # (n, N, 5)
-    n, N = logits.shape[:2]
-    depth = torch.as_tensor(tree.depth / tree.L, dtype=torch.float32).view(n, 1, 1).expand(n, N, 1)
-    lev = torch.as_tensor(tree.level / max(len(tree.levels) - 1, 1), dtype=torch.float32)
-    lev = lev.view(n, 1, 1).expand(n, N, 1)
-    par = torch.as_tensor(np.where(tree.parent < 0, np.arange(n), tree.parent))
-    prev_max = torch.where(torch.as_tensor(tree.parent < 0).view(n, 1), 0.0, sm[par, :, 0])
-    pred = logits.argmax(-1)
-    agree = (pred == pred[par]).float()
-    return torch.cat([sm, depth, lev, prev_max.unsqueeze(-1), agree.unsqueeze(-1)], -1).contiguous()
+    """(n_nodes, N, F) features of every node of a cache."""
+    out = torch.empty(*logits.shape[:2], len(FEATURE_NAMES))
+    nq = len(tree.levels)
+    for t in range(1, tree.L + 1):
+        nodes = tree.nodes_at(t)
+        prev = None if t == 1 else logits[tree.parent[nodes]]
+        out[nodes] = compact_features(logits[nodes], prev, torch.as_tensor(tree.depth[nodes]).view(-1, 1),
+                                      torch.as_tensor(tree.level[nodes]).view(-1, 1), tree.L, nq)
+    return out
 
 
 @torch.no_grad()

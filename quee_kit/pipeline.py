@@ -15,7 +15,7 @@ import pandas as pd
 import torch
 
 from .artifacts import content_hash, load_or_build, tensor_digest
-from .config import Config
+from .config import PROJECT_ROOT, Config
 from .costs import CostModel
 from .data import Dataset, load_dataset
 from .models import EarlyExitModel, build_model
@@ -57,7 +57,9 @@ class Prepared:
 
 
 def _cache_dir(cfg: Config) -> Path:
-    return Path(cfg.cache_dir)
+    """A relative ``cache_dir`` lives under the project root, shared by the CLI and the notebooks."""
+    p = Path(cfg.cache_dir)
+    return p if p.is_absolute() else PROJECT_ROOT / p
 
 
 def _train_model(cfg: Config, data: Dataset, progress: bool) -> dict:

@@ -41,6 +41,10 @@ def train_early_exit(model: EarlyExitModel, train: Split, cfg, seed: int = 0, he
     total = cfg.epochs * steps_per_epoch
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: _warmup_cosine(s, total, max(1, int(cfg.warmup_epochs * steps_per_epoch))))
+    L = len(model.heads)
+    # 'depth' weights exit t by t / mean(1..L): the sum still totals L, later exits count more.
+    weights = [1.0] * L if getattr(cfg, "exit_weighting", "uniform") == "uniform" else \
+        [2.0 * t / (L + 1) for t in range(1, L + 1)]
     t0, losses = time.perf_counter(), []
     bar = tqdm(range(cfg.epochs), desc="train exits", disable=not progress, leave=False)
     for _ in bar:
@@ -59,7 +63,7 @@ def train_early_exit(model: EarlyExitModel, train: Split, cfg, seed: int = 0, he
                 outs = [hd(s_) for hd, s_ in zip(model.heads, states)]
             else:
                 outs = model(xb)
-            loss = sum(F.cross_entropy(o, yb) for o in outs)
+            loss = sum(w * F.cross_entropy(o, yb) for w, o in zip(weights, outs))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

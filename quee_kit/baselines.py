@@ -1,0 +1,183 @@
+"""Baselines and bounds on the same path cache (SPEC §2.6).
+
+Each method exposes ``knobs`` (its own parameter grid), ``outcome(split, knob)`` and
+``describe(knob)``; the budget rule (:func:`quee_kit.policy.select_for_budget`) picks a knob
+on calib for every method alike.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .paths import PathCache
+from .policy import Outcome, make_outcome
+from .predictors import OptionSpace
+
+__all__ = ["StaticQuant", "ConfidenceExit", "PerExitConfidence", "BestSingle", "RandomRouting", "Oracle"]
+
+
+class StaticQuant:
+    """Full depth at one fixed level, only the final head evaluated. Knob: level index."""
+
+    def __init__(self, caches: dict[str, PathCache]):
+        self.name, self.caches = "static-quant", caches
+        self.tree = next(iter(caches.values())).tree
+        self.knobs = [(q,) for q in range(len(self.tree.levels))]
+
+    def outcome(self, split, knob) -> Outcome:
+        c = self.caches[split]
+        node = c.node((knob[0],) * self.tree.L)
+        return make_outcome(c, np.full(c.n, node), np.full(c.n, c.static_cost[node]))
+
+    def describe(self, knob) -> dict:
+        return {"entry": self.tree.levels[knob[0]].name, "lambda": np.nan}
+
+
+def _uniform_chain(cache: PathCache, q: int) -> np.ndarray:
+    return np.array([cache.node((q,) * t) for t in range(1, cache.tree.L + 1)])
+
+
+class ConfidenceExit:
+    """Exit at the first head whose max softmax >= τ, every block at level ``q`` (all heads costed).
+
+    ``levels=None`` sweeps every level (``ee-confidence@q``); knob: (level index, τ).
+    """
+
+    def __init__(self, caches, levels: list[int] | None = None, name: str = "ee-confidence",
+                 taus: np.ndarray | None = None):
+        self.name, self.caches = name, caches
+        self.tree = next(iter(caches.values())).tree
+        levels = range(len(self.tree.levels)) if levels is None else levels
+        taus = np.concatenate([np.linspace(0.3, 0.9, 13), 1 - np.logspace(-1, -5, 25), [1.01]]) \
+            if taus is None else taus
+        self.knobs = [(q, float(t)) for q in levels for t in taus]
+
+    def outcome(self, split, knob) -> Outcome:
+        c = self.caches[split]
+        q, tau = knob
+        chain = _uniform_chain(c, q)
+        conf = c.features[chain][:, :, 0].numpy()         # (L, N) max prob
+        hit = conf >= tau
+        hit[-1] = True
+        node = chain[hit.argmax(0)]
+        return make_outcome(c, node, c.node_cost[node])
+
+    def describe(self, knob) -> dict:
+        return {"entry": self.tree.levels[knob[0]].name, "lambda": knob[1]}
+
+
+class PerExitConfidence:
+    """MSDNet-style: per-exit thresholds fitted on calib so that a geometric share ∝ r^(t-1)
+    of the samples exits at exit t (Huang et al. 2018). Knob: (level index, r)."""
+
+    def __init__(self, caches, rs=None, name: str = "ee-confidence-perexit"):
+        self.name, self.caches = name, caches
+        self.tree = next(iter(caches.values())).tree
+        rs = np.concatenate([np.linspace(0.05, 1.0, 20), np.linspace(1.1, 3.0, 10)]) if rs is None else rs
+        self.knobs = [(q, float(r)) for q in range(len(self.tree.levels)) for r in rs]
+        self._thresholds = {}
+
+    def thresholds(self, knob) -> np.ndarray:
+        if knob not in self._thresholds:
+            c = self.caches["calib"]
+            q, r = knob
+            L = self.tree.L
+            share = r ** np.arange(L)
+            share /= share.sum()
+            conf = c.features[_uniform_chain(c, q)][:, :, 0].numpy()
+            remaining = np.ones(c.n, bool)
+            th = np.full(L, -np.inf)
+            for t in range(L - 1):
+                k = int(round(share[t] * c.n))
+                vals = np.sort(conf[t, remaining])[::-1]
+                th[t] = np.inf if k == 0 else vals[min(k, len(vals)) - 1]
+                remaining &= conf[t] < th[t]
+            self._thresholds[knob] = th
+        return self._thresholds[knob]
+
+    def outcome(self, split, knob) -> Outcome:
+        c = self.caches[split]
+        chain = _uniform_chain(c, knob[0])
+        conf = c.features[chain][:, :, 0].numpy()
+        hit = conf >= self.thresholds(knob)[:, None]
+        hit[-1] = True
+        node = chain[hit.argmax(0)]
+        return make_outcome(c, node, c.node_cost[node])
+
+    def describe(self, knob) -> dict:
+        return {"entry": self.tree.levels[knob[0]].name, "lambda": knob[1]}
+
+
+class BestSingle:
+    """The best *static* combination: the union of static quantization, early exit at the
+    reference and early exit at every fixed level; the budget rule picks among all of them."""
+
+    def __init__(self, static: StaticQuant, confidence: ConfidenceExit):
+        self.name = "best-single"
+        self.parts = {"static": static, "ee": confidence}
+        self.knobs = [("static",) + k for k in static.knobs] + [("ee",) + k for k in confidence.knobs]
+        self.tree = static.tree
+
+    def outcome(self, split, knob) -> Outcome:
+        return self.parts[knob[0]].outcome(split, knob[1:])
+
+    def describe(self, knob) -> dict:
+        d = self.parts[knob[0]].describe(knob[1:])
+        d["entry"] = f"{knob[0]}:{d['entry']}"
+        return d
+
+
+class RandomRouting:
+    """Random routing: at each node exit with probability p, else a uniformly random allowed
+    level for the next block. Knob: (entry level index, p); the budget rule matches the cost."""
+
+    def __init__(self, caches, opts: OptionSpace, ps=None, seed: int = 0):
+        self.name, self.caches, self.opts, self.seed = "random", caches, opts, seed
+        self.tree = opts.tree
+        ps = np.linspace(0.0, 1.0, 21) if ps is None else ps
+        self.knobs = [(q, float(p)) for q in range(len(self.tree.levels)) for p in ps]
+
+    def outcome(self, split, knob) -> Outcome:
+        c, tree = self.caches[split], self.tree
+        q, p = knob
+        rng = np.random.default_rng([self.seed, q, int(p * 1000)])
+        cur = np.full(c.n, tree.entry[q])
+        table = tree.child_table()
+        active = np.ones(c.n, bool)
+        for _ in range(tree.L - 1):
+            go = active & (rng.random(c.n) >= p)
+            allowed = table[cur] >= 0                                # (N, n_levels)
+            # a uniformly random allowed level: the k-th allowed one, k uniform
+            k = (rng.random(c.n) * allowed.sum(1)).astype(int)
+            nxt_level = (np.cumsum(allowed, 1) > k[:, None]).argmax(1)
+            nxt = table[cur, nxt_level]
+            active = go & (nxt >= 0)                                 # an exited sample stays exited
+            cur = np.where(active, nxt, cur)
+        return make_outcome(c, cur, c.node_cost[cur])
+
+    def describe(self, knob) -> dict:
+        return {"entry": self.tree.levels[knob[0]].name, "lambda": knob[1]}
+
+
+class Oracle:
+    """Per sample, the node minimizing true error + λ·cost (perfect knowledge, no predictor).
+
+    ``uniform=True`` restricts to one level per path (``oracle-uniform``). Knob: (λ,).
+    """
+
+    def __init__(self, caches, lambdas, uniform: bool = False):
+        self.name = "oracle-uniform" if uniform else "oracle"
+        self.caches = caches
+        self.tree = next(iter(caches.values())).tree
+        self.nodes = np.array([n for n, p in enumerate(self.tree.paths) if not uniform or len(set(p)) == 1])
+        self.knobs = [(float(l),) for l in lambdas]
+
+    def outcome(self, split, knob) -> Outcome:
+        c = self.caches[split]
+        err = (~c.correct[self.nodes]).numpy().astype(float)      # (n, N)
+        cost = c.node_cost[self.nodes][:, None]
+        score = err + knob[0] * cost + 1e-9 * cost                 # ties -> the cheaper node
+        node = self.nodes[score.argmin(0)]
+        return make_outcome(c, node, c.node_cost[node])
+
+    def describe(self, knob) -> dict:
+        return {"entry": "per-sample", "lambda": knob[0]}

@@ -1,0 +1,101 @@
+"""Dynamic inference: the QuEE rule on new inputs, each sample running only the blocks it needs.
+
+Samples are grouped by the level of their next block; each group's block runs once at that
+level; samples that exit leave the batch. Predictions and per-sample costs equal what the
+path-cache simulation (:func:`quee_kit.policy.simulate`) says for the same inputs.
+
+Fake quantization computes in float32, so this engine saves wall-clock time only through the
+blocks it skips (early exits), not through lower precision: that needs integer kernels.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from .costs import CostModel
+from .models import EarlyExitModel
+from .paths import compact_features
+from .predictors import ErrorPredictor, OptionSpace
+
+__all__ = ["DynamicModel", "DynamicResult"]
+
+
+@dataclass
+class DynamicResult:
+    """pred: (N,) classes; cost: (N,) normalized BOPs; node: (N,) path-tree node where each exited;
+    blocks_run: total block evaluations (sum over samples)."""
+    pred: torch.Tensor
+    cost: np.ndarray
+    node: np.ndarray
+    blocks_run: int
+
+
+class DynamicModel(nn.Module):
+    """QuEE as a module: ``forward(x)`` -> :class:`DynamicResult`.
+
+    model: the trained early-exit backbone; qblocks[q][t]: block t at level q; predictors: the
+    cross-fitted fold models (their mean is used, as for test in the cache); columns: feature
+    columns they read; opts: the option space (with the predictor cost set); entry, lam: the
+    chosen entry level index and λ; mask: (n_nodes, O) allowed options (the QuEE variant).
+    """
+
+    def __init__(self, model: EarlyExitModel, qblocks: dict[int, list[nn.Module]], costs: CostModel,
+                 predictors: list[ErrorPredictor], columns: list[int], opts: OptionSpace,
+                 entry: int, lam: float, mask: np.ndarray | None = None):
+        super().__init__()
+        self.model, self.qblocks, self.predictors, self.costs = model.eval(), qblocks, predictors, costs
+        self.columns, self.opts, self.entry, self.lam = columns, opts, entry, float(lam)
+        self.mask = opts.valid if mask is None else mask
+        self.tree = opts.tree
+
+    @torch.no_grad()
+    def _error_probs(self, feats: torch.Tensor, depth: int) -> np.ndarray:
+        d = torch.full((len(feats),), depth, dtype=torch.long)
+        x = feats[:, self.columns]
+        return (sum(torch.sigmoid(m(x, d)) for m in self.predictors) / len(self.predictors)).numpy()
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor) -> DynamicResult:
+        tree, opts, N = self.tree, self.opts, len(x)
+        pred = torch.empty(N, dtype=torch.long)
+        cost = np.zeros(N)
+        final = np.zeros(N, dtype=np.int64)
+        idx = np.arange(N)                                   # samples still in the batch
+        node = np.full(N, tree.entry[self.entry])
+        h = self.qblocks[self.entry][0](self.model.stem(x))
+        # Costs are accumulated from what actually runs: stem, each block at its level, each head,
+        # each predictor call.
+        cost += self.costs.stem + self.costs.block(0, tree.levels[self.entry])
+        blocks_run, prev_logits = N, None
+        for t in range(1, tree.L + 1):
+            logits = self.model.heads[t - 1](h).float()
+            cost[idx] += self.costs.head(t - 1)
+            feats = compact_features(logits, prev_logits, t, torch.as_tensor(tree.level[node]).float(),
+                                     tree.L, len(tree.levels))
+            if t == tree.L:
+                go = np.zeros(len(idx), bool)
+            else:
+                E = self._error_probs(feats, t)
+                score = np.where(self.mask[node], E + self.lam * opts.delta_cost[node], np.inf)
+                nxt = opts.next_node[node, score.argmin(1)]
+                cost[idx] += opts.predictor_cost
+                go = nxt >= 0
+            done = ~go
+            pred[idx[done]] = logits[done].argmax(-1)
+            final[idx[done]] = node[done]
+            if not go.any():
+                break
+            keep = torch.as_tensor(go)
+            idx, node, h, prev_logits = idx[go], nxt[go], h[keep], logits[keep]
+            # Group the remaining samples by the level of their next block; run it once per group.
+            nh = torch.empty_like(h)
+            for q in np.unique(tree.level[node]):
+                g = torch.as_tensor(tree.level[node] == q)
+                nh[g] = self.qblocks[int(q)][t](h[g])
+                blocks_run += int(g.sum())
+                cost[idx[g.numpy()]] += self.costs.block(t, tree.levels[int(q)])
+            h = nh
+        return DynamicResult(pred, cost, final, blocks_run)

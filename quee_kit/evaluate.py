@@ -1,0 +1,260 @@
+"""Curves, budgets, paired bootstrap intervals, summary — and the whole ``quee-kit run`` pipeline."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from .artifacts import atomic_write_bytes, content_hash, load_or_build
+from .baselines import BestSingle, ConfidenceExit, Oracle, PerExitConfidence, RandomRouting, StaticQuant
+from .config import Config, ConfigError
+from .data import load_dataset
+from .pipeline import Prepared, _cache_dir, peak_memory_mb, prepare
+from .policy import QueePolicy, lambda_grid, select_for_budget
+from .predictors import ErrorPredictor, OptionSpace, _predict, fit_cross_fitted, predictor_quality
+
+__all__ = ["Study", "run_study", "paired_bootstrap", "run_pipeline", "check_config_against_data",
+           "QUEE_VARIANTS"]
+
+# name -> (predictor overrides, option restriction)
+QUEE_VARIANTS = {
+    "quee": ({}, "all"),
+    "quee-raw": ({"targets": "raw"}, "all"),
+    "quee-nohist": ({"history": False}, "all"),
+    "quee-exit-only": ({}, "exit-only"),
+    "quee-quant-only": ({}, "quant-only"),
+}
+
+
+def paired_bootstrap(diff: np.ndarray, n: int = 2000, seed: int = 0) -> tuple[float, float, float]:
+    """Mean of per-sample differences and its 95% percentile bootstrap interval."""
+    diff = np.asarray(diff, dtype=float)
+    rng = np.random.default_rng(seed)
+    means = diff[rng.integers(0, len(diff), (n, len(diff)))].mean(1)
+    return float(diff.mean()), float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+
+
+def check_config_against_data(cfg: Config) -> None:
+    """Checks that need the split sizes (cheap: loads the arrays, trains nothing)."""
+    data = load_dataset(cfg.data.name, split_seed=cfg.data.split_seed,
+                        sizes=tuple(cfg.data.sizes) if cfg.data.sizes else None)
+    fold = len(data.calib) * (cfg.predictor.folds - 1) // cfg.predictor.folds
+    if cfg.predictor.targets == "kmeans" and cfg.predictor.K > fold:
+        raise ConfigError(f"config: predictor.K must be <= the calib samples of a training fold ({fold}) "
+                          f"(got {cfg.predictor.K})")
+    if cfg.predictor.folds > len(data.calib):
+        raise ConfigError(f"config: predictor.folds must be <= the calib size {len(data.calib)} "
+                          f"(got {cfg.predictor.folds})")
+
+
+@dataclass
+class Study:
+    """All methods of one seed evaluated on its caches.
+
+    ``points[method]``: DataFrame of every knob (cost/accuracy on calib and test);
+    ``methods[name]``: the method objects; ``quality``: predictor quality per QuEE variant;
+    ``predictors[name]``: its fold models, feature columns and error estimates per split.
+    """
+    prep: Prepared
+    opts: OptionSpace
+    methods: dict
+    points: dict[str, pd.DataFrame]
+    quality: dict
+    predictors: dict = field(default_factory=dict)  # QuEE variant -> fitted fold models, columns, E
+    timings: dict = field(default_factory=dict)
+
+    def select(self, method: str, budget: float):
+        """(knob, feasible) chosen on calib for ``budget`` by the shared rule."""
+        p = self.points[method]
+        i, ok = select_for_budget(p["cost_calib"].to_numpy(), p["acc_calib"].to_numpy(), budget)
+        return self.methods[method].knobs[i], ok
+
+    def at_budget(self, method: str, budget: float, split: str = "test"):
+        knob, ok = self.select(method, budget)
+        return knob, ok, self.methods[method].outcome(split, knob)
+
+    def engine(self, method: str, budget: float):
+        """The :class:`~quee_kit.engine.DynamicModel` running ``method`` (a QuEE variant) at ``budget``."""
+        from .engine import DynamicModel
+        (entry, lam), _ = self.select(method, budget)
+        p, prep = self.predictors[method], self.prep
+        return DynamicModel(prep.model, prep.qblocks, prep.costs, p["models"], p["columns"], self.opts,
+                            entry, lam, self.methods[method].mask)
+
+
+def _fit_variant(prep: Prepared, opts: OptionSpace, pcfg, seed: int, progress: bool):
+    """Cross-fitted predictors for one predictor config; fold models cached as an artifact."""
+    key = content_hash("predictors", prep.model_hash, prep.data.digest, [l.name for l in prep.levels],
+                       prep.tree.family, dataclasses.asdict(pcfg), seed, dataclasses.asdict(prep.cfg.quant))
+    path = _cache_dir(prep.cfg) / f"predictors-{key[:16]}.pt"
+
+    def build():
+        cf = fit_cross_fitted(prep.caches["calib"], prep.caches["test"], opts, pcfg, seed, progress)
+        return {"models": [m.state_dict() for m in cf.models], "folds": cf.folds, "columns": cf.columns}
+
+    art = load_or_build(path, key, build, what="predictors")
+    models = []
+    for sd in art["models"]:
+        m = ErrorPredictor(len(art["columns"]), opts.n_options, prep.tree.L, pcfg.hidden, pcfg.layers, pcfg.shared)
+        m.load_state_dict(sd)
+        models.append(m.eval())
+    calib = np.full((len(prep.tree), prep.caches["calib"].n, opts.n_options), np.nan, dtype=np.float32)
+    for k, m in enumerate(models):
+        ho = np.flatnonzero(art["folds"] == k)
+        calib[:, ho] = _predict([m], prep.caches["calib"], opts, ho, art["columns"])
+    test = _predict(models, prep.caches["test"], opts, np.arange(prep.caches["test"].n), art["columns"])
+    return {"calib": calib, "test": test, "models": models, "columns": art["columns"]}
+
+
+def run_study(cfg: Config, progress: bool = True, variants: dict | None = None, prep: Prepared | None = None) -> Study:
+    """Prepare caches, fit predictors (cross-fitted), evaluate every method's knobs on calib and test."""
+    t0 = time.perf_counter()
+    prep = prep or prepare(cfg, progress=progress)
+    caches = prep.caches
+    opts = OptionSpace(prep.tree, caches["calib"].node_cost)
+    timings = {"prepare_seconds": time.perf_counter() - t0, **prep.timings}
+    lambdas = lambda_grid(cfg.eval.lambda_grid)
+    methods, quality, fitted, predictors = {}, {}, {}, {}
+    t1 = time.perf_counter()
+    for name, (pover, variant) in (variants or QUEE_VARIANTS).items():
+        pcfg = dataclasses.replace(cfg.predictor, **pover)
+        pkey = json.dumps(pover, sort_keys=True)
+        if pkey not in fitted:
+            fitted[pkey] = _fit_variant(prep, opts, pcfg, cfg.seed, progress)
+            quality[name] = predictor_quality(fitted[pkey]["test"], caches["test"], opts)
+        predictors[name] = fitted[pkey]
+        methods[name] = QueePolicy(name, fitted[pkey], caches, opts, lambdas, variant)
+    # Every predictor call is charged (the MLP's MACs at reference bits; all variants share its size).
+    prep.costs.set_predictor_macs(next(iter(fitted.values()))["models"][0].macs if fitted else 0)
+    opts.set_predictor_cost(prep.costs.predictor_call)
+    timings["predictor_seconds"] = time.perf_counter() - t1
+    static = StaticQuant(caches)
+    ee_all = ConfidenceExit(caches, None, "ee-confidence@q")
+    methods.update({
+        "static-quant": static,
+        "ee-confidence": ConfidenceExit(caches, [0], "ee-confidence"),
+        "ee-confidence@q": ee_all,
+        "ee-confidence-perexit": PerExitConfidence(caches),
+        "best-single": BestSingle(static, ee_all),
+        "random": RandomRouting(caches, opts, seed=cfg.seed),
+        "oracle": Oracle(caches, lambdas),
+        "oracle-uniform": Oracle(caches, lambdas, uniform=True),
+    })
+    t2 = time.perf_counter()
+    points = {}
+    for name, m in tqdm(methods.items(), desc="methods", disable=not progress, leave=False):
+        rows = []
+        for knob in m.knobs:
+            oc, ot = m.outcome("calib", knob), m.outcome("test", knob)
+            rows.append({**m.describe(knob), "cost_calib": oc.mean_cost, "acc_calib": oc.accuracy,
+                         "cost_test": ot.mean_cost, "acc_test": ot.accuracy})
+        points[name] = pd.DataFrame(rows)
+    timings["evaluate_seconds"] = time.perf_counter() - t2
+    return Study(prep, opts, methods, points, quality, predictors, timings)
+
+
+def c_min_sat(study: Study) -> tuple[float, float]:
+    """c_min: the cheapest cost any method can reach (exit 1 at the cheapest level); c_sat: the cheapest
+    full-depth static level within 0.5 points of the reference on calib."""
+    p = study.points["static-quant"]
+    ref_acc = p["acc_calib"].iloc[0]
+    ok = p[p["acc_calib"] >= ref_acc - 0.005]
+    cache = study.prep.caches["calib"]
+    return float(cache.static_cost[study.prep.tree.nodes_at(1)].min()), float(ok["cost_calib"].min())
+
+
+def budget_tables(studies: list[Study], budgets, n_boot: int, auc_range) -> tuple[pd.DataFrame, dict]:
+    """Per-seed and seed-pooled budget rows, and per-method AUC over ``auc_range``."""
+    names = list(studies[0].methods)
+    rows, per_budget = [], {}
+    for b in budgets:
+        bs = [s.at_budget("best-single", b)[2].correct.astype(float) for s in studies]
+        for name in names:
+            diffs, accs, costs = [], [], []
+            for seed_i, s in enumerate(studies):
+                knob, ok, out = s.at_budget(name, b)
+                d = out.correct - bs[seed_i]
+                m, lo, hi = paired_bootstrap(d, n_boot, seed=seed_i)
+                desc = s.methods[name].describe(knob)
+                rows.append({"method": name, "budget": b, "split": "test", "entry": desc["entry"],
+                             "lambda": desc["lambda"], "cost": out.mean_cost, "accuracy": out.accuracy,
+                             "diff_vs_best_single": m, "diff_lo": lo, "diff_hi": hi,
+                             "seed": str(s.prep.cfg.seed), "feasible": ok})
+                diffs.append(d)
+                accs.append(out.accuracy)
+                costs.append(out.mean_cost)
+            # Pooled over seeds: the same test samples, so resample samples of the seed-mean difference.
+            m, lo, hi = paired_bootstrap(np.mean(diffs, 0), n_boot, seed=123)
+            rows.append({"method": name, "budget": b, "split": "test", "entry": "", "lambda": np.nan,
+                         "cost": float(np.mean(costs)), "accuracy": float(np.mean(accs)),
+                         "diff_vs_best_single": m, "diff_lo": lo, "diff_hi": hi, "seed": "all",
+                         "accuracy_std": float(np.std(accs)), "cost_std": float(np.std(costs))})
+    grid = np.linspace(auc_range[0], auc_range[1], 41)
+    auc = {name: [float(np.mean([s.at_budget(name, b)[2].accuracy for b in grid])) for s in studies]
+           for name in names}
+    return pd.DataFrame(rows), auc
+
+
+def curves_table(studies: list[Study]) -> pd.DataFrame:
+    rows = []
+    for s in studies:
+        for name, p in s.points.items():
+            for _, r in p.iterrows():
+                param = json.dumps({"entry": r["entry"], "lambda": r["lambda"]})
+                for split in ("calib", "test"):
+                    rows.append({"method": name, "param": param, "split": split, "cost": r[f"cost_{split}"],
+                                 "accuracy": r[f"acc_{split}"], "seed": s.prep.cfg.seed})
+    return pd.DataFrame(rows)
+
+
+def _atomic_csv(df: pd.DataFrame, path: Path) -> None:
+    atomic_write_bytes(path, df.to_csv(index=False, float_format="%.6g").encode())
+
+
+def run_pipeline(cfg: Config, out: Path, progress: bool = True) -> dict:
+    """``quee-kit run``: every seed of ``cfg.eval.seeds``; writes curves.csv, budgets.csv, summary.json."""
+    check_config_against_data(cfg)
+    t0 = time.perf_counter()
+    out.mkdir(parents=True, exist_ok=True)
+    studies = []
+    for seed in tqdm(cfg.eval.seeds, desc="seeds", disable=not progress or len(cfg.eval.seeds) == 1):
+        torch.manual_seed(seed)
+        studies.append(run_study(dataclasses.replace(cfg, seed=seed), progress))
+    budgets, auc = budget_tables(studies, cfg.eval.budgets, cfg.eval.bootstrap, cfg.eval.auc_range)
+    curves = curves_table(studies)
+    _atomic_csv(curves, out / "curves.csv")
+    _atomic_csv(budgets, out / "budgets.csv")
+    cmins = [c_min_sat(s) for s in studies]
+    auc_mean = {k: float(np.mean(v)) for k, v in auc.items()}
+    gap = auc_mean["oracle"] - auc_mean["best-single"]
+    summary = {
+        "config": dataclasses.asdict(cfg),
+        "seeds": list(cfg.eval.seeds),
+        "split_sizes": {s: len(studies[0].prep.data.split(s)) for s in ("train", "calib", "test")},
+        "reference_accuracy": {"test": [float(s.points["static-quant"]["acc_test"].iloc[0]) for s in studies],
+                               "calib": [float(s.points["static-quant"]["acc_calib"].iloc[0]) for s in studies]},
+        "c_min": [c[0] for c in cmins], "c_sat": [c[1] for c in cmins],
+        "tree_nodes": len(studies[0].prep.tree),
+        "predictor_call_cost": studies[0].opts.predictor_cost,
+        "auc_range": list(cfg.eval.auc_range),
+        "auc": {k: {"mean": auc_mean[k], "std": float(np.std(v)), "per_seed": v} for k, v in auc.items()},
+        "oracle_gap_share": {k: (auc_mean[k] - auc_mean["best-single"]) / gap if gap > 0 else None
+                             for k in auc_mean},
+        "predictors": {name: [s.quality.get(name) for s in studies] for name in studies[0].quality},
+        "timings": {"total_seconds": time.perf_counter() - t0, "per_seed": [s.timings for s in studies],
+                    "peak_memory_mb": peak_memory_mb()},
+    }
+    atomic_write_bytes(out / "summary.json", (json.dumps(summary, indent=2, default=float) + "\n").encode())
+    if progress:
+        pooled = budgets[budgets.seed == "all"]
+        show = pooled[pooled.method.isin(["quee", "best-single", "oracle", "static-quant", "ee-confidence"])]
+        print(show.pivot_table(index="method", columns="budget", values="accuracy").round(4).to_string())
+        print(f"wrote {out}/curves.csv, budgets.csv, summary.json in {summary['timings']['total_seconds']:.0f} s")
+    return summary

@@ -1,0 +1,119 @@
+"""The QuEE decision rule (receding horizon) on the path cache, and the shared budget rule.
+
+At node t with trade-off λ >= 0: ``a* = argmin_a ê_a + λ · cost_a`` over exit-now and every
+plan (m, q') the family allows; exit if a* is exit-now, else run only block t+1 at q' and
+decide again. Every decision consults the predictor once and pays its cost.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .paths import PathCache
+from .predictors import OptionSpace
+
+__all__ = ["Outcome", "make_outcome", "simulate", "option_mask", "lambda_grid", "select_for_budget",
+           "QueePolicy", "VARIANTS"]
+
+# Option restrictions of the QuEE ablations (SPEC §2.6).
+VARIANTS = ("all", "exit-only", "quant-only")
+
+
+@dataclass
+class Outcome:
+    """Per-sample result of a policy on one split: final node, cost (normalized BOPs), correctness."""
+    node: np.ndarray
+    cost: np.ndarray
+    correct: np.ndarray
+
+    @property
+    def accuracy(self) -> float:
+        return float(self.correct.mean())
+
+    @property
+    def mean_cost(self) -> float:
+        return float(self.cost.mean())
+
+
+def make_outcome(cache: PathCache, node: np.ndarray, cost: np.ndarray) -> Outcome:
+    node = np.asarray(node)
+    correct = cache.correct.numpy()[node, np.arange(len(node))]
+    return Outcome(node, np.asarray(cost, dtype=float), correct)
+
+
+def option_mask(opts: OptionSpace, variant: str = "all") -> np.ndarray:
+    """(n_nodes, O) bool: options allowed at each node for a QuEE variant."""
+    if variant not in VARIANTS:
+        raise ValueError(f"variant must be one of {', '.join(VARIANTS)} (got {variant!r})")
+    m = opts.valid.copy()
+    o = np.arange(opts.n_options)
+    if variant == "exit-only":     # early exit only: the entry level for the whole path
+        m &= opts.option_level(o)[None, :] == opts.tree.level[:, None]
+    elif variant == "quant-only":  # no early exit: every plan ends at L
+        m &= opts.option_exit(o)[None, :] == opts.tree.L
+    return m
+
+
+def simulate(E: np.ndarray, cache: PathCache, opts: OptionSpace, lam: float, entry: int,
+             mask: np.ndarray | None = None) -> Outcome:
+    """Run the receding-horizon rule for every sample of ``cache``.
+
+    E: (n_nodes, N, O) predicted error probabilities; lam: λ >= 0; entry: level index of block 1.
+    """
+    if lam < 0 or not np.isfinite(lam):
+        raise ValueError(f"lambda must be a finite float >= 0 (got {lam})")
+    tree = opts.tree
+    mask = opts.valid if mask is None else mask
+    N = E.shape[1]
+    cur = np.full(N, tree.entry[entry])
+    active = np.ones(N, bool)
+    calls = np.zeros(N)
+    for _ in range(tree.L - 1):
+        ai = np.flatnonzero(active)
+        if not len(ai):
+            break
+        nodes = cur[ai]
+        score = np.where(mask[nodes], E[nodes, ai] + lam * opts.delta_cost[nodes], np.inf)
+        a = score.argmin(1)
+        calls[ai] += 1
+        nxt = opts.next_node[nodes, a]
+        go = nxt >= 0
+        active[ai[~go]] = False
+        cur[ai[go]] = nxt[go]
+    return make_outcome(cache, cur, cache.node_cost[cur] + calls * opts.predictor_cost)
+
+
+def lambda_grid(n: int) -> np.ndarray:
+    """λ = 0 and ``n - 1`` log-spaced values in [1e-3, 1e4] (cost is a step function of λ)."""
+    return np.concatenate([[0.0], np.logspace(-3, 4, n - 1)])
+
+
+def select_for_budget(costs: np.ndarray, accs: np.ndarray, budget: float) -> tuple[int, bool]:
+    """The rule every method uses for its knob: best calib accuracy with calib cost <= budget
+    (ties: lower cost). Returns (index, feasible); infeasible budgets get the cheapest knob."""
+    if budget <= 0:
+        raise ValueError(f"budget must be > 0 (got {budget})")
+    costs, accs = np.asarray(costs), np.asarray(accs)
+    ok = np.flatnonzero(costs <= budget + 1e-12)
+    if not len(ok):
+        return int(costs.argmin()), False
+    best = ok[np.lexsort((costs[ok], -accs[ok]))[0]]
+    return int(best), True
+
+
+class QueePolicy:
+    """QuEE (or an ablation) as a method: knobs are (entry level index, λ)."""
+
+    def __init__(self, name: str, E: dict[str, np.ndarray], caches: dict[str, PathCache],
+                 opts: OptionSpace, lambdas: np.ndarray, variant: str = "all"):
+        self.name, self.E, self.caches, self.opts = name, E, caches, opts
+        self.mask = option_mask(opts, variant)
+        self.knobs = [(q, float(l)) for q in range(len(opts.tree.levels)) for l in lambdas]
+
+    def outcome(self, split: str, knob) -> Outcome:
+        q, lam = knob
+        return simulate(self.E[split], self.caches[split], self.opts, lam, q, self.mask)
+
+    def describe(self, knob) -> dict:
+        return {"entry": self.opts.tree.levels[knob[0]].name, "lambda": knob[1]}
