@@ -146,8 +146,8 @@ class PredictorConfig:
 class EvalConfig:
     # Target budgets: mean normalized BOPs (1.0 = full depth at the reference level), chosen in the
     # trade-off region of the default model (README, "Choosing the budgets").
-    budgets: list[float] = field(default_factory=lambda: [0.03, 0.04, 0.05, 0.06, 0.08])
-    auc_range: list[float] = field(default_factory=lambda: [0.03, 0.08])
+    budgets: list[float] = field(default_factory=lambda: [0.03, 0.04, 0.05, 0.06, 0.08, 0.12])
+    auc_range: list[float] = field(default_factory=lambda: [0.03, 0.15])
     lambda_grid: int = 120        # log-spaced lambda values (plus 0) swept per entry level
     bootstrap: int = 2000         # paired bootstrap resamples for the 95% intervals
     seeds: list[int] = field(default_factory=lambda: [0])

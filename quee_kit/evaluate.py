@@ -16,12 +16,13 @@ from .artifacts import atomic_write_bytes, content_hash, load_or_build
 from .baselines import BestSingle, ConfidenceExit, Oracle, PerExitConfidence, RandomRouting, StaticQuant
 from .config import Config, ConfigError
 from .data import load_dataset
+from .paths import FEATURE_NAMES
 from .pipeline import Prepared, _cache_dir, peak_memory_mb, prepare
 from .policy import QueePolicy, lambda_grid, select_for_budget
 from .predictors import ErrorPredictor, OptionSpace, _predict, fit_cross_fitted, predictor_quality
 
 __all__ = ["Study", "run_study", "paired_bootstrap", "run_pipeline", "check_config_against_data",
-           "QUEE_VARIANTS"]
+           "QUEE_VARIANTS", "budget_tables", "curves_table", "c_min_sat"]
 
 # name -> (predictor overrides, option restriction)
 QUEE_VARIANTS = {
@@ -92,7 +93,8 @@ class Study:
 def _fit_variant(prep: Prepared, opts: OptionSpace, pcfg, seed: int, progress: bool):
     """Cross-fitted predictors for one predictor config; fold models cached as an artifact."""
     key = content_hash("predictors", prep.model_hash, prep.data.digest, [l.name for l in prep.levels],
-                       prep.tree.family, dataclasses.asdict(pcfg), seed, dataclasses.asdict(prep.cfg.quant))
+                       prep.tree.family, dataclasses.asdict(pcfg), seed, dataclasses.asdict(prep.cfg.quant),
+                       FEATURE_NAMES)  # a change of features makes old predictors stale
     path = _cache_dir(prep.cfg) / f"predictors-{key[:16]}.pt"
 
     def build():
@@ -151,8 +153,10 @@ def run_study(cfg: Config, progress: bool = True, variants: dict | None = None, 
     points = {}
     for name, m in tqdm(methods.items(), desc="methods", disable=not progress, leave=False):
         rows = []
-        for knob in m.knobs:
-            oc, ot = m.outcome("calib", knob), m.outcome("test", knob)
+        batch = {sp: m.outcomes(sp) for sp in ("calib", "test")} if hasattr(m, "outcomes") else None
+        for i, knob in enumerate(m.knobs):
+            oc, ot = (batch["calib"][i], batch["test"][i]) if batch else (m.outcome("calib", knob),
+                                                                         m.outcome("test", knob))
             rows.append({**m.describe(knob), "cost_calib": oc.mean_cost, "acc_calib": oc.accuracy,
                          "cost_test": ot.mean_cost, "acc_test": ot.accuracy})
         points[name] = pd.DataFrame(rows)
@@ -196,9 +200,18 @@ def budget_tables(studies: list[Study], budgets, n_boot: int, auc_range) -> tupl
                          "cost": float(np.mean(costs)), "accuracy": float(np.mean(accs)),
                          "diff_vs_best_single": m, "diff_lo": lo, "diff_hi": hi, "seed": "all",
                          "accuracy_std": float(np.std(accs)), "cost_std": float(np.std(costs))})
+    # AUC: mean test accuracy of the budget rule's choice over a grid of budgets in the range. A budget
+    # the method cannot meet on calib scores 0 there (it has no operating point within that budget).
     grid = np.linspace(auc_range[0], auc_range[1], 41)
-    auc = {name: [float(np.mean([s.at_budget(name, b)[2].accuracy for b in grid])) for s in studies]
-           for name in names}
+    auc = {}
+    for name in names:
+        auc[name] = []
+        for s in studies:
+            accs = []
+            for b in grid:
+                _, ok, out = s.at_budget(name, b)
+                accs.append(out.accuracy if ok else 0.0)
+            auc[name].append(float(np.mean(accs)))
     return pd.DataFrame(rows), auc
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 import torch
@@ -25,7 +26,7 @@ __all__ = ["FAMILIES", "PathTree", "PathCache", "build_path_cache", "softmax_fea
 FAMILIES = ("monotone", "free", "uniform")
 
 # Compact per-node features (SPEC §2.4), in this column order.
-FEATURE_NAMES = ["max_prob", "margin", "entropy", "p2", "p3", "depth", "level",
+FEATURE_NAMES = ["max_prob", "margin", "entropy", "p2", "p3", "log_odds", "logit_margin", "depth", "level",
                  "prev_max_prob", "agree_prev"]
 HISTORY_FEATURES = ("prev_max_prob", "agree_prev")
 
@@ -96,13 +97,23 @@ class PathTree:
 
 
 def softmax_features(logits: torch.Tensor) -> torch.Tensor:
-    """(..., C) logits -> (..., 5): max prob, margin (p1 - p2), entropy / log C, p2, p3."""
-    p = logits.float().softmax(-1)
+    """(..., C) logits -> (..., 7): max prob, margin (p1 - p2), entropy / log C, p2, p3,
+    log-odds of the top class log(p1 / (1 - p1)) and the top-2 logit margin.
+
+    The two log-scale features keep apart confidences like 0.99 / 0.999 / 0.9999 that probabilities
+    squash together, where most errors of a 94%-accurate head are decided.
+    """
+    logits = logits.float()
+    p = logits.softmax(-1)
     top = p.topk(min(3, p.shape[-1]), dim=-1).values
     if top.shape[-1] < 3:
         top = torch.nn.functional.pad(top, (0, 3 - top.shape[-1]))
     ent = -(p * p.clamp_min(1e-12).log()).sum(-1) / np.log(max(p.shape[-1], 2))
-    return torch.stack([top[..., 0], top[..., 0] - top[..., 1], ent, top[..., 1], top[..., 2]], -1)
+    tl = logits.topk(2, dim=-1)
+    rest = logits.scatter(-1, tl.indices[..., :1], float("-inf")).logsumexp(-1)
+    log_odds = tl.values[..., 0] - rest
+    return torch.stack([top[..., 0], top[..., 0] - top[..., 1], ent, top[..., 1], top[..., 2], log_odds,
+                        tl.values[..., 0] - tl.values[..., 1]], -1)
 
 
 @dataclass
@@ -122,14 +133,19 @@ class PathCache:
     features: torch.Tensor = field(repr=False, default=None)
     stats: dict = field(default_factory=dict)
 
-    @property
+    @cached_property
     def pred(self) -> torch.Tensor:
+        """(n_nodes, N) predicted class (computed once; the logits are never modified)."""
         return self.logits.argmax(-1)
 
-    @property
+    @cached_property
     def correct(self) -> torch.Tensor:
         """(n_nodes, N) bool."""
         return self.pred == self.y
+
+    @cached_property
+    def correct_np(self) -> np.ndarray:
+        return self.correct.numpy()
 
     @property
     def n(self) -> int:

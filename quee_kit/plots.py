@@ -163,3 +163,183 @@ def flop_check_table(model, image_shape) -> pd.DataFrame:
     df = pd.DataFrame(rows)
     df["match"] = df.count_ops_macs == df.flop_counter_macs
     return df
+
+
+# ------------------------------------------------------------- result figures (notebooks 05, 06, 08)
+
+import numpy as np  # noqa: E402  (only the result figures below need it)
+
+__all__ += ["TEST_ACCURACY_LABEL", "DIFF_LABEL", "BUDGET_LABEL", "method_colors", "accuracy_cost_figure",
+            "reliability_diagram", "k_sweep_plot", "noise_sweep_plot", "difficulty_plot"]
+
+TEST_ACCURACY_LABEL = "test accuracy (fraction correct)"
+DIFF_LABEL = "accuracy − best-single (percentage points, test)"
+BUDGET_LABEL = "budget (normalized BOPs, 1.0 = full model at w16a16)"
+ERROR_PROB_LABEL = "predicted probability of error ê (exit now)"
+
+
+def method_colors(methods) -> dict:
+    """One fixed colour per method name (same method, same colour in every panel)."""
+    methods = list(dict.fromkeys(methods))
+    return dict(zip(methods, sns.color_palette("colorblind", max(len(methods), 1)) * 2))
+
+
+def accuracy_cost_figure(curves: pd.DataFrame, budgets_df: pd.DataFrame, c_min, c_sat, methods,
+                         diff_methods=None, ref: str = "w16a16") -> plt.Figure:
+    """The main figure. Left: test accuracy vs achieved test cost under the budget rule, one line per
+    method (mean over seeds, band = min–max over seeds), ``c_min`` and ``c_sat`` marked, oracles dashed.
+    Right: pooled paired difference vs best-single (percentage points) at each budget of
+    ``budgets_df`` with its 95% bootstrap interval, per method of ``diff_methods`` (default: QuEE and
+    its ablations).
+
+    curves: :func:`quee_kit.analysis.budget_curves` output (``method, seed, budget, cost, accuracy``);
+    budgets_df: :func:`quee_kit.evaluate.budget_tables` rows; c_min, c_sat: floats or one per seed.
+    """
+    pooled = budgets_df[budgets_df.seed == "all"]
+    if diff_methods is None:
+        diff_methods = [m for m in pooled.method.unique() if m.startswith("quee")]
+    colors = method_colors(list(methods) + list(diff_methods))
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(13.0, 4.8), gridspec_kw={"width_ratios": [1.25, 1]})
+    for m in methods:
+        g = curves[curves.method == m].groupby("budget").agg(
+            cost=("cost", "mean"), acc=("accuracy", "mean"), lo=("accuracy", "min"), hi=("accuracy", "max"),
+            seeds=("accuracy", "size")).sort_index()
+        ls = "--" if m.startswith("oracle") else "-"
+        ax.plot(g.cost, g.acc, ls=ls, color=colors[m], label=m, lw=2.2 if m == "quee" else 1.5)
+        if g.seeds.max() > 1:
+            ax.fill_between(g.cost, g.lo, g.hi, color=colors[m], alpha=0.18, lw=0)
+    for x, name, ls in ((float(np.mean(c_min)), "$c_{min}$", ":"), (float(np.mean(c_sat)), "$c_{sat}$", "-.")):
+        ax.axvline(x, color="0.35", ls=ls, lw=1.2)
+        ax.annotate(f"{name} = {x:.3g}", (x, 0.02), xycoords=("data", "axes fraction"), rotation=90,
+                    ha="right", va="bottom", fontsize="small", color="0.25")
+    ax.set_xscale("log")
+    n_seeds = int(curves.seed.nunique())
+    band = "band: min–max over seeds" if n_seeds > 1 else "one seed"
+    ax.set(xlabel=cost_label(ref), ylabel=TEST_ACCURACY_LABEL,
+           title=f"Accuracy vs cost under the budget rule ({band})")
+    ax.legend(fontsize="small", loc="lower right")
+    budgets = sorted(pooled.budget.unique())
+    width = 0.8 / max(len(diff_methods), 1)
+    for j, m in enumerate(diff_methods):
+        d = pooled[pooled.method == m].set_index("budget").loc[budgets]
+        x = np.arange(len(budgets)) - 0.4 + width * (j + 0.5)
+        y = 100 * d.diff_vs_best_single.to_numpy()
+        yerr = [y - 100 * d.diff_lo.to_numpy(), 100 * d.diff_hi.to_numpy() - y]
+        bx.errorbar(x, y, yerr=yerr, fmt="o", ms=5, capsize=3, color=colors[m], label=m)
+    bx.axhline(0, color="0.2", lw=1)
+    bx.set_xticks(np.arange(len(budgets)), [f"{b:g}" for b in budgets])
+    bx.set(xlabel=BUDGET_LABEL, ylabel=DIFF_LABEL,
+           title=f"Paired difference vs best-single, 95% bootstrap CI ({n_seeds} seed{'s' * (n_seeds > 1)})")
+    bx.legend(fontsize="small")
+    fig.tight_layout()
+    return fig
+
+
+def reliability_diagram(p, err, n_bins: int = 15, label: str = "predictor", ax=None) -> plt.Figure:
+    """Observed error rate vs mean predicted error probability in ``n_bins`` equal-width bins (the
+    bins of the ECE in :func:`quee_kit.predictors.predictor_quality`), with the diagonal (perfect
+    calibration) and, in grey, the share of rows per bin. p, err: (R,) predictions and 0/1 errors,
+    e.g. from :func:`quee_kit.predictors.exit_now_rows`. Draws on ``ax`` when given."""
+    p, err = np.asarray(p, float), np.asarray(err, float)
+    bins = np.minimum((p * n_bins).astype(int), n_bins - 1)
+    count = np.bincount(bins, minlength=n_bins)
+    seen = count > 0
+    mean_p = np.bincount(bins, p, n_bins)[seen] / count[seen]
+    rate = np.bincount(bins, err, n_bins)[seen] / count[seen]
+    ece = float(np.sum(np.abs(rate - mean_p) * count[seen]) / len(p))
+    fig = ax.figure if ax is not None else plt.subplots(figsize=(4.6, 4.2))[0]
+    ax = ax if ax is not None else fig.axes[0]
+    share = ax.twinx()
+    share.bar((np.arange(n_bins) + 0.5) / n_bins, count / len(p), width=1 / n_bins, color="0.6", alpha=0.35)
+    share.set_ylim(0, 4 * max(count.max() / len(p), 1e-9))
+    share.set_ylabel("share of rows (grey bars)", fontsize="small", color="0.4")
+    share.grid(False)
+    ax.set_zorder(share.get_zorder() + 1)
+    ax.patch.set_visible(False)
+    ax.plot([0, 1], [0, 1], ls="--", color="0.3", lw=1, label="perfectly calibrated")
+    ax.plot(mean_p, rate, marker="o", ms=4, label=f"{label} (ECE {ece:.3f})")
+    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel=ERROR_PROB_LABEL, ylabel="observed error rate (fraction wrong)",
+           title=label)
+    ax.legend(fontsize="small", loc="upper left")
+    return fig
+
+
+def k_sweep_plot(df: pd.DataFrame) -> plt.Figure:
+    """Predictor quality (Brier, ECE, AUROC) and QuEE's AUC vs the number of k-means cells K per depth.
+
+    df: :func:`quee_kit.analysis.k_sweep_table` (rows with ``targets == "kmeans"`` are the sweep; other
+    rows, e.g. raw 0/1 labels, are drawn as horizontal reference lines)."""
+    sweep = df[df.targets == "kmeans"].sort_values("K")
+    refs = df[df.targets != "kmeans"]
+    panels = [("brier", "Brier score (lower is better)"), ("ece", "ECE (lower is better)"),
+              ("auroc", "AUROC of error detection"), ("auc", "QuEE AUC (mean test accuracy)")]
+    fig, axes = plt.subplots(1, 4, figsize=(15.0, 3.8))
+    ref_colors = dict(zip(refs.targets, sns.color_palette("colorblind")[1:]))
+    for ax, (col, ylabel) in zip(axes, panels):
+        ax.plot(sweep.K, sweep[col], marker="o", label="k-means targets")
+        for _, r in refs.iterrows():
+            ax.axhline(r[col], ls="--", color=ref_colors[r.targets], label=f"{r.targets} targets")
+        if col == "auroc":
+            ax.axhline(sweep.auroc_maxprob.iloc[0], ls=":", color="0.3", label="1 − max prob")
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(sweep.K, [f"{k:g}" for k in sweep.K])
+        ax.set(xlabel="K (k-means cells per depth)", ylabel=ylabel)
+    axes[2].legend(fontsize="small")
+    fig.suptitle("Discretized targets: number of cells K (test split)")
+    fig.tight_layout()
+    return fig
+
+
+def noise_sweep_plot(df: pd.DataFrame) -> plt.Figure:
+    """Left: QuEE's paired test accuracy difference vs best-single (percentage points, 95% bootstrap
+    interval) as the predictions get noisier, one line per budget. Right: the noisy predictor's
+    AUROC of error detection. df: :func:`quee_kit.analysis.predictor_noise_sweep`."""
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(12.0, 4.2), gridspec_kw={"width_ratios": [1.6, 1]})
+    budgets = sorted(df.budget.unique())
+    colors = dict(zip(budgets, sns.color_palette("viridis", len(budgets))))
+    span = float(np.ptp(df.sigma)) or 1.0
+    for j, b in enumerate(budgets):
+        d = df[df.budget == b].sort_values("sigma")
+        x = d.sigma + span * 0.012 * (j - (len(budgets) - 1) / 2)   # small dodge so intervals stay apart
+        y = 100 * d.diff_vs_best_single
+        ax.errorbar(x, y, yerr=[y - 100 * d.diff_lo, 100 * d.diff_hi - y], marker="o", ms=4, capsize=2,
+                    color=colors[b], label=f"budget {b:g}")
+    ax.axhline(0, color="0.2", lw=1)
+    ax.set(xlabel="predictor noise σ (logit ê + σ·N(0,1))", ylabel=DIFF_LABEL,
+           title="QuEE with noisier predictors vs best-single")
+    ax.legend(fontsize="small", ncol=2)
+    q = df.groupby("sigma")[["auroc", "brier"]].first().reset_index()
+    bx.plot(q.sigma, q.auroc, marker="o", color="C0")
+    bx.set(xlabel="predictor noise σ (logit ê + σ·N(0,1))", ylabel="AUROC of error detection (test)",
+           title="Predictor quality")
+    fig.tight_layout()
+    return fig
+
+
+def difficulty_plot(df: pd.DataFrame) -> plt.Figure:
+    """Test accuracy (left) and mean cost (right) per difficulty group, best-single beside each method.
+
+    df: :func:`quee_kit.analysis.by_difficulty` output, one or several methods stacked (``method``
+    column; best-single is taken from the first method's rows)."""
+    methods = list(dict.fromkeys(df.method))
+    first = df[df.method == methods[0]].sort_values("group")
+    series = [("best-single", first.accuracy_best_single, first.mean_cost_best_single)]
+    series += [(m, d.accuracy_method, d.mean_cost_method)
+               for m, d in ((m, df[df.method == m].sort_values("group")) for m in methods)]
+    colors = method_colors([s[0] for s in series])
+    labels = [f"{g}\n[{lo:.2f}, {hi:.2f}]" for g, lo, hi in zip(first.group, first.maxprob_lo, first.maxprob_hi)]
+    x, width = np.arange(len(first)), 0.8 / len(series)
+    fig, axes = plt.subplots(1, 2, figsize=(12.0, 4.2))
+    for j, (name, acc, cost) in enumerate(series):
+        for ax, y in zip(axes, (acc, cost)):
+            ax.bar(x - 0.4 + width * (j + 0.5), y.to_numpy(), width, color=colors[name], label=name)
+    xlabel = "difficulty group (1 = easiest), [min, max] exit-1 max prob"
+    budget = float(first.budget.iloc[0])
+    axes[0].set(xlabel=xlabel, ylabel=TEST_ACCURACY_LABEL, title=f"Accuracy per group at budget {budget:g}")
+    axes[1].set(xlabel=xlabel, ylabel=cost_label("w16a16").replace("cost", "mean cost", 1),
+                title="Where the compute goes")
+    for ax in axes:
+        ax.set_xticks(x, labels)
+    axes[0].legend(fontsize="small")
+    fig.tight_layout()
+    return fig

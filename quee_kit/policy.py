@@ -13,7 +13,7 @@ import numpy as np
 from .paths import PathCache
 from .predictors import OptionSpace
 
-__all__ = ["Outcome", "make_outcome", "simulate", "option_mask", "lambda_grid", "select_for_budget",
+__all__ = ["Outcome", "make_outcome", "simulate", "simulate_many", "option_mask", "lambda_grid", "select_for_budget",
            "QueePolicy", "VARIANTS"]
 
 # Option restrictions of the QuEE ablations (SPEC §2.6).
@@ -38,7 +38,7 @@ class Outcome:
 
 def make_outcome(cache: PathCache, node: np.ndarray, cost: np.ndarray) -> Outcome:
     node = np.asarray(node)
-    correct = cache.correct.numpy()[node, np.arange(len(node))]
+    correct = cache.correct_np[node, np.arange(len(node))]
     return Outcome(node, np.asarray(cost, dtype=float), correct)
 
 
@@ -55,33 +55,45 @@ def option_mask(opts: OptionSpace, variant: str = "all") -> np.ndarray:
     return m
 
 
-def simulate(E: np.ndarray, cache: PathCache, opts: OptionSpace, lam: float, entry: int,
-             mask: np.ndarray | None = None) -> Outcome:
-    """Run the receding-horizon rule for every sample of ``cache``.
+def simulate_many(E: np.ndarray, cache: PathCache, opts: OptionSpace, lams: np.ndarray, entry: int,
+                  mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The receding-horizon rule for every sample and every λ in ``lams`` at once.
 
-    E: (n_nodes, N, O) predicted error probabilities; lam: λ >= 0; entry: level index of block 1.
+    E: (n_nodes, N, O) predicted error probabilities; lams: (K,) values >= 0; entry: level index
+    of block 1. Returns (node, cost), both (K, N): where each sample exits and what it paid.
     """
-    if lam < 0 or not np.isfinite(lam):
-        raise ValueError(f"lambda must be a finite float >= 0 (got {lam})")
+    lams = np.atleast_1d(np.asarray(lams, dtype=float))
+    if (lams < 0).any() or not np.isfinite(lams).all():
+        raise ValueError(f"lambda must be a finite float >= 0 (got {lams[(lams < 0) | ~np.isfinite(lams)][0]})")
     tree = opts.tree
     mask = opts.valid if mask is None else mask
-    N = E.shape[1]
-    cur = np.full(N, tree.entry[entry])
-    active = np.ones(N, bool)
-    calls = np.zeros(N)
+    K, N = len(lams), E.shape[1]
+    cur = np.full(K * N, tree.entry[entry])
+    sample = np.tile(np.arange(N), K)
+    lam = np.repeat(lams, N)
+    active = np.ones(K * N, bool)
+    calls = np.zeros(K * N)
     for _ in range(tree.L - 1):
         ai = np.flatnonzero(active)
         if not len(ai):
             break
         nodes = cur[ai]
-        score = np.where(mask[nodes], E[nodes, ai] + lam * opts.delta_cost[nodes], np.inf)
+        score = np.where(mask[nodes], E[nodes, sample[ai]] + lam[ai, None] * opts.delta_cost[nodes], np.inf)
         a = score.argmin(1)
         calls[ai] += 1
         nxt = opts.next_node[nodes, a]
         go = nxt >= 0
         active[ai[~go]] = False
         cur[ai[go]] = nxt[go]
-    return make_outcome(cache, cur, cache.node_cost[cur] + calls * opts.predictor_cost)
+    cost = cache.node_cost[cur] + calls * opts.predictor_cost
+    return cur.reshape(K, N), cost.reshape(K, N)
+
+
+def simulate(E: np.ndarray, cache: PathCache, opts: OptionSpace, lam: float, entry: int,
+             mask: np.ndarray | None = None) -> Outcome:
+    """The receding-horizon rule at one λ: an :class:`Outcome` for every sample of ``cache``."""
+    node, cost = simulate_many(E, cache, opts, np.array([lam]), entry, mask)
+    return make_outcome(cache, node[0], cost[0])
 
 
 def lambda_grid(n: int) -> np.ndarray:
@@ -114,6 +126,15 @@ class QueePolicy:
     def outcome(self, split: str, knob) -> Outcome:
         q, lam = knob
         return simulate(self.E[split], self.caches[split], self.opts, lam, q, self.mask)
+
+    def outcomes(self, split: str) -> list[Outcome]:
+        """Every knob at once (all λ of an entry level in one vectorized pass)."""
+        out, cache = [], self.caches[split]
+        for q in sorted({k[0] for k in self.knobs}):
+            lams = np.array([k[1] for k in self.knobs if k[0] == q])
+            node, cost = simulate_many(self.E[split], cache, self.opts, lams, q, self.mask)
+            out += [make_outcome(cache, n, c) for n, c in zip(node, cost)]
+        return out
 
     def describe(self, knob) -> dict:
         return {"entry": self.opts.tree.levels[knob[0]].name, "lambda": knob[1]}

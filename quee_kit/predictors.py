@@ -32,7 +32,7 @@ from .costs import mlp_macs
 from .paths import FEATURE_NAMES, HISTORY_FEATURES, PathCache, PathTree
 
 __all__ = ["OptionSpace", "feature_columns", "discretized_targets", "ErrorPredictor", "fit_cross_fitted",
-           "predictor_quality"]
+           "predictor_quality", "exit_now_rows"]
 
 
 class OptionSpace:
@@ -267,19 +267,26 @@ def fit_cross_fitted(calib: PathCache, test: PathCache, opts: OptionSpace, cfg, 
     return CrossFitted(oof, test_pred, models, folds, cols, models[0].macs)
 
 
+def exit_now_rows(pred: np.ndarray, cache: PathCache, opts: OptionSpace):
+    """Predicted error of exiting now, actual 0/1 error and head max prob at every decision node
+    and sample, flattened: three (R,) arrays."""
+    nodes = np.flatnonzero(opts.tree.depth < opts.tree.L)
+    p = pred[nodes, :, :][np.arange(len(nodes)), :, opts.exit_option[nodes]].reshape(-1)
+    err = (~cache.correct[nodes]).numpy().reshape(-1).astype(float)
+    conf = cache.features[nodes][:, :, 0].numpy().reshape(-1)
+    return p, err, conf
+
+
 def predictor_quality(pred: np.ndarray, cache: PathCache, opts: OptionSpace, n_bins: int = 15) -> dict:
     """Brier, ECE and AUROC of error detection of the exit-now option over every decision node,
     beside the AUROC of plain ``1 - max prob`` on the same rows."""
     from sklearn.metrics import roc_auc_score
-    tree = opts.tree
-    nodes = np.flatnonzero(tree.depth < tree.L)
-    p = pred[nodes, :, :][np.arange(len(nodes)), :, opts.exit_option[nodes]].reshape(-1)
-    err = (~cache.correct[nodes]).numpy().reshape(-1).astype(float)
-    conf = cache.features[nodes][:, :, 0].numpy().reshape(-1)
+    p, err, conf = exit_now_rows(pred, cache, opts)
     bins = np.minimum((p * n_bins).astype(int), n_bins - 1)
     ece = sum(abs(err[bins == b].mean() - p[bins == b].mean()) * (bins == b).mean()
               for b in range(n_bins) if (bins == b).any())
+    both = 0 < err.mean() < 1
     return {"brier": float(((p - err) ** 2).mean()), "ece": float(ece),
-            "auroc": float(roc_auc_score(err, p)) if 0 < err.mean() < 1 else float("nan"),
-            "auroc_maxprob": float(roc_auc_score(err, 1 - conf)) if 0 < err.mean() < 1 else float("nan"),
+            "auroc": float(roc_auc_score(err, p)) if both else float("nan"),
+            "auroc_maxprob": float(roc_auc_score(err, 1 - conf)) if both else float("nan"),
             "error_rate": float(err.mean())}

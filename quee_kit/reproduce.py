@@ -94,6 +94,8 @@ def _strip_run_metadata(path: Path) -> None:
     for cell in nb.cells:
         for key in ("papermill", "execution"):
             cell.metadata.pop(key, None)
+        if not cell.metadata.get("tags", True):  # papermill adds empty tag lists
+            del cell.metadata["tags"]
     nbformat.write(nb, path)
 
 

@@ -28,6 +28,15 @@ def train_early_exit(model: EarlyExitModel, train: Split, cfg, seed: int = 0, he
     warmup_epochs). ``heads_only`` freezes the stem and blocks (post-training exits on a given
     backbone). Returns ``{'seconds': ..., 'loss': [per-epoch mean loss]}``.
     """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # bit-identical checkpoints whatever the core count (reductions keep their order)
+    try:
+        return _train(model, train, cfg, seed, heads_only, device, progress)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(model, train, cfg, seed, heads_only, device, progress) -> dict:
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     model.to(device).train()

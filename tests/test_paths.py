@@ -39,7 +39,9 @@ def test_cache_equals_direct_forward(digits_prep):
         with torch.no_grad():
             h = prep.model.stem(x)
             for t, lv in enumerate(levels):
-                h = apply_level(prep.model.blocks[t], lv)(h)
+                q = prep.cfg.quant
+                h = apply_level(prep.model.blocks[t], lv, q.act_granularity, q.clip_percentile,
+                                q.quantize_attention)(h)
             logits = prep.model.heads[len(levels) - 1](h)
         torch.testing.assert_close(cache.logits[node], logits, rtol=1e-4, atol=1e-4)
         assert (cache.pred[node] == logits.argmax(-1)).float().mean() > 0.995

@@ -1,0 +1,105 @@
+"""Analyses behind notebooks 05, 06 and 08, checked against the Study they summarize."""
+import numpy as np
+import pandas as pd
+import pytest
+
+from quee_kit import analysis
+from quee_kit.config import load_config
+from quee_kit.evaluate import budget_tables, run_study
+
+
+@pytest.fixture(scope="session")
+def study(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("analysis_cache")
+    cfg = load_config("configs/digits.yaml", [f"cache_dir={tmp}", "model.epochs=15", "predictor.folds=3",
+                                              "predictor.epochs=15", "eval.lambda_grid=40"])
+    return run_study(cfg, progress=False)
+
+
+def test_noise_zero_is_identity_and_nan_is_kept(study):
+    E = study.predictors["quee"]["test"]
+    assert np.isnan(E).any() and (~np.isnan(E)).any()
+    same = analysis.noisy_predictions(E, 0.0, seed=3)
+    assert same.dtype == E.dtype and np.array_equal(same, E, equal_nan=True)
+    noisy = analysis.noisy_predictions(E, 1.0, seed=3)
+    assert np.array_equal(np.isnan(noisy), np.isnan(E))
+    v = noisy[~np.isnan(noisy)]
+    assert ((v >= 0) & (v <= 1)).all() and not np.allclose(v, E[~np.isnan(E)])
+    with pytest.raises(ValueError, match="sigma"):
+        analysis.noisy_predictions(E, -1.0)
+
+
+def test_noise_sweep_at_zero_reproduces_the_study(study):
+    budgets = study.prep.cfg.eval.budgets
+    df = analysis.predictor_noise_sweep(study, [0.0, 2.0], budgets)
+    assert len(df) == 2 * len(budgets)
+    zero = df[df.sigma == 0].set_index("budget")
+    for b in budgets:
+        _, ok, out = study.at_budget("quee", b)
+        assert zero.loc[b, "accuracy"] == out.accuracy and zero.loc[b, "cost"] == pytest.approx(out.mean_cost)
+        assert zero.loc[b, "feasible"] == ok
+        assert zero.loc[b, "best_single_accuracy"] == study.at_budget("best-single", b)[2].accuracy
+    assert zero.diff_vs_best_single.to_numpy() == pytest.approx(
+        (zero.accuracy - zero.best_single_accuracy).to_numpy())
+    assert (df.diff_lo <= df.diff_vs_best_single + 1e-12).all() and (df.diff_vs_best_single <= df.diff_hi + 1e-12).all()
+    # noise on the logits makes error detection worse
+    assert df[df.sigma == 2].auroc.iloc[0] < zero.auroc.iloc[0]
+
+
+@pytest.mark.parametrize("method", ["quee", "oracle"])
+def test_by_difficulty_partitions_the_test_split(study, method):
+    budget = 0.05
+    df = analysis.by_difficulty(study, method, budget, n_groups=4)
+    n = study.prep.caches["test"].n
+    assert list(df.group) == [1, 2, 3, 4] and df.n.sum() == n and df.n.max() - df.n.min() <= 1
+    out, bs = study.at_budget(method, budget)[2], study.at_budget("best-single", budget)[2]
+    w = df.n / n
+    assert (w * df.accuracy_method).sum() == pytest.approx(out.accuracy)
+    assert (w * df.accuracy_best_single).sum() == pytest.approx(bs.accuracy)
+    assert (w * df.mean_cost_method).sum() == pytest.approx(out.mean_cost)
+    # easy -> hard: each group's least confident sample is at least as confident as the next group's most
+    assert (df.maxprob_lo.to_numpy()[:-1] >= df.maxprob_hi.to_numpy()[1:]).all()
+
+
+def test_budget_curve_matches_at_budget(study):
+    budgets = [1e-4, 0.03, 0.05, 0.12, 1.0]
+    for method in ("quee", "best-single", "oracle"):
+        df = analysis.budget_curve([study], method, budgets)
+        assert list(df.columns) == ["seed", "budget", "cost", "accuracy", "feasible"]
+        for _, r in df.iterrows():
+            _, ok, out = study.at_budget(method, r.budget)
+            assert (r.accuracy, r.feasible) == (out.accuracy, ok) and r.cost == pytest.approx(out.mean_cost)
+        assert not df.feasible.iloc[0] and df.feasible.iloc[-1]  # nothing fits 1e-4; everything fits 1.0
+    long = analysis.budget_curves(study, ["quee", "oracle"], budgets)
+    assert set(long.method) == {"quee", "oracle"} and len(long) == 2 * len(budgets)
+
+
+def test_tables_agree_with_budget_tables(study):
+    cfg = study.prep.cfg
+    budgets_df, auc = budget_tables([study], cfg.eval.budgets, 200, cfg.eval.auc_range)
+    for m in ("quee", "best-single", "oracle"):
+        assert analysis.auc(study, m, cfg.eval.auc_range) == pytest.approx(auc[m][0])
+    summary = analysis.budget_summary(budgets_df)
+    assert len(summary) == len(study.methods) * len(cfg.eval.budgets) and (summary.n_seeds == 1).all()
+    bs = summary[summary.method == "best-single"]
+    assert (bs.diff_pp == 0).all() and (bs.verdict == "reference").all()
+    rest = summary[summary.method != "best-single"]
+    tie = (rest.diff_lo_pp <= 0) & (rest.diff_hi_pp >= 0)
+    assert ((rest.verdict == "tie") == tie).all()
+    text = analysis.format_budget_summary(summary)
+    assert text.shape == (len(study.methods), len(cfg.eval.budgets)) and "±" in text.iloc[0, 0]
+    table = analysis.auc_table(auc).set_index("method")
+    assert table.loc["best-single", "oracle_gap_share"] == 0 and table.loc["oracle", "oracle_gap_share"] == 1
+    assert table.loc["oracle", "auc_mean"] >= table.loc["quee", "auc_mean"]
+
+
+def test_paired_difference_and_quality_table(study):
+    budgets = study.prep.cfg.eval.budgets[:2]
+    same = analysis.paired_difference(study, "quee", "quee", budgets, n_boot=100)
+    assert (same.diff_pp == 0).all() and (same.verdict == "tie").all()
+    d = analysis.paired_difference(study, "oracle", "best-single", budgets, n_boot=100)
+    assert (d.diff_pp >= 0).all() and d.diff_pp.to_numpy() == pytest.approx(
+        100 * (d.accuracy_method - d.accuracy_other).to_numpy())
+    q = analysis.quality_table(study, {"quee": "k-means", "quee-raw": "raw"}, study.prep.cfg.eval.auc_range)
+    assert list(q.label) == ["k-means", "raw"] and q.auroc.between(0, 1).all() and q.brier.between(0, 1).all()
+    assert isinstance(analysis.target_variants([2, 32]), dict) and "quee-K32" in analysis.target_variants([32])

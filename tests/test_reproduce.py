@@ -1,0 +1,75 @@
+"""Batch reproduction with papermill: outputs written, failures named, params validated, notebooks well-formed."""
+import json
+
+import nbformat
+import papermill as pm
+import pytest
+from nbformat.v4 import new_code_cell, new_notebook
+
+from quee_kit.cli import main
+from quee_kit.config import ConfigError
+from quee_kit.reproduce import KERNEL, NOTEBOOKS_DIR, TUTORIALS, notebook_paths, reproduce
+
+CONFIG = "configs/mnist10k.yaml"
+
+
+def _write_notebook(path, *sources):
+    cells = [new_code_cell('fast = True\nout_dir = "out"', metadata={"tags": ["parameters"]})]
+    book = new_notebook(cells=cells + [new_code_cell(s) for s in sources])
+    book.metadata["kernelspec"] = {"name": KERNEL, "display_name": "Python 3", "language": "python"}
+    nbformat.write(book, path)
+
+
+def test_notebook_04_writes_figures_and_tables(tmp_path):
+    assert reproduce(CONFIG, tmp_path, fast=True, only=["04_path_cache_and_costs"], progress=False) == 0
+    for ext, magic in (("png", b"\x89PNG"), ("pdf", b"%PDF")):
+        data = (tmp_path / "figures" / f"04_path_cost_hist.{ext}").read_bytes()
+        assert len(data) > 1000 and data.startswith(magic)
+    sizes = (tmp_path / "tables" / "04_tree_sizes.csv").read_text()
+    assert "monotone,461," in sizes and "free,19530," in sizes and "uniform,30," in sizes
+    assert (tmp_path / "notebooks" / "04_path_cache_and_costs.ipynb").is_file()
+    summary = json.loads((tmp_path / "reproduce.json").read_text())
+    assert summary["status"] == "ok" and list(summary["seconds"]) == ["04_path_cache_and_costs"]
+
+
+def test_failing_notebook_is_named_with_its_cell(tmp_path, capsys):
+    nbs = tmp_path / "nbs"
+    nbs.mkdir()
+    _write_notebook(nbs / "01_fine.ipynb", "x = 1")
+    _write_notebook(nbs / "02_boom.ipynb", "x = 1", "raise ValueError('boom')")
+    _write_notebook(nbs / "03_never.ipynb", "x = 1")
+    assert reproduce(CONFIG, tmp_path / "out", fast=True, progress=False, notebooks_dir=nbs) == 1
+    lines = [l for l in capsys.readouterr().err.splitlines() if l.startswith("reproduce:")]
+    # cells: parameters (0), papermill's injected parameters (1), x = 1 (2), raise (3)
+    assert len(lines) == 1 and "02_boom.ipynb" in lines[0] and "cell 3" in lines[0] and "ValueError: boom" in lines[0]
+    summary = json.loads((tmp_path / "out" / "reproduce.json").read_text())
+    assert summary["status"] == "failed: 02_boom" and "03_never" not in summary["seconds"]
+
+
+def test_params_file_errors_are_one_line(tmp_path, capsys):
+    bad_stem = tmp_path / "stem.yaml"
+    bad_stem.write_text("99_nope: {bins: 10}\n")
+    with pytest.raises(ConfigError, match="unknown notebook '99_nope'") as e:
+        reproduce(CONFIG, tmp_path / "out", fast=True, params_file=bad_stem, progress=False)
+    assert "\n" not in str(e.value)
+    bad_param = tmp_path / "param.yaml"
+    bad_param.write_text("04_path_cache_and_costs: {binz: 10}\n")
+    with pytest.raises(ConfigError, match="no parameter 'binz'"):
+        reproduce(CONFIG, tmp_path / "out", fast=True, params_file=bad_param, progress=False)
+    assert main(["reproduce", "--fast", "--params", str(bad_stem), "--out", str(tmp_path / "cli")]) == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("path", notebook_paths(), ids=lambda p: p.stem)
+def test_notebook_is_parameterized(path):
+    book = nbformat.read(path, as_version=4)
+    assert book.metadata.kernelspec.name == KERNEL
+    tagged = [c for c in book.cells if "parameters" in c.metadata.get("tags", [])]
+    assert len(tagged) == 1
+    params = pm.inspect_notebook(str(path))
+    assert params["fast"]["default"] == "True"
+    assert {"config", "out_dir", "overrides", "seed"} <= set(params)
+
+
+def test_tutorials_exist():
+    assert set(TUTORIALS) <= {p.stem for p in notebook_paths(NOTEBOOKS_DIR)}
