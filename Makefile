@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 reproduce: venv
-	$(BIN)/quee-kit reproduce --config configs/mnist10k.yaml --out $(OUT)
+	$(BIN)/quee-kit reproduce --config configs/mnist10k.yaml --params configs/reproduce_params.yaml --out $(OUT)
 
 reproduce-fast: venv
 	$(BIN)/quee-kit reproduce --config configs/mnist10k.yaml --fast --out results/reproduce-fast

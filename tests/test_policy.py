@@ -101,6 +101,8 @@ def test_engine_matches_cache_simulation(study):
         for s, e in [(0, 1), (1, 8), (8, 72), (72, len(x))]:  # batches of mixed sizes
             r = eng(x[s:e])
             preds.append(r.pred), costs.append(r.cost), nodes.append(r.node)
+            # really skipped: each sample ran exactly the blocks up to its exit, no more
+            assert r.blocks_run == int(prep.tree.depth[r.node].sum())
         nodes = np.concatenate(nodes)
         np.testing.assert_array_equal(nodes, sim.node)
         np.testing.assert_array_equal(torch.cat(preds).numpy(), prep.caches["test"].pred.numpy()[sim.node, np.arange(len(x))])
