@@ -207,7 +207,9 @@ def by_difficulty(study: Study, method: str, budget: float, n_groups: int = 4) -
 def budget_summary(budgets_df: pd.DataFrame, methods=None) -> pd.DataFrame:
     """Tidy table from :func:`quee_kit.evaluate.budget_tables`: per method and budget, test accuracy
     mean and std over seeds, mean cost, and the pooled paired difference vs best-single in percentage
-    points with its 95% bootstrap interval; ``verdict`` says *tie* when the interval contains 0."""
+    points with its 95% bootstrap interval. ``verdict``: *better* / *worse* when the interval excludes 0,
+    *tie* when it contains 0, *over budget* when some seed cannot meet the budget on calib (the reported
+    point is its cheapest knob, which costs more than the budget), *reference* for best-single."""
     pooled = budgets_df[budgets_df.seed == "all"]
     if methods is not None:
         pooled = pooled[pooled.method.isin(methods)]
@@ -221,24 +223,34 @@ def budget_summary(budgets_df: pd.DataFrame, methods=None) -> pd.DataFrame:
                        "cost_mean": pooled.cost, "diff_pp": 100 * pooled.diff_vs_best_single,
                        "diff_lo_pp": lo, "diff_hi_pp": hi, "verdict": verdict,
                        "feasible": [bool(feasible[(m, b)]) for m, b in zip(pooled.method, pooled.budget)]})
+    df.loc[~df.feasible, "verdict"] = "over budget"   # its cheapest knob costs more: not a fair comparison
     df.loc[df.method == "best-single", "verdict"] = "reference"
     return df.reset_index(drop=True)
 
 
-def format_budget_summary(summary: pd.DataFrame) -> pd.DataFrame:
-    """:func:`budget_summary` as text, one row per method and one column per budget:
-    ``accuracy mean ± std | diff [lo, hi] pp verdict`` (``*``: the budget is infeasible on calib for
-    at least one seed, so the method's cheapest knob is reported, above the budget)."""
+def format_budget_summary(summary: pd.DataFrame, what: str = "accuracy") -> pd.DataFrame:
+    """:func:`budget_summary` as text, one row per method and one column per budget.
+
+    ``what="accuracy"``: test accuracy, ``mean ± std`` over seeds (just the mean for one seed);
+    ``what="diff"``: ``diff [lo, hi] verdict``, the pooled paired difference vs best-single in
+    percentage points (verdict *over budget* where the budget is infeasible on calib). ``*`` on an
+    accuracy marks such a budget: the method's cheapest knob is reported, above the budget."""
+    if what not in ("accuracy", "diff"):
+        raise ValueError(f"what must be accuracy or diff (got {what!r})")
+    one_seed = bool((summary.n_seeds <= 1).all())
+
     def cell(r):
         star = "" if r.feasible else "*"
+        if what == "accuracy":
+            return f"{r.accuracy_mean:.3f}{star}" if one_seed else f"{r.accuracy_mean:.3f} ± {r.accuracy_std:.3f}{star}"
         if r.verdict == "reference":
-            return f"{r.accuracy_mean:.3f} ± {r.accuracy_std:.3f}{star} | reference"
-        return (f"{r.accuracy_mean:.3f} ± {r.accuracy_std:.3f}{star} | {r.diff_pp:+.1f} "
-                f"[{r.diff_lo_pp:+.1f}, {r.diff_hi_pp:+.1f}] {r.verdict}")
+            return "reference"
+        return f"{r.diff_pp:+.1f} [{r.diff_lo_pp:+.1f}, {r.diff_hi_pp:+.1f}] {r.verdict}"
     text = summary.assign(text=summary.apply(cell, axis=1))
     order = list(dict.fromkeys(summary.method))
     out = text.pivot(index="method", columns="budget", values="text").loc[order]
-    out.columns = [f"budget {b:g}" for b in out.columns]
+    out.columns = [f"{b:g}" for b in out.columns]
+    out.columns.name = "budget"
     return out
 
 

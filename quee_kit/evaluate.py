@@ -181,7 +181,7 @@ def budget_tables(studies: list[Study], budgets, n_boot: int, auc_range) -> tupl
     for b in budgets:
         bs = [s.at_budget("best-single", b)[2].correct.astype(float) for s in studies]
         for name in names:
-            diffs, accs, costs = [], [], []
+            diffs, accs, costs, feasible = [], [], [], []
             for seed_i, s in enumerate(studies):
                 knob, ok, out = s.at_budget(name, b)
                 d = out.correct - bs[seed_i]
@@ -192,6 +192,7 @@ def budget_tables(studies: list[Study], budgets, n_boot: int, auc_range) -> tupl
                              "diff_vs_best_single": m, "diff_lo": lo, "diff_hi": hi,
                              "seed": str(s.prep.cfg.seed), "feasible": ok})
                 diffs.append(d)
+                feasible.append(ok)
                 accs.append(out.accuracy)
                 costs.append(out.mean_cost)
             # Pooled over seeds: the same test samples, so resample samples of the seed-mean difference.
@@ -199,7 +200,8 @@ def budget_tables(studies: list[Study], budgets, n_boot: int, auc_range) -> tupl
             rows.append({"method": name, "budget": b, "split": "test", "entry": "", "lambda": np.nan,
                          "cost": float(np.mean(costs)), "accuracy": float(np.mean(accs)),
                          "diff_vs_best_single": m, "diff_lo": lo, "diff_hi": hi, "seed": "all",
-                         "accuracy_std": float(np.std(accs)), "cost_std": float(np.std(costs))})
+                         "feasible": all(feasible), "accuracy_std": float(np.std(accs)),
+                         "cost_std": float(np.std(costs))})
     # AUC: mean test accuracy of the budget rule's choice over a grid of budgets in the range. A budget
     # the method cannot meet on calib scores 0 there (it has no operating point within that budget).
     grid = np.linspace(auc_range[0], auc_range[1], 41)

@@ -167,7 +167,9 @@ def flop_check_table(model, image_shape) -> pd.DataFrame:
 
 # ------------------------------------------------------------- result figures (notebooks 05, 06, 08)
 
-import numpy as np  # noqa: E402  (only the result figures below need it)
+import numpy as np  # noqa: E402  (only the result figures below need these)
+from matplotlib.patches import Patch  # noqa: E402
+from matplotlib.ticker import NullFormatter  # noqa: E402
 
 __all__ += ["TEST_ACCURACY_LABEL", "DIFF_LABEL", "BUDGET_LABEL", "method_colors", "accuracy_cost_figure",
             "reliability_diagram", "k_sweep_plot", "noise_sweep_plot", "difficulty_plot"]
@@ -198,7 +200,9 @@ def accuracy_cost_figure(curves: pd.DataFrame, budgets_df: pd.DataFrame, c_min, 
     pooled = budgets_df[budgets_df.seed == "all"]
     if diff_methods is None:
         diff_methods = [m for m in pooled.method.unique() if m.startswith("quee")]
-    colors = method_colors(list(methods) + list(diff_methods))
+    colors = method_colors(methods)
+    extra = [m for m in diff_methods if m not in colors]        # ablations: a second palette, no repeats
+    colors.update(zip(extra, sns.color_palette("Dark2", max(len(extra), 1))))
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(13.0, 4.8), gridspec_kw={"width_ratios": [1.25, 1]})
     for m in methods:
         g = curves[curves.method == m].groupby("budget").agg(
@@ -213,20 +217,35 @@ def accuracy_cost_figure(curves: pd.DataFrame, budgets_df: pd.DataFrame, c_min, 
         ax.annotate(f"{name} = {x:.3g}", (x, 0.02), xycoords=("data", "axes fraction"), rotation=90,
                     ha="right", va="bottom", fontsize="small", color="0.25")
     ax.set_xscale("log")
+    lo, hi = ax.get_xlim()
+    ticks = [t for t in (0.01, 0.02, 0.03, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0) if lo <= t <= hi]
+    ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+    ax.xaxis.set_minor_formatter(NullFormatter())             # plain numbers, no crowded 10^x labels
     n_seeds = int(curves.seed.nunique())
     band = "band: min–max over seeds" if n_seeds > 1 else "one seed"
     ax.set(xlabel=cost_label(ref), ylabel=TEST_ACCURACY_LABEL,
            title=f"Accuracy vs cost under the budget rule ({band})")
     ax.legend(fontsize="small", loc="lower right")
     budgets = sorted(pooled.budget.unique())
+    per_seed = budgets_df[budgets_df.seed != "all"]
+    feasible = (per_seed.groupby(["method", "budget"]).feasible.all() if "feasible" in per_seed else None)
     width = 0.8 / max(len(diff_methods), 1)
+    any_infeasible = False
     for j, m in enumerate(diff_methods):
         d = pooled[pooled.method == m].set_index("budget").loc[budgets]
         x = np.arange(len(budgets)) - 0.4 + width * (j + 0.5)
         y = 100 * d.diff_vs_best_single.to_numpy()
         yerr = [y - 100 * d.diff_lo.to_numpy(), 100 * d.diff_hi.to_numpy() - y]
         bx.errorbar(x, y, yerr=yerr, fmt="o", ms=5, capsize=3, color=colors[m], label=m)
+        if feasible is not None:
+            bad = ~np.array([bool(feasible.get((m, b), True)) for b in budgets])
+            if bad.any():  # hollow: the method cannot meet this budget on calib (its cheapest knob is shown)
+                any_infeasible = True
+                bx.plot(x[bad], y[bad], "o", ms=5, mfc="white", mec=colors[m], zorder=5)
     bx.axhline(0, color="0.2", lw=1)
+    if any_infeasible:
+        bx.annotate("hollow: budget infeasible on calib", (0.01, 0.01), xycoords="axes fraction",
+                    fontsize="small", color="0.3")
     bx.set_xticks(np.arange(len(budgets)), [f"{b:g}" for b in budgets])
     bx.set(xlabel=BUDGET_LABEL, ylabel=DIFF_LABEL,
            title=f"Paired difference vs best-single, 95% bootstrap CI ({n_seeds} seed{'s' * (n_seeds > 1)})")
@@ -237,30 +256,38 @@ def accuracy_cost_figure(curves: pd.DataFrame, budgets_df: pd.DataFrame, c_min, 
 
 def reliability_diagram(p, err, n_bins: int = 15, label: str = "predictor", ax=None) -> plt.Figure:
     """Observed error rate vs mean predicted error probability in ``n_bins`` equal-width bins (the
-    bins of the ECE in :func:`quee_kit.predictors.predictor_quality`), with the diagonal (perfect
-    calibration) and, in grey, the share of rows per bin. p, err: (R,) predictions and 0/1 errors,
-    e.g. from :func:`quee_kit.predictors.exit_now_rows`. Draws on ``ax`` when given."""
+    bins of the ECE in :func:`quee_kit.predictors.predictor_quality`), with 95% Wilson intervals per
+    bin (sparse high-ê bins are noisy), the diagonal (perfect calibration) and, as grey bars on a
+    hidden second axis, the share of rows per bin. p, err: (R,) predictions and 0/1 errors, e.g. from
+    :func:`quee_kit.predictors.exit_now_rows`. Draws on ``ax`` when given; ``label`` is its title."""
     p, err = np.asarray(p, float), np.asarray(err, float)
     bins = np.minimum((p * n_bins).astype(int), n_bins - 1)
     count = np.bincount(bins, minlength=n_bins)
     seen = count > 0
-    mean_p = np.bincount(bins, p, n_bins)[seen] / count[seen]
-    rate = np.bincount(bins, err, n_bins)[seen] / count[seen]
-    ece = float(np.sum(np.abs(rate - mean_p) * count[seen]) / len(p))
-    fig = ax.figure if ax is not None else plt.subplots(figsize=(4.6, 4.2))[0]
+    n = count[seen]
+    mean_p = np.bincount(bins, p, n_bins)[seen] / n
+    rate = np.bincount(bins, err, n_bins)[seen] / n
+    ece = float(np.sum(np.abs(rate - mean_p) * n) / len(p))
+    z = 1.96                                                          # Wilson score interval
+    centre = (rate + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * np.sqrt(rate * (1 - rate) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    fig = ax.figure if ax is not None else plt.subplots(figsize=(4.8, 4.4))[0]
     ax = ax if ax is not None else fig.axes[0]
     share = ax.twinx()
     share.bar((np.arange(n_bins) + 0.5) / n_bins, count / len(p), width=1 / n_bins, color="0.6", alpha=0.35)
-    share.set_ylim(0, 4 * max(count.max() / len(p), 1e-9))
-    share.set_ylabel("share of rows (grey bars)", fontsize="small", color="0.4")
+    share.set_ylim(0, 4 * max(count.max() / len(p), 1e-9))      # bars fill the bottom quarter at most
+    share.set_yticks([])
     share.grid(False)
     ax.set_zorder(share.get_zorder() + 1)
     ax.patch.set_visible(False)
     ax.plot([0, 1], [0, 1], ls="--", color="0.3", lw=1, label="perfectly calibrated")
-    ax.plot(mean_p, rate, marker="o", ms=4, label=f"{label} (ECE {ece:.3f})")
+    ax.errorbar(mean_p, rate, yerr=[np.clip(rate - centre + half, 0, None), np.clip(centre + half - rate, 0, None)],
+                marker="o", ms=4, capsize=2, label=f"observed, 95% CI (ECE {ece:.3f})")
     ax.set(xlim=(0, 1), ylim=(0, 1), xlabel=ERROR_PROB_LABEL, ylabel="observed error rate (fraction wrong)",
            title=label)
-    ax.legend(fontsize="small", loc="upper left")
+    handles, names = ax.get_legend_handles_labels()
+    handles.append(Patch(color="0.6", alpha=0.35))
+    ax.legend(handles, names + ["share of rows per bin"], fontsize="small", loc="upper left")
     return fig
 
 
@@ -317,7 +344,8 @@ def noise_sweep_plot(df: pd.DataFrame) -> plt.Figure:
 
 
 def difficulty_plot(df: pd.DataFrame) -> plt.Figure:
-    """Test accuracy (left) and mean cost (right) per difficulty group, best-single beside each method.
+    """Test accuracy (left) and mean cost (right) per difficulty group, best-single beside each method
+    (points joined by lines, so that differences of a few points stay visible).
 
     df: :func:`quee_kit.analysis.by_difficulty` output, one or several methods stacked (``method``
     column; best-single is taken from the first method's rows)."""
@@ -328,15 +356,18 @@ def difficulty_plot(df: pd.DataFrame) -> plt.Figure:
                for m, d in ((m, df[df.method == m].sort_values("group")) for m in methods)]
     colors = method_colors([s[0] for s in series])
     labels = [f"{g}\n[{lo:.2f}, {hi:.2f}]" for g, lo, hi in zip(first.group, first.maxprob_lo, first.maxprob_hi)]
-    x, width = np.arange(len(first)), 0.8 / len(series)
-    fig, axes = plt.subplots(1, 2, figsize=(12.0, 4.2))
-    for j, (name, acc, cost) in enumerate(series):
+    x = first.group.to_numpy()
+    fig, axes = plt.subplots(1, 2, figsize=(12.0, 4.4))
+    for name, acc, cost in series:
+        ls = "--" if name.startswith("oracle") else "-"
         for ax, y in zip(axes, (acc, cost)):
-            ax.bar(x - 0.4 + width * (j + 0.5), y.to_numpy(), width, color=colors[name], label=name)
-    xlabel = "difficulty group (1 = easiest), [min, max] exit-1 max prob"
+            ax.plot(x, y.to_numpy(), marker="o", ls=ls, color=colors[name], label=name,
+                    lw=2.2 if name == "quee" else 1.5)
+    xlabel = "difficulty group (1 = easiest)\n[min, max] max prob of exit 1 at the reference level"
     budget = float(first.budget.iloc[0])
-    axes[0].set(xlabel=xlabel, ylabel=TEST_ACCURACY_LABEL, title=f"Accuracy per group at budget {budget:g}")
-    axes[1].set(xlabel=xlabel, ylabel=cost_label("w16a16").replace("cost", "mean cost", 1),
+    n = int(first.n.sum())
+    axes[0].set(xlabel=xlabel, ylabel=TEST_ACCURACY_LABEL, title=f"Accuracy per group, budget {budget:g} ({n} test samples)")
+    axes[1].set(xlabel=xlabel, ylabel="mean cost per sample\n(normalized BOPs, 1.0 = full model at w16a16)",
                 title="Where the compute goes")
     for ax in axes:
         ax.set_xticks(x, labels)

@@ -83,11 +83,16 @@ def test_tables_agree_with_budget_tables(study):
     assert len(summary) == len(study.methods) * len(cfg.eval.budgets) and (summary.n_seeds == 1).all()
     bs = summary[summary.method == "best-single"]
     assert (bs.diff_pp == 0).all() and (bs.verdict == "reference").all()
-    rest = summary[summary.method != "best-single"]
+    rest = summary[(summary.method != "best-single") & summary.feasible]
     tie = (rest.diff_lo_pp <= 0) & (rest.diff_hi_pp >= 0)
     assert ((rest.verdict == "tie") == tie).all()
-    text = analysis.format_budget_summary(summary)
-    assert text.shape == (len(study.methods), len(cfg.eval.budgets)) and "±" in text.iloc[0, 0]
+    over = summary[~summary.feasible & (summary.method != "best-single")]
+    assert len(over) and (over.verdict == "over budget").all()  # ee-confidence cannot reach these budgets
+    acc = analysis.format_budget_summary(summary, "accuracy")
+    diff = analysis.format_budget_summary(summary, "diff")
+    assert acc.shape == diff.shape == (len(study.methods), len(cfg.eval.budgets))
+    assert "±" not in acc.iloc[0, 0] and (diff.loc["best-single"] == "reference").all()
+    assert "[" in diff.loc["quee"].iloc[0]
     table = analysis.auc_table(auc).set_index("method")
     assert table.loc["best-single", "oracle_gap_share"] == 0 and table.loc["oracle", "oracle_gap_share"] == 1
     assert table.loc["oracle", "auc_mean"] >= table.loc["quee", "auc_mean"]

@@ -76,9 +76,12 @@ def test_reliability_diagram():
     fig = plots.reliability_diagram(p, err, n_bins=10, label="calibrated")
     ax = fig.axes[0]
     _labelled(ax)
-    curve = [l for l in ax.get_lines() if l.get_label().startswith("calibrated")][0]
-    assert len(curve.get_xdata()) == 10
-    assert np.abs(curve.get_ydata() - curve.get_xdata()).max() < 0.06
+    assert ax.get_title() == "calibrated"
+    (bars,) = ax.containers                                  # the observed rates with their intervals
+    curve = bars.lines[0]
+    x, y = np.asarray(curve.get_xdata(), float), np.asarray(curve.get_ydata(), float)
+    assert len(x) == 10 and np.abs(y - x).max() < 0.06
+    assert "ECE" in bars.get_label() and len(ax.get_legend().get_texts()) == 3
     # drawing into given axes keeps that figure
     fig2, axes = plt.subplots(1, 2)
     assert plots.reliability_diagram(p, err, ax=axes[1]) is fig2
@@ -122,6 +125,10 @@ def test_difficulty_plot():
     acc_ax, cost_ax = fig.axes
     for ax in (acc_ax, cost_ax):
         _labelled(ax)
-        assert len(ax.patches) == 3 * 4                    # best-single, quee, oracle x 4 groups
+        lines = {l.get_label(): l for l in ax.get_lines()}
+        assert set(lines) == {"best-single", "quee", "oracle"}   # one line per method, 4 groups each
+        assert all(len(l.get_xdata()) == 4 for l in lines.values())
     assert "normalized BOPs" in cost_ax.get_ylabel()
+    acc = {l.get_label(): list(l.get_ydata()) for l in acc_ax.get_lines()}
+    assert acc["quee"] == [0.99, 0.9, 0.8, 0.55] and acc["best-single"] == [0.99, 0.88, 0.75, 0.5]
     assert [t.get_text() for t in acc_ax.get_legend().get_texts()] == ["best-single", "quee", "oracle"]

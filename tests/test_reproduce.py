@@ -32,6 +32,18 @@ def test_notebook_04_writes_figures_and_tables(tmp_path):
     assert summary["status"] == "ok" and list(summary["seconds"]) == ["04_path_cache_and_costs"]
 
 
+def test_every_other_notebook_runs_on_fast_parameters(tmp_path):
+    # The tutorials are executed by nbval; every other notebook is executed here, and must save figures.
+    others = [p.stem for p in notebook_paths() if p.stem not in TUTORIALS and p.stem != "04_path_cache_and_costs"]
+    assert reproduce(CONFIG, tmp_path, fast=True, only=others, progress=False) == 0
+    summary = json.loads((tmp_path / "reproduce.json").read_text())
+    assert summary["status"] == "ok" and sorted(summary["seconds"]) == sorted(others)
+    pngs = {p.name for p in (tmp_path / "figures").glob("*.png")}
+    for stem in others:
+        assert any(n.startswith(stem[:2]) or stem.startswith("07") for n in pngs), stem
+    assert "budget_explorer.png" in pngs and "06_accuracy_cost.png" in pngs
+
+
 def test_failing_notebook_is_named_with_its_cell(tmp_path, capsys):
     nbs = tmp_path / "nbs"
     nbs.mkdir()
