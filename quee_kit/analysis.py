@@ -79,9 +79,10 @@ def paired_difference(study: Study, method: str, other: str, budgets, n_boot: in
 
 def target_variants(k_values=(), knn: bool = True) -> dict:
     """QuEE variants (name -> (predictor overrides, option restriction)) for :func:`run_study`:
-    the default k-means targets, raw 0/1 labels, no history, k-NN targets and one k-means variant
-    per K in ``k_values`` (named ``quee-K{K}``)."""
-    v = {"quee": ({}, "all"), "quee-raw": ({"targets": "raw"}, "all"), "quee-nohist": ({"history": False}, "all")}
+    the default k-means targets, raw 0/1 labels, no history, one MLP per depth instead of a shared
+    one, k-NN targets and one k-means variant per K in ``k_values`` (named ``quee-K{K}``)."""
+    v = {"quee": ({}, "all"), "quee-raw": ({"targets": "raw"}, "all"), "quee-nohist": ({"history": False}, "all"),
+         "quee-perdepth": ({"shared": False}, "all")}
     if knn:
         v["quee-knn"] = ({"targets": "knn"}, "all")
     v.update({f"quee-K{k}": ({"K": int(k)}, "all") for k in k_values})

@@ -36,6 +36,17 @@ def _uniform_chain(cache: PathCache, q: int) -> np.ndarray:
     return np.array([cache.node((q,) * t) for t in range(1, cache.tree.L + 1)])
 
 
+def _threshold_exit(cache: PathCache, q: int, thresholds) -> Outcome:
+    """Every block at level ``q``; exit at the first head whose max prob >= its threshold
+    (scalar or one per exit), at the last head otherwise; every head on the way is costed."""
+    chain = _uniform_chain(cache, q)
+    conf = cache.features[chain][:, :, 0].numpy()        # (L, N) max prob
+    hit = conf >= np.reshape(thresholds, (-1, 1))
+    hit[-1] = True
+    node = chain[hit.argmax(0)]
+    return make_outcome(cache, node, cache.node_cost[node])
+
+
 class ConfidenceExit:
     """Exit at the first head whose max softmax >= τ, every block at level ``q`` (all heads costed).
 
@@ -52,14 +63,7 @@ class ConfidenceExit:
         self.knobs = [(q, float(t)) for q in levels for t in taus]
 
     def outcome(self, split, knob) -> Outcome:
-        c = self.caches[split]
-        q, tau = knob
-        chain = _uniform_chain(c, q)
-        conf = c.features[chain][:, :, 0].numpy()         # (L, N) max prob
-        hit = conf >= tau
-        hit[-1] = True
-        node = chain[hit.argmax(0)]
-        return make_outcome(c, node, c.node_cost[node])
+        return _threshold_exit(self.caches[split], knob[0], knob[1])
 
     def describe(self, knob) -> dict:
         return {"entry": self.tree.levels[knob[0]].name, "lambda": knob[1]}
@@ -95,13 +99,7 @@ class PerExitConfidence:
         return self._thresholds[knob]
 
     def outcome(self, split, knob) -> Outcome:
-        c = self.caches[split]
-        chain = _uniform_chain(c, knob[0])
-        conf = c.features[chain][:, :, 0].numpy()
-        hit = conf >= self.thresholds(knob)[:, None]
-        hit[-1] = True
-        node = chain[hit.argmax(0)]
-        return make_outcome(c, node, c.node_cost[node])
+        return _threshold_exit(self.caches[split], knob[0], self.thresholds(knob))
 
     def describe(self, knob) -> dict:
         return {"entry": self.tree.levels[knob[0]].name, "lambda": knob[1]}

@@ -128,3 +128,15 @@ def test_paired_bootstrap():
     d = np.r_[np.ones(30), np.zeros(70)]
     m, lo, hi = paired_bootstrap(d, 2000)
     assert m == pytest.approx(0.3) and lo < 0.3 < hi and 0.18 < lo and hi < 0.42
+
+
+def test_perexit_thresholds_meet_target_shares_on_calib(study):
+    # MSDNet-style thresholds: by exit t at least the target share sum_{s<=t} r^(s-1) / sum r^s has exited
+    m, tree = study.methods["ee-confidence-perexit"], study.prep.tree
+    for q, r in [(0, 0.5), (4, 1.0), (2, 2.0)]:
+        out = m.outcome("calib", (q, r))
+        share = r ** np.arange(tree.L)
+        share /= share.sum()
+        exited = np.cumsum(np.bincount(tree.depth[out.node], minlength=tree.L + 1)[1:]) / len(out.node)
+        assert np.all(exited >= np.cumsum(share) - 1.0 / len(out.node) - 1e-9), (q, r, exited)
+        assert set(tree.level[out.node]) == {q}
