@@ -177,7 +177,7 @@ def c_min_sat(study: Study) -> tuple[float, float]:
 def budget_tables(studies: list[Study], budgets, n_boot: int, auc_range) -> tuple[pd.DataFrame, dict]:
     """Per-seed and seed-pooled budget rows, and per-method AUC over ``auc_range``."""
     names = list(studies[0].methods)
-    rows, per_budget = [], {}
+    rows = []
     for b in budgets:
         bs = [s.at_budget("best-single", b)[2].correct.astype(float) for s in studies]
         for name in names:

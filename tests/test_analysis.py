@@ -1,6 +1,5 @@
 """Analyses behind notebooks 05, 06 and 08, checked against the Study they summarize."""
 import numpy as np
-import pandas as pd
 import pytest
 
 from quee_kit import analysis

@@ -8,7 +8,7 @@ import torch
 from quee_kit.config import ConfigError, load_config
 from quee_kit.engine import DynamicModel
 from quee_kit.evaluate import check_config_against_data, paired_bootstrap, run_study
-from quee_kit.policy import lambda_grid, option_mask, select_for_budget, simulate
+from quee_kit.policy import option_mask, select_for_budget, simulate
 from quee_kit.predictors import OptionSpace, discretized_targets
 
 
@@ -48,7 +48,6 @@ def test_discretized_targets_known_values():
 
 
 def test_oracle_bounds_every_policy_at_every_lambda(study):
-    caches, opts = study.prep.caches, study.opts
     oracle = study.methods["oracle"]
     for name in ["quee", "quee-raw", "quee-exit-only", "quee-quant-only", "random"]:
         m = study.methods[name]
