@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 from scipy.special import expit, logit
 
-from .evaluate import Study, paired_bootstrap
+from .evaluate import Study, paired_bootstrap, points_auc, select_points
 from .paths import FEATURE_NAMES
 from .policy import QueePolicy, lambda_grid, select_for_budget
 from .predictors import predictor_quality
@@ -38,12 +38,10 @@ def budget_curve(studies, method: str, budgets) -> pd.DataFrame:
     rows = []
     for s in _as_list(studies):
         p = s.points[method]
-        cc, ac = p["cost_calib"].to_numpy(), p["acc_calib"].to_numpy()
-        ct, at = p["cost_test"].to_numpy(), p["acc_test"].to_numpy()
-        for b in budgets:
-            i, ok = select_for_budget(cc, ac, float(b))
-            rows.append({"seed": s.prep.cfg.seed, "budget": float(b), "cost": float(ct[i]),
-                         "accuracy": float(at[i]), "feasible": bool(ok)})
+        idx, ok = select_points(p, budgets)
+        for b, i, f in zip(budgets, idx, ok):
+            rows.append({"seed": s.prep.cfg.seed, "budget": float(b), "cost": float(p["cost_test"].iloc[i]),
+                         "accuracy": float(p["acc_test"].iloc[i]), "feasible": bool(f)})
     return pd.DataFrame(rows, columns=["seed", "budget", "cost", "accuracy", "feasible"])
 
 
@@ -54,10 +52,8 @@ def budget_curves(studies, methods, budgets) -> pd.DataFrame:
 
 def auc(study: Study, method: str, auc_range, n: int = 41) -> float:
     """Mean test accuracy over ``n`` budgets evenly spaced in ``auc_range``, a budget the method cannot
-    meet on calib scoring 0 (the rule of :func:`quee_kit.evaluate.budget_tables`, which tests check)."""
-    grid = np.linspace(auc_range[0], auc_range[1], n)
-    c = budget_curve(study, method, grid)
-    return float(np.where(c["feasible"], c["accuracy"], 0.0).mean())
+    meet on calib scoring 0 (the rule of :func:`quee_kit.evaluate.budget_tables`)."""
+    return points_auc(study.points[method], auc_range, n)
 
 
 def paired_difference(study: Study, method: str, other: str, budgets, n_boot: int | None = None) -> pd.DataFrame:
@@ -149,8 +145,7 @@ def predictor_noise_sweep(study: Study, sigmas, budgets, method: str = "quee", s
     for j, sigma in enumerate(sigmas):
         E = {sp: noisy_predictions(study.predictors[method][sp], sigma, seed=seed * 1000 + 2 * j + i)
              for i, sp in enumerate(("calib", "test"))}
-        pol = QueePolicy(f"{method}+noise", E, caches, opts, lams)
-        pol.mask = base.mask  # the same option restriction as the variant
+        pol = QueePolicy(f"{method}+noise", E, caches, opts, lams, mask=base.mask)  # same restriction
         calib = pol.outcomes("calib")
         cc = np.array([o.mean_cost for o in calib])
         ac = np.array([o.accuracy for o in calib])

@@ -22,7 +22,8 @@ from .policy import QueePolicy, lambda_grid, select_for_budget
 from .predictors import ErrorPredictor, OptionSpace, _predict, fit_cross_fitted, predictor_quality
 
 __all__ = ["Study", "run_study", "paired_bootstrap", "run_pipeline", "check_config_against_data",
-           "QUEE_VARIANTS", "budget_tables", "curves_table", "c_min_sat"]
+           "QUEE_VARIANTS", "budget_tables", "curves_table", "c_min_sat", "method_points", "select_points",
+           "points_auc"]
 
 # name -> (predictor overrides, option restriction)
 QUEE_VARIANTS = {
@@ -73,9 +74,8 @@ class Study:
 
     def select(self, method: str, budget: float):
         """(knob, feasible) chosen on calib for ``budget`` by the shared rule."""
-        p = self.points[method]
-        i, ok = select_for_budget(p["cost_calib"].to_numpy(), p["acc_calib"].to_numpy(), budget)
-        return self.methods[method].knobs[i], ok
+        (i,), (ok,) = select_points(self.points[method], [budget])
+        return self.methods[method].knobs[i], bool(ok)
 
     def at_budget(self, method: str, budget: float, split: str = "test"):
         knob, ok = self.select(method, budget)
@@ -150,18 +150,37 @@ def run_study(cfg: Config, progress: bool = True, variants: dict | None = None, 
         "oracle-uniform": Oracle(caches, lambdas, uniform=True),
     })
     t2 = time.perf_counter()
-    points = {}
-    for name, m in tqdm(methods.items(), desc="methods", disable=not progress, leave=False):
-        rows = []
-        batch = {sp: m.outcomes(sp) for sp in ("calib", "test")} if hasattr(m, "outcomes") else None
-        for i, knob in enumerate(m.knobs):
-            oc, ot = (batch["calib"][i], batch["test"][i]) if batch else (m.outcome("calib", knob),
-                                                                         m.outcome("test", knob))
-            rows.append({**m.describe(knob), "cost_calib": oc.mean_cost, "acc_calib": oc.accuracy,
-                         "cost_test": ot.mean_cost, "acc_test": ot.accuracy})
-        points[name] = pd.DataFrame(rows)
+    points = {name: method_points(m) for name, m in tqdm(methods.items(), desc="methods",
+                                                          disable=not progress, leave=False)}
     timings["evaluate_seconds"] = time.perf_counter() - t2
     return Study(prep, opts, methods, points, quality, predictors, timings)
+
+
+def method_points(method) -> pd.DataFrame:
+    """Every knob of ``method`` on calib and test: its description plus ``cost_calib, acc_calib,
+    cost_test, acc_test`` (mean normalized BOPs and accuracy), one row per knob."""
+    batch = {sp: method.outcomes(sp) for sp in ("calib", "test")} if hasattr(method, "outcomes") else None
+    rows = []
+    for i, knob in enumerate(method.knobs):
+        oc, ot = (batch["calib"][i], batch["test"][i]) if batch else (method.outcome("calib", knob),
+                                                                     method.outcome("test", knob))
+        rows.append({**method.describe(knob), "cost_calib": oc.mean_cost, "acc_calib": oc.accuracy,
+                     "cost_test": ot.mean_cost, "acc_test": ot.accuracy})
+    return pd.DataFrame(rows)
+
+
+def select_points(points: pd.DataFrame, budgets) -> tuple[np.ndarray, np.ndarray]:
+    """The budget rule on a :func:`method_points` table: (knob row index, feasible) per budget."""
+    cc, ac = points["cost_calib"].to_numpy(), points["acc_calib"].to_numpy()
+    chosen = [select_for_budget(cc, ac, float(b)) for b in budgets]
+    return np.array([i for i, _ in chosen], dtype=int), np.array([ok for _, ok in chosen], dtype=bool)
+
+
+def points_auc(points: pd.DataFrame, auc_range, n: int = 41) -> float:
+    """AUC: mean test accuracy of the budget rule's choice over ``n`` budgets evenly spaced in
+    ``auc_range``; a budget the method cannot meet on calib scores 0 there (no operating point)."""
+    idx, ok = select_points(points, np.linspace(auc_range[0], auc_range[1], n))
+    return float(np.where(ok, points["acc_test"].to_numpy()[idx], 0.0).mean())
 
 
 def c_min_sat(study: Study) -> tuple[float, float]:
@@ -202,18 +221,7 @@ def budget_tables(studies: list[Study], budgets, n_boot: int, auc_range) -> tupl
                          "diff_vs_best_single": m, "diff_lo": lo, "diff_hi": hi, "seed": "all",
                          "feasible": all(feasible), "accuracy_std": float(np.std(accs)),
                          "cost_std": float(np.std(costs))})
-    # AUC: mean test accuracy of the budget rule's choice over a grid of budgets in the range. A budget
-    # the method cannot meet on calib scores 0 there (it has no operating point within that budget).
-    grid = np.linspace(auc_range[0], auc_range[1], 41)
-    auc = {}
-    for name in names:
-        auc[name] = []
-        for s in studies:
-            accs = []
-            for b in grid:
-                _, ok, out = s.at_budget(name, b)
-                accs.append(out.accuracy if ok else 0.0)
-            auc[name].append(float(np.mean(accs)))
+    auc = {name: [points_auc(s.points[name], auc_range) for s in studies] for name in names}
     return pd.DataFrame(rows), auc
 
 

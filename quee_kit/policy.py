@@ -118,9 +118,10 @@ class QueePolicy:
     """QuEE (or an ablation) as a method: knobs are (entry level index, λ)."""
 
     def __init__(self, name: str, E: dict[str, np.ndarray], caches: dict[str, PathCache],
-                 opts: OptionSpace, lambdas: np.ndarray, variant: str = "all"):
+                 opts: OptionSpace, lambdas: np.ndarray, variant: str = "all", mask: np.ndarray | None = None):
+        """``mask`` (n_nodes, O), when given, replaces the variant's option restriction."""
         self.name, self.E, self.caches, self.opts = name, E, caches, opts
-        self.mask = option_mask(opts, variant)
+        self.mask = option_mask(opts, variant) if mask is None else mask
         self.knobs = [(q, float(l)) for q in range(len(opts.tree.levels)) for l in lambdas]
 
     def outcome(self, split: str, knob) -> Outcome:

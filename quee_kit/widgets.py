@@ -32,7 +32,7 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 from .baselines import BestSingle, ConfidenceExit, Oracle, PerExitConfidence, RandomRouting, StaticQuant
-from .evaluate import Study, c_min_sat
+from .evaluate import Study, c_min_sat, method_points, select_points
 from .paths import PathTree
 from .plots import ACCURACY_LABEL, EXIT_LABEL, cost_label
 from .policy import Outcome, QueePolicy, select_for_budget
@@ -108,18 +108,12 @@ def restrict_method(method, level_set) -> object:
 def knob_points(method) -> pd.DataFrame:
     """Mean cost (normalized BOPs) and accuracy of every knob on calib and test: the columns of
     ``Study.points`` (``cost_calib, acc_calib, cost_test, acc_test``), one row per knob."""
-    rows = []
-    for knob in method.knobs:
-        oc, ot = method.outcome("calib", knob), method.outcome("test", knob)
-        rows.append({**method.describe(knob), "cost_calib": oc.mean_cost, "acc_calib": oc.accuracy,
-                     "cost_test": ot.mean_cost, "acc_test": ot.accuracy})
-    return pd.DataFrame(rows)
+    return method_points(method)
 
 
 def budget_curve(points: pd.DataFrame, budgets) -> pd.DataFrame:
     """The curve as reported: for each budget, the knob the calib rule picks and its test point."""
-    cc, ac = points["cost_calib"].to_numpy(), points["acc_calib"].to_numpy()
-    idx = [select_for_budget(cc, ac, float(b))[0] for b in budgets]
+    idx, _ = select_points(points, budgets)
     return pd.DataFrame({"budget": np.asarray(budgets, float), "knob": idx,
                          "cost": points["cost_test"].to_numpy()[idx],
                          "accuracy": points["acc_test"].to_numpy()[idx]})
