@@ -266,8 +266,8 @@ def _merge(base: dict, over: dict) -> dict:
 
 
 # Reduced settings for CI, nbval and ``--fast``: same pipeline, smaller data and fewer epochs.
-FAST_OVERRIDES = ["model.epochs=15", "data.sizes=[3000,600,600]", "predictor.folds=3", "predictor.epochs=15",
-                  "predictor.max_rows=30000",
+FAST_OVERRIDES = ["model.epochs=15", "data.sizes=[3000,600,600]", "predictor.folds=3", "predictor.epochs=10",
+                  "predictor.max_rows=20000",
                   "eval.bootstrap=300", "eval.lambda_grid=60"]
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
