@@ -19,7 +19,7 @@ from .data import load_dataset
 from .paths import FEATURE_NAMES
 from .pipeline import Prepared, _cache_dir, peak_memory_mb, prepare
 from .policy import QueePolicy, lambda_grid, select_for_budget
-from .predictors import ErrorPredictor, OptionSpace, _predict, fit_cross_fitted, predictor_quality
+from .predictors import CrossFitted, ErrorPredictor, OptionSpace, fit_cross_fitted, predictor_quality
 
 __all__ = ["Study", "run_study", "paired_bootstrap", "run_pipeline", "check_config_against_data",
            "QUEE_VARIANTS", "budget_tables", "curves_table", "c_min_sat", "method_points", "select_points",
@@ -98,7 +98,7 @@ def _fit_variant(prep: Prepared, opts: OptionSpace, pcfg, seed: int, progress: b
     path = _cache_dir(prep.cfg) / f"predictors-{key[:16]}.pt"
 
     def build():
-        cf = fit_cross_fitted(prep.caches["calib"], prep.caches["test"], opts, pcfg, seed, progress)
+        cf = fit_cross_fitted(prep.caches["calib"], opts, pcfg, seed, progress)
         return {"models": [m.state_dict() for m in cf.models], "folds": cf.folds, "columns": cf.columns}
 
     art = load_or_build(path, key, build, what="predictors")
@@ -107,12 +107,8 @@ def _fit_variant(prep: Prepared, opts: OptionSpace, pcfg, seed: int, progress: b
         m = ErrorPredictor(len(art["columns"]), opts.n_options, prep.tree.L, pcfg.hidden, pcfg.layers, pcfg.shared)
         m.load_state_dict(sd)
         models.append(m.eval())
-    calib = np.full((len(prep.tree), prep.caches["calib"].n, opts.n_options), np.nan, dtype=np.float32)
-    for k, m in enumerate(models):
-        ho = np.flatnonzero(art["folds"] == k)
-        calib[:, ho] = _predict([m], prep.caches["calib"], opts, ho, art["columns"])
-    test = _predict(models, prep.caches["test"], opts, np.arange(prep.caches["test"].n), art["columns"])
-    return {"calib": calib, "test": test, "models": models, "columns": art["columns"]}
+    cf = CrossFitted(models, art["folds"], art["columns"])
+    return {**cf.predict(prep.caches["calib"], prep.caches["test"], opts), "models": models, "columns": cf.columns}
 
 
 def run_study(cfg: Config, progress: bool = True, variants: dict | None = None, prep: Prepared | None = None) -> Study:

@@ -32,6 +32,7 @@ from .costs import mlp_macs
 from .paths import FEATURE_NAMES, HISTORY_FEATURES, PathCache, PathTree
 
 __all__ = ["OptionSpace", "feature_columns", "discretized_targets", "ErrorPredictor", "fit_cross_fitted",
+           "CrossFitted",
            "predictor_quality", "exit_now_rows"]
 
 
@@ -236,17 +237,22 @@ def _predict(models: list[ErrorPredictor], cache: PathCache, opts: OptionSpace, 
 
 @dataclass
 class CrossFitted:
-    """Out-of-fold calib and fold-averaged test error estimates, both (n_nodes, N, O)."""
-    calib: np.ndarray
-    test: np.ndarray
+    """The fold models of a cross-fitted predictor: ``models[k]`` was fitted without the calib samples
+    whose ``folds`` entry is k; ``columns`` are the feature columns they read."""
     models: list
     folds: np.ndarray      # fold id of every calib sample
     columns: list[int]
-    macs: int
+
+    def predict(self, calib: PathCache, test: PathCache, opts: OptionSpace) -> dict[str, np.ndarray]:
+        """Out-of-fold calib and fold-averaged test error estimates, both (n_nodes, N, O)."""
+        oof = np.full((len(opts.tree), calib.n, opts.n_options), np.nan, dtype=np.float32)
+        for k, m in enumerate(self.models):
+            ho = np.flatnonzero(self.folds == k)
+            oof[:, ho] = _predict([m], calib, opts, ho, self.columns)
+        return {"calib": oof, "test": _predict(self.models, test, opts, np.arange(test.n), self.columns)}
 
 
-def fit_cross_fitted(calib: PathCache, test: PathCache, opts: OptionSpace, cfg, seed: int = 0,
-                     progress: bool = True) -> CrossFitted:
+def fit_cross_fitted(calib: PathCache, opts: OptionSpace, cfg, seed: int = 0, progress: bool = True) -> CrossFitted:
     """Train ``cfg.folds`` predictors on calib folds (targets per ``cfg.targets``)."""
     N = calib.n
     if cfg.targets == "kmeans" and cfg.K > N * (cfg.folds - 1) // cfg.folds:
@@ -254,17 +260,12 @@ def fit_cross_fitted(calib: PathCache, test: PathCache, opts: OptionSpace, cfg, 
                          f"({N * (cfg.folds - 1) // cfg.folds} calib samples)")
     cols = feature_columns(cfg.history)
     folds = np.random.default_rng(seed).permutation(N) % cfg.folds
-    oof = np.full((len(opts.tree), N, opts.n_options), np.nan, dtype=np.float32)
     models = []
     for k in tqdm(range(cfg.folds), desc=f"predictors ({cfg.targets})", disable=not progress, leave=False):
-        tr, ho = np.flatnonzero(folds != k), np.flatnonzero(folds == k)
-        X, E, depth, _ = _rows(calib, opts, tr, cols)
+        X, E, depth, _ = _rows(calib, opts, np.flatnonzero(folds != k), cols)
         T = discretized_targets(X, E, depth, cfg.targets, cfg.K, cfg.knn_k, cfg.prior_weight, seed + k)
-        m = _fit_one(X, T, E, depth, cfg, opts.tree.L, opts.n_options, seed + k)
-        models.append(m)
-        oof[:, ho] = _predict([m], calib, opts, ho, cols)
-    test_pred = _predict(models, test, opts, np.arange(test.n), cols)
-    return CrossFitted(oof, test_pred, models, folds, cols, models[0].macs)
+        models.append(_fit_one(X, T, E, depth, cfg, opts.tree.L, opts.n_options, seed + k))
+    return CrossFitted(models, folds, cols)
 
 
 def exit_now_rows(pred: np.ndarray, cache: PathCache, opts: OptionSpace):

@@ -14,3 +14,14 @@ def digits_cfg(tmp_path_factory):
 def digits_prep(digits_cfg):
     from quee_kit.pipeline import prepare
     return prepare(digits_cfg, progress=False)
+
+
+@pytest.fixture()
+def plot_theme():
+    """The kit's seaborn theme for a figure test, and every figure closed afterwards."""
+    import matplotlib.pyplot as plt
+
+    from quee_kit import plots
+    plots.set_theme()
+    yield
+    plt.close("all")

@@ -1,7 +1,6 @@
 """Figure functions: labelled axes with units, both file formats written, known table values."""
 from types import SimpleNamespace
 
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import pytest
@@ -31,11 +30,7 @@ def exits_df():
     return pd.DataFrame(rows)
 
 
-@pytest.fixture(autouse=True)
-def _close_figures():
-    plots.set_theme()
-    yield
-    plt.close("all")
+pytestmark = pytest.mark.usefixtures("plot_theme")
 
 
 def _labels(fig):

@@ -11,11 +11,7 @@ METHODS = ["quee", "best-single", "oracle"]
 BUDGETS = [0.03, 0.05, 0.08]
 
 
-@pytest.fixture(autouse=True)
-def _close_figures():
-    plots.set_theme()
-    yield
-    plt.close("all")
+pytestmark = pytest.mark.usefixtures("plot_theme")
 
 
 def _labelled(ax):
