@@ -13,12 +13,29 @@ from pathlib import Path
 
 import yaml
 
-__all__ = ["ConfigError", "Config", "load_config", "parse_overrides", "config_to_dict", "FAST_OVERRIDES",
+__all__ = ["UserError", "ConfigError", "read_yaml", "Config", "load_config", "parse_overrides", "config_to_dict", "FAST_OVERRIDES",
            "resolve_path", "PROJECT_ROOT"]
 
 
-class ConfigError(ValueError):
+class UserError(ValueError):
+    """A problem the user can fix (a config, a data file, a missing file): its message is one line
+    that names what is wrong, and the CLI prints it alone and exits with status 2 (``--debug`` shows
+    the traceback). Anything else that escapes is a bug and keeps its traceback."""
+
+
+class ConfigError(UserError):
     """A one-line error naming the offending config key and the allowed values."""
+
+
+def read_yaml(text: str, where: str):
+    """``yaml.safe_load`` whose parse errors become one line naming ``where`` and the position."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        pos = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        what = getattr(e, "problem", None) or type(e).__name__
+        raise ConfigError(f"config: {where} is not valid YAML{pos}: {what}") from None
 
 
 def _fail(key: str, allowed: str, got) -> typing.NoReturn:
@@ -254,7 +271,7 @@ def parse_overrides(items: list[str] | None) -> dict:
         parts = key.strip().split(".")
         for part in parts[:-1]:
             node = node.setdefault(part, {})
-        node[parts[-1]] = yaml.safe_load(raw)
+        node[parts[-1]] = read_yaml(raw, f"--set {key.strip()}")
     return out
 
 
@@ -295,7 +312,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | dict | No
         p = resolve_path(path)
         if not p.is_file():
             raise ConfigError(f"config: file not found: {p}")
-        raw = _merge(yaml.safe_load(p.read_text()) or {}, raw)
+        raw = _merge(read_yaml(p.read_text(), str(p)) or {}, raw)
     over = overrides if isinstance(overrides, dict) else parse_overrides(overrides)
     return _from_dict(Config, _merge(raw, over), "").validate()
 

@@ -23,6 +23,14 @@ from typing import Callable
 import numpy as np
 import torch
 
+from .config import UserError
+
+
+
+class DataError(UserError):
+    """A dataset that cannot be loaded as asked (missing or malformed file, bad sizes): one line."""
+
+
 MNIST10K_SHA256 = "c127f28ba6587b035da58af9c862de40ecd72470e8f3396f0cf542242845222b"
 REBUILD_HINT = "rebuild it with `python data/build_mnist10k.py`"
 MIN_SAMPLES = 10
@@ -62,7 +70,7 @@ class Dataset:
     def split(self, name: str) -> Split:
         """Return the split called 'train', 'calib' or 'test'."""
         if name not in ("train", "calib", "test"):
-            raise ValueError(f"unknown split {name!r} (allowed: train, calib, test)")
+            raise DataError(f"unknown split {name!r} (allowed: train, calib, test)")
         return getattr(self, name)
 
 
@@ -91,11 +99,11 @@ def _load_mnist10k(data_dir: Path) -> tuple[np.ndarray, np.ndarray]:
     """10,000 MNIST digits: x uint8 (10000, 28, 28), y uint8 (10000,), in class order."""
     path = Path(data_dir) / "mnist10k.npz"
     if not path.is_file():
-        raise ValueError(f"mnist10k: file not found: {path}; {REBUILD_HINT}")
+        raise DataError(f"mnist10k: file not found: {path}; {REBUILD_HINT}")
     raw = path.read_bytes()
     got = hashlib.sha256(raw).hexdigest()
     if got != MNIST10K_SHA256:
-        raise ValueError(f"mnist10k: {path} is corrupted (sha256 {got[:12]}..., "
+        raise DataError(f"mnist10k: {path} is corrupted (sha256 {got[:12]}..., "
                          f"expected {MNIST10K_SHA256[:12]}...); {REBUILD_HINT}")
     with np.load(path, allow_pickle=False) as f:
         return f["x"], f["y"]
@@ -114,37 +122,37 @@ def _load_npz(path_str: str) -> tuple[np.ndarray, np.ndarray]:
     path = Path(path_str)
     where = f"npz:{path_str}"
     if not path.is_file():
-        raise ValueError(f"{where}: file not found")
+        raise DataError(f"{where}: file not found")
     try:
         f = np.load(path, allow_pickle=False)
     except Exception as e:  # zip/format errors come in many types
-        raise ValueError(f"{where}: not a valid npz file ({type(e).__name__})") from None
+        raise DataError(f"{where}: not a valid npz file ({type(e).__name__})") from None
     if not isinstance(f, np.lib.npyio.NpzFile):
-        raise ValueError(f"{where}: not a valid npz file (a single .npy array, not a zip of x and y)")
+        raise DataError(f"{where}: not a valid npz file (a single .npy array, not a zip of x and y)")
     with f:
         for key in ("x", "y"):
             if key not in f.files:
-                raise ValueError(f"{where}: missing key {key!r} (found: {', '.join(f.files) or 'none'})")
+                raise DataError(f"{where}: missing key {key!r} (found: {', '.join(f.files) or 'none'})")
         try:
             x, y = f["x"], f["y"]
         except Exception as e:
-            raise ValueError(f"{where}: cannot read arrays ({type(e).__name__}: {e})") from None
+            raise DataError(f"{where}: cannot read arrays ({type(e).__name__}: {e})") from None
     if x.ndim not in (3, 4):
-        raise ValueError(f"{where}: x must have rank 3 (N,H,W) or 4 (N,C,H,W), got shape {x.shape}")
+        raise DataError(f"{where}: x must have rank 3 (N,H,W) or 4 (N,C,H,W), got shape {x.shape}")
     if x.dtype != np.uint8 and not np.issubdtype(x.dtype, np.floating):
-        raise ValueError(f"{where}: x must be uint8 or float, got dtype {x.dtype}")
+        raise DataError(f"{where}: x must be uint8 or float, got dtype {x.dtype}")
     if y.ndim != 1:
-        raise ValueError(f"{where}: y must be 1-D (N,), got shape {y.shape}")
+        raise DataError(f"{where}: y must be 1-D (N,), got shape {y.shape}")
     if not np.issubdtype(y.dtype, np.integer):
-        raise ValueError(f"{where}: y must have an integer dtype, got {y.dtype}")
+        raise DataError(f"{where}: y must have an integer dtype, got {y.dtype}")
     if len(x) != len(y):
-        raise ValueError(f"{where}: x has {len(x)} samples but y has {len(y)}")
+        raise DataError(f"{where}: x has {len(x)} samples but y has {len(y)}")
     if x.dtype != np.uint8 and not np.isfinite(x).all():
-        raise ValueError(f"{where}: x contains NaN or inf")
+        raise DataError(f"{where}: x contains NaN or inf")
     if len(y) and y.min() < 0:
-        raise ValueError(f"{where}: y contains negative labels (min {y.min()})")
+        raise DataError(f"{where}: y contains negative labels (min {y.min()})")
     if len(y) < MIN_SAMPLES:
-        raise ValueError(f"{where}: too few samples ({len(y)} < {MIN_SAMPLES})")
+        raise DataError(f"{where}: too few samples ({len(y)} < {MIN_SAMPLES})")
     return x, y
 
 
@@ -152,11 +160,11 @@ def validate_dataset_name(name: str) -> None:
     """Cheap check, no loading: a registered name or 'npz:' + an existing file."""
     if isinstance(name, str) and name.startswith("npz:"):
         if not Path(name[4:]).is_file():
-            raise ValueError(f"data.name: npz file not found: {name[4:]!r}")
+            raise DataError(f"data.name: npz file not found: {name[4:]!r}")
         return
     if name not in DATASETS:
         allowed = ", ".join([*DATASETS, "npz:PATH"])
-        raise ValueError(f"data.name: unknown dataset {name!r} (allowed: {allowed})")
+        raise DataError(f"data.name: unknown dataset {name!r} (allowed: {allowed})")
 
 
 def _check_sizes(sizes, n: int) -> tuple[int, int, int]:
@@ -167,7 +175,7 @@ def _check_sizes(sizes, n: int) -> tuple[int, int, int]:
     sizes = tuple(sizes)
     if (len(sizes) != 3 or not all(isinstance(s, (int, np.integer)) and s >= 1 for s in sizes)
             or sum(sizes) > n):
-        raise ValueError(f"data.sizes: need three ints >= 1 summing to <= {n} samples, got {list(sizes)}")
+        raise DataError(f"data.sizes: need three ints >= 1 summing to <= {n} samples, got {list(sizes)}")
     return tuple(int(s) for s in sizes)
 
 
