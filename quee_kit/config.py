@@ -131,8 +131,11 @@ class PathsConfig:
 
 @dataclass
 class PredictorConfig:
-    targets: str = "kmeans"    # kmeans (K cells per depth) | knn (k neighbours) | raw (0/1 labels)
-    K: int = 8                 # k-means cells per depth
+    kind: str = "mlp"          # mlp (one MLP on compact features) | binned | platt (per-node calibration of the log-odds)
+    bins: int = 10             # binned: quantile bins of the head's log-odds per node
+    balance: str = "depth"     # mlp: fitting rows weighted so every depth counts equally | none (every row alike)
+    targets: str = "kmeans"    # kmeans (K cells per depth x level) | knn (k neighbours) | raw (0/1 labels)
+    K: int = 8                 # k-means cells per (depth, level) group, on the continuous features
     knn_k: int = 50            # neighbours for targets=knn
     prior_weight: float = 5.0  # cell mean shrunk toward the depth mean with this many pseudo-samples
     hidden: int = 32           # MLP width
@@ -143,9 +146,15 @@ class PredictorConfig:
     lr: float = 3.0e-3
     history: bool = True       # previous head's max prob and agreement with the current prediction
     shared: bool = True        # one MLP for all depths (False: one per depth)
-    max_rows: int = 200000     # cap on (node, sample) rows per fold for fitting (random subsample)
+    max_rows: int = 200000     # cap on (node, sample) rows per fold for fitting (subsampled evenly per depth)
 
     def validate(self, p: str) -> None:
+        if self.kind not in ("mlp", "binned", "platt"):
+            _fail(f"{p}.kind", "'mlp', 'binned' or 'platt'", self.kind)
+        if self.balance not in ("depth", "none"):
+            _fail(f"{p}.balance", "'depth' or 'none'", self.balance)
+        if self.bins < 2:
+            _fail(f"{p}.bins", "an int >= 2", self.bins)
         if self.targets not in ("kmeans", "knn", "raw"):
             _fail(f"{p}.targets", "'kmeans', 'knn' or 'raw'", self.targets)
         for k in ("K", "knn_k", "hidden", "layers", "epochs", "patience", "max_rows"):

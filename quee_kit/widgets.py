@@ -532,7 +532,7 @@ class BudgetExplorer:
         """The method's own predictor (QuEE variants), else the QuEE predictor, else None."""
         m = self.study.methods[name]
         if isinstance(m, QueePolicy):
-            return m.E["test"]
+            return m.err_hat["test"]
         p = self.study.predictors.get("quee")
         return None if p is None else p["test"]
 

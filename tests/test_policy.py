@@ -25,7 +25,7 @@ def test_option_space_structure(digits_prep):
     root_ref = tree.entry[0]
     # at the reference entry (depth 1) a monotone path may continue at any level to any later exit
     assert opts.valid[root_ref].sum() == 1 + (tree.L - 1) * len(tree.levels)
-    assert opts.delta_cost[root_ref, opts.exit_option[root_ref]] == 0
+    assert opts.delta_cost()[root_ref, opts.exit_option[root_ref]] == 0
     leaf = tree.nodes_at(tree.L)[0]
     assert opts.valid[leaf].sum() == 1  # only exit at the last block
     # a plan's target is the node reached by repeating its level
@@ -74,9 +74,9 @@ def test_oracle_bounds_every_policy_at_every_lambda(study):
             assert (lhs <= rhs + tol).all(), (name, split)
 
 
-def _min_plan_delta(opts, mask):
+def _min_plan_delta(opts, mask, call_cost):
     plans = mask & (opts.next_node >= 0)
-    return opts.delta_cost[plans].min()
+    return opts.delta_cost(call_cost)[plans].min()
 
 
 def test_lambda_zero_exits_only_where_no_plan_predicts_fewer_errors(study):
@@ -84,9 +84,9 @@ def test_lambda_zero_exits_only_where_no_plan_predicts_fewer_errors(study):
     # lower predicted error (ties go to exit-now, the lowest option index at its node).
     q, opts, tree = study.methods["quee"], study.opts, study.prep.tree
     for split in ("calib", "test"):
-        E = q.E[split]
+        E = q.err_hat[split]
         for entry in range(len(tree.levels)):
-            out = simulate(E, study.prep.caches[split], opts, 0.0, entry, q.mask)
+            out = simulate(E, study.prep.caches[split], opts, 0.0, entry, q.mask, q.call_cost)
             early = np.flatnonzero(tree.depth[out.node] < tree.L)
             nodes = out.node[early]
             e = E[nodes, early]                                            # (n, O)
@@ -96,17 +96,21 @@ def test_lambda_zero_exits_only_where_no_plan_predicts_fewer_errors(study):
 
 
 def test_large_lambda_exits_every_sample_at_its_entry_node(study):
-    # ê is in [0, 1] and every plan costs at least δ_min > 0 more than exiting, so for λ > 1 / δ_min
-    # exit-now wins at the entry node; and that is the cheapest any sample can be at that entry.
+    # ê is in [0, 1] and every plan costs at least δ_min > 0 more than exiting, so for λ >= 1 / δ_min
+    # exit-now wins at the entry node whatever ê says: no predictor call is needed, and that is the
+    # cheapest any sample can be at that entry.
     q, opts, tree = study.methods["quee"], study.opts, study.prep.tree
-    lam_big = 1.01 / _min_plan_delta(opts, q.mask)
+    assert q.call_cost > 0
+    lam_big = 1.01 / _min_plan_delta(opts, q.mask, q.call_cost)
     lams = np.concatenate([[0.0], np.logspace(-3, np.log10(lam_big), 25)])
     for split in ("calib", "test"):
         cache = study.prep.caches[split]
         for entry in range(len(tree.levels)):
-            node, cost = simulate_many(q.E[split], cache, opts, lams, entry, q.mask)
+            node, cost = simulate_many(q.err_hat[split], cache, opts, lams, entry, q.mask, q.call_cost)
             assert (node[-1] == tree.entry[entry]).all(), (split, entry)
-            np.testing.assert_allclose(cost[-1], cache.node_cost[tree.entry[entry]] + opts.predictor_cost)
+            np.testing.assert_array_equal(cost[-1], cache.node_cost[tree.entry[entry]])   # no call made
+            # at λ = 0 every sample that decides pays at least one call
+            assert (cost[0] >= cache.node_cost[node[0]] + q.call_cost - 1e-12).all()
             assert (cost >= cost[-1][None, :] - 1e-12).all(), (split, entry)
 
 
@@ -134,27 +138,43 @@ def test_budget_rule_never_exceeds_budget_on_calib(study):
 
 def test_engine_matches_cache_simulation(study):
     prep, opts = study.prep, study.opts
-    q, fitted = study.methods["quee"], study.predictors["quee"]
-    x = prep.data.test.x
-    for entry, lam in [(0, 0.5), (2, 3.0), (4, 20.0), (1, 0.0)]:
-        sim = simulate(fitted["test"], prep.caches["test"], opts, lam, entry, q.mask)
-        eng = DynamicModel(prep.model, prep.qblocks, prep.costs, fitted["models"], fitted["columns"],
-                           opts, entry, lam, q.mask)
-        preds, costs, nodes = [], [], []
-        for s, e in [(0, 1), (1, 8), (8, 72), (72, len(x))]:  # batches of mixed sizes
-            r = eng(x[s:e])
-            preds.append(r.pred), costs.append(r.cost), nodes.append(r.node)
-            # really skipped: each sample ran exactly the blocks up to its exit, no more
-            assert r.blocks_run == int(prep.tree.depth[r.node].sum())
-        nodes = np.concatenate(nodes)
-        np.testing.assert_array_equal(nodes, sim.node)
-        np.testing.assert_array_equal(torch.cat(preds).numpy(), prep.caches["test"].pred.numpy()[sim.node, np.arange(len(x))])
-        np.testing.assert_allclose(np.concatenate(costs), sim.cost, rtol=1e-12)
+    for name in ("quee", "quee-binned"):
+        q, fitted = study.methods[name], study.predictors[name]
+        x = prep.data.test.x
+        lam_free = 1.01 / _min_plan_delta(opts, q.mask, q.call_cost)     # decided without any call
+        for entry, lam in [(0, 0.5), (2, 3.0), (4, 20.0), (1, 0.0), (3, lam_free)]:
+            sim = simulate(fitted["test"], prep.caches["test"], opts, lam, entry, q.mask, q.call_cost)
+            eng = DynamicModel(prep.model, prep.qblocks, prep.costs, fitted["final"], opts, entry, lam, q.mask,
+                               q.call_cost)
+            preds, costs, nodes = [], [], []
+            for s, e in [(0, 1), (1, 8), (8, 72), (72, len(x))]:  # batches of mixed sizes
+                r = eng(x[s:e])
+                preds.append(r.pred), costs.append(r.cost), nodes.append(r.node)
+                # really skipped: each sample ran exactly the blocks up to its exit, no more
+                assert r.blocks_run == int(prep.tree.depth[r.node].sum())
+            nodes = np.concatenate(nodes)
+            np.testing.assert_array_equal(nodes, sim.node)
+            np.testing.assert_array_equal(torch.cat(preds).numpy(),
+                                          prep.caches["test"].pred.numpy()[sim.node, np.arange(len(x))])
+            np.testing.assert_allclose(np.concatenate(costs), sim.cost, rtol=1e-12)  # the same calls are paid
+
+
+def test_every_test_decision_is_one_call_of_the_refitted_predictor(study):
+    from quee_kit.predictors import predict_nodes
+    for name in ("quee", "quee-binned"):
+        q, fitted = study.methods[name], study.predictors[name]
+        final = fitted["final"]
+        assert q.call_cost == pytest.approx(study.prep.costs.call_cost(final.macs)) and q.call_cost > 0
+        np.testing.assert_array_equal(fitted["test"], predict_nodes(final, study.prep.caches["test"], study.opts,
+                                                                    np.arange(study.prep.caches["test"].n)))
+    assert type(study.predictors["quee-binned"]["final"]).__name__ == "BinnedErrorPredictor"
+    # a binned call (a few comparisons) is far cheaper than an MLP call
+    assert study.methods["quee-binned"].call_cost < study.methods["quee"].call_cost / 50
 
 
 def test_bad_values_fail_clearly(study, digits_cfg):
     with pytest.raises(ValueError, match="lambda must be"):
-        simulate(study.methods["quee"].E["calib"], study.prep.caches["calib"], study.opts, -1.0, 0)
+        simulate(study.methods["quee"].err_hat["calib"], study.prep.caches["calib"], study.opts, -1.0, 0)
     with pytest.raises(ValueError, match="budget must be > 0"):
         select_for_budget(np.array([0.1]), np.array([0.9]), 0.0)
     with pytest.raises(ConfigError, match="predictor.K must be <="):

@@ -57,7 +57,7 @@ def test_lambda_mode_equals_simulate(study, explorer):
         for q, level in enumerate(study.prep.tree.levels):
             for lam in (0.0, 0.003, 0.05, 1.0):
                 r = explorer.update(lam=lam, entry=level.name, method=name, level_set=next(iter(explorer.level_sets)))
-                ref = simulate(study.predictors[name]["test"], cache, opts, lam, q, m.mask)
+                ref = simulate(study.predictors[name]["test"], cache, opts, lam, q, m.mask, m.call_cost)
                 assert r["mode"] == "lambda" and r["entry"] == level.name and r["lambda"] == lam
                 assert r["accuracy"] == ref.accuracy and r["cost"] == ref.mean_cost
                 _, out = explorer.compute("lambda", r["budget"], lam, name, entry=level.name)
