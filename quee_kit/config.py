@@ -37,6 +37,7 @@ class DataConfig:
     download: bool = False          # true: fetch cifar10/cifar100/svhn into root with torchvision (network)
     verify: bool = True             # md5 of CIFAR/SVHN files must match the official release (false: any copy)
     workers: int = 4                # image-decoding workers for image folders (imagenet)
+    image_size: int | None = None   # image folders: side decoded to; None = the backbone's input size (else 224)
 
     def validate(self, p: str) -> None:
         from .data import check_dataset_available, validate_dataset_name
@@ -47,6 +48,8 @@ class DataConfig:
             raise ConfigError(f"config: {e}") from None
         if self.workers < 0:
             _fail(f"{p}.workers", "an int >= 0", self.workers)
+        if self.image_size is not None and self.image_size < 8:
+            _fail(f"{p}.image_size", "null or an int >= 8", self.image_size)
         if self.sizes is not None and (len(self.sizes) != 3 or min(self.sizes) < 1):
             _fail(f"{p}.sizes", "null or three positive ints [train, calib, test]", self.sizes)
 

@@ -266,6 +266,9 @@ def _split_official(name: str, raw: OfficialSplits, split_seed: int, sizes) -> D
     the official test part (a ``split_seed`` subsample when capped, else all of it in order)."""
     n_tr, n_te = len(raw.train_y), len(raw.test_y)
     if sizes is None:
+        if n_tr <= raw.calib:
+            raise ValueError(f"data.sizes: {name} has {n_tr} official train samples, not more than its default "
+                             f"calib size {raw.calib}; set data.sizes: [train, calib, test]")
         sizes = (n_tr - raw.calib, raw.calib, n_te)
     sizes = tuple(int(s) for s in sizes)
     if len(sizes) != 3 or min(sizes) < 1 or sizes[0] + sizes[1] > n_tr or sizes[2] > n_te:

@@ -54,19 +54,19 @@ OFFICIAL_MD5 = {
                  "test": "f0ef6b0ae62326f3e7ffdfab6717acfc",
                  "meta": "7973b15100ade9c7d40fb424638fde48"},
     "svhn": {"train_32x32.mat": "e26dedcc434d2e4c54c9b2d4a06d8373",
-             "test_32x32.mat": "eb5a983be6a315427106f1b69d14bc9c"},
+             "test_32x32.mat": "eb5a983be6a315427106f1b164d9cef3"},
 }
 
 # folder, train files, test files, meta file, label key, label-names key, default calib size
 # (calib sizes follow JEI-DNN: CIFAR-10 5,000, CIFAR-100 10,000, SVHN 5,000).
 _CIFAR = {
     "cifar10": ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"],
-                "batches.meta", b"labels", b"label_names", 5000),
-    "cifar100": ("cifar-100-python", ["train"], ["test"], "meta", b"fine_labels", b"fine_label_names", 10000),
+                "batches.meta", "labels", "label_names", 5000),
+    "cifar100": ("cifar-100-python", ["train"], ["test"], "meta", "fine_labels", "fine_label_names", 10000),
 }
-_URL = {"cifar10": "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
-        "cifar100": "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
-        "svhn": "http://ufldl.stanford.edu/housenumbers/{train,test}_32x32.mat"}
+_GET = {"cifar10": "unpack https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz into {root}",
+        "cifar100": "unpack https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz into {root}",
+        "svhn": "save http://ufldl.stanford.edu/housenumbers/{{train,test}}_32x32.mat in {root}"}
 _SVHN_CALIB = 5000
 _IMAGENET_CALIB = 10000
 _IMAGE_EXT = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".tif", ".tiff", ".webp")
@@ -92,9 +92,10 @@ def _verify(name: str, folder: Path, files: list[str]) -> None:
 def _missing(name: str, root: Path, where: Path, files: list[str], download: bool) -> None:
     absent = [f for f in files if not (where / f).is_file()]
     if absent and not download:
-        raise ValueError(f"data.root: {name} not found: {where} lacks {', '.join(absent)}; unpack {_URL[name]} "
-                         f"into {root} (or run once with --set data.download=true, which uses torchvision and "
-                         f"the network), or point data.root (or $QUEE_KIT_DATA) at the folder holding it")
+        raise ValueError(f"data.root: {name} not found: {where} lacks {', '.join(absent)}; "
+                         f"{_GET[name].format(root=root)} (or run once with --set data.download=true, which uses "
+                         f"torchvision and the network), or point data.root (or $QUEE_KIT_DATA) at the folder "
+                         f"holding it")
 
 
 def _cifar_files(name: str) -> list[str]:
@@ -122,9 +123,12 @@ def read_cifar(name: str, root: Path, verify: bool = True) -> OfficialSplits:
         _verify(name, folder, _cifar_files(name))
 
     def load(path: Path) -> dict:
+        # The official files are Python 2 pickles: latin1 turns their str keys into str (as torchvision
+        # reads them); bytes keys (a Python 3 writer's) are decoded to the same names.
         try:
             with open(path, "rb") as f:
-                return pickle.load(f, encoding="bytes")
+                d = pickle.load(f, encoding="latin1")
+            return {(k.decode("latin1") if isinstance(k, bytes) else k): v for k, v in d.items()}
         except Exception as e:  # noqa: BLE001 - any unpickling failure means a malformed file
             raise ValueError(f"data.root: {path} is not a CIFAR python pickle ({type(e).__name__})") from None
 
@@ -132,9 +136,9 @@ def read_cifar(name: str, root: Path, verify: bool = True) -> OfficialSplits:
         xs, ys = [], []
         for fname in files:
             d = load(folder / fname)
-            if b"data" not in d or label_key not in d:
-                raise ValueError(f"data.root: {folder / fname} lacks the keys 'data' and {label_key.decode()!r}")
-            xs.append(np.asarray(d[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+            if "data" not in d or label_key not in d:
+                raise ValueError(f"data.root: {folder / fname} lacks the keys 'data' and {label_key!r}")
+            xs.append(np.asarray(d["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
             ys.append(np.asarray(d[label_key], dtype=np.int64))
         return np.concatenate(xs), np.concatenate(ys)
 
@@ -142,7 +146,7 @@ def read_cifar(name: str, root: Path, verify: bool = True) -> OfficialSplits:
     vx, vy = read(test_files)
     classes = load(folder / meta).get(names_key)
     if not classes:
-        raise ValueError(f"data.root: {folder / meta} lacks {names_key.decode()!r}")
+        raise ValueError(f"data.root: {folder / meta} lacks {names_key!r}")
     return OfficialSplits(tx, ty, vx, vy, calib=calib, num_classes=len(classes))
 
 
@@ -299,8 +303,12 @@ def _check_imagenet(root: Path, download: bool) -> None:
 
 
 @register_dataset("imagenet", check=_check_imagenet)
-def _load_imagenet(root: Path, workers: int = 4, input_config: dict | None = None, **_) -> OfficialSplits:
+def _load_imagenet(root: Path, workers: int = 4, input_config: dict | None = None, image_size: int | None = None,
+                   **_) -> OfficialSplits:
+    """Decoded with the backbone's eval transform (``input_config``); ``image_size`` overrides its side."""
     cfg = {"input_size": (3, 224, 224), "crop_pct": 0.875, "interpolation": "bilinear", **(input_config or {})}
+    if image_size:
+        cfg["input_size"] = (3, image_size, image_size)
     classes, tr_paths, tr_y = scan_image_folder(root / "imagenet" / "train")
     val_classes, te_paths, te_y = scan_image_folder(root / "imagenet" / "val")
     if val_classes != classes:
