@@ -111,6 +111,8 @@ def prepare(cfg: Config, splits: tuple[str, ...] = ("calib", "test"), progress: 
     ckpt = load_or_build(_cache_dir(cfg) / f"model-{model_key[:16]}.pt", model_key,
                          lambda: _train_model(cfg, data, progress), what="checkpoint")
     timings["train_seconds"] = ckpt["train"]["seconds"]
+    # heads-only: the backbone pass and head training apart; on CUDA, the stage's peak memory
+    timings.update({f"train_{k}": v for k, v in ckpt["train"].items() if k != "seconds" and isinstance(v, (int, float))})
     timings["load_or_train_seconds"] = time.perf_counter() - t0
     # The trained weights are all in the checkpoint: rebuild the architecture without fetching any.
     model = build_model(dataclasses.replace(cfg.model, pretrained=False, checkpoint=None), data.image_shape,
