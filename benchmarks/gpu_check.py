@@ -32,6 +32,7 @@ def main() -> None:
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--model", default="vit_small_patch16_224")
     ap.add_argument("--n", type=int, default=6000, help="synthetic images: train 3000 / calib 1500 / test 1500")
+    ap.add_argument("--ref-dtype", default="float32", choices=["float32", "bfloat16"], help="quant.ref_dtype")
     ap.add_argument("--tiny", action="store_true", help="a 32x32, 4-block model on 300 images (CPU smoke run)")
     args = ap.parse_args()
     from quee_kit.config import load_config
@@ -48,7 +49,7 @@ def main() -> None:
         cfg = load_config("configs/digits.yaml", [
             f"device={args.device}", f"cache_dir={tmp}/cache", f"data.name=npz:{tmp}/synthetic.npz",
             f"data.sizes={sizes}", "model.arch=timm", "model.train=heads", "model.epochs=5",
-            "model.batch_size=256", "model.lr=0.001", *shape, "quant.levels=[w16a16,w8a8,w4a4]",
+            "model.batch_size=256", "model.lr=0.001", *shape, "quant.levels=[w16a16,w8a8,w4a4]", f"quant.ref_dtype={args.ref_dtype}",
             "paths.batch_size=256", "predictor.folds=3", "predictor.epochs=10", "eval.lambda_grid=40",
             "eval.bootstrap=200", "eval.budgets=[0.1,0.2,0.4]", "eval.auc_range=[0.1,0.6]"])
         if args.device.startswith("cuda"):
@@ -73,7 +74,7 @@ def main() -> None:
     ckpt_stats = {k: v for k, v in tr.items() if isinstance(v, (int, float))}
     dev = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
     name = "tiny timm ViT (patch 8, dim 32, 4 blocks)" if args.tiny else args.model
-    print(f"device: {dev}; model: {name}; images {side}x{side}; "
+    print(f"device: {dev}; model: {name}; reference in {args.ref_dtype}; images {side}x{side}; "
           f"split {sizes}; tree {len(prep.tree)} nodes; synthetic data written in {gen_s:.1f} s")
     print("| stage | seconds | throughput | peak GPU memory (MB) |")
     print("|---|---|---|---|")

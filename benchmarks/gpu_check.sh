@@ -8,4 +8,6 @@ cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'gpu_check: no CUDA device visible to torch')"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
-timeout 300 "$PY" benchmarks/gpu_check.py --device cuda "$@"
+timeout 210 "$PY" benchmarks/gpu_check.py --device cuda "$@"
+# a shorter second pass with the reference level in bf16 (quant.ref_dtype)
+timeout 80 "$PY" benchmarks/gpu_check.py --device cuda --n 2000 --ref-dtype bfloat16 "$@"

@@ -111,6 +111,7 @@ class QuantConfig:
     act_granularity: str = "token"       # token: one scale per token of a sample | tensor: one per sample
     clip_percentile: float | None = None  # e.g. 99.9 clips activations at that percentile of |x| (per sample)
     quantize_attention: bool = True       # attention matmuls at a_bits (and costed so) or float (costed at reference)
+    ref_dtype: str = "float32"            # the float reference level runs in float32 | bfloat16 (costed at its bits either way)
 
     def validate(self, p: str) -> None:
         from .quant import parse_level
@@ -123,6 +124,8 @@ class QuantConfig:
                 raise ConfigError(f"config: {p}.levels: {e}") from None
         if len(set(self.levels)) != len(self.levels):
             _fail(f"{p}.levels", "a list without repeats", self.levels)
+        if self.ref_dtype not in ("float32", "bfloat16"):
+            _fail(f"{p}.ref_dtype", "'float32' or 'bfloat16'", self.ref_dtype)
         if self.act_granularity not in ("tensor", "token"):
             _fail(f"{p}.act_granularity", "'tensor' or 'token'", self.act_granularity)
         if self.clip_percentile is not None and not (50.0 < self.clip_percentile <= 100.0):

@@ -21,7 +21,7 @@ from .costs import CostModel
 from .data import Dataset, load_dataset
 from .models import BACKBONES, EarlyExitModel, build_model
 from .paths import PathCache, PathTree, _features, build_path_cache
-from .quant import Level, apply_level, parse_level
+from .quant import FLOAT_BITS, REF_DTYPES, CastBlock, Level, apply_level, parse_level
 from .train import train_early_exit
 
 __all__ = ["Prepared", "prepare", "sorted_levels", "exits_table", "peak_memory_mb", "load_data"]
@@ -126,6 +126,10 @@ def prepare(cfg: Config, splits: tuple[str, ...] = ("calib", "test"), progress: 
     tree = PathTree(levels, model.depth, cfg.paths.family)
     qblocks = {i: [apply_level(b, lv, q.act_granularity, q.clip_percentile, q.quantize_attention)
                    for b in model.blocks] for i, lv in enumerate(levels)}
+    if q.ref_dtype != "float32":  # float levels (the reference) run in that dtype
+        for i, lv in enumerate(levels):
+            if min(lv.w_bits, lv.a_bits) >= FLOAT_BITS:
+                qblocks[i] = [CastBlock(b, REF_DTYPES[q.ref_dtype]) for b in qblocks[i]]
     weights = tensor_digest(model.state_dict())
     prep = Prepared(cfg, data, model, levels, costs, tree, qblocks, timings=timings, model_hash=weights)
     for split in splits:
@@ -137,7 +141,8 @@ def load_cache(prep: Prepared, split: str, progress: bool = True) -> PathCache:
     """Load or build the path cache of ``split`` (keyed by data, weights, levels, family, quant options)."""
     cfg, q = prep.cfg, prep.cfg.quant
     key = content_hash("cache", prep.data.digest, split, prep.model_hash, [l.name for l in prep.levels],
-                       cfg.paths.family, q.act_granularity, q.clip_percentile, q.quantize_attention)
+                       cfg.paths.family, q.act_granularity, q.clip_percentile, q.quantize_attention,
+                       *([q.ref_dtype] if q.ref_dtype != "float32" else []))  # default keys unchanged
     sp = prep.data.split(split)
 
     def build():

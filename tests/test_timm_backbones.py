@@ -179,3 +179,15 @@ def test_pipeline_end_to_end_on_standin(name, tiny_ckpt, tmp_path):
         x = prep.data.test.x[torch.arange(len(prep.data.test))]
         assert torch.allclose(prep.caches["test"].logits[node], prep.model(x)[-1], atol=1e-5)
     assert len(load_data(cfg).test) == sizes[2]
+
+
+def test_bf16_reference_runs_in_bf16_and_returns_float32():
+    from quee_kit.quant import CastBlock
+    model = build_model(load_config(None, TINY + ["quant.ref_dtype=bfloat16"]).model, (3, 32, 32), 10).eval()
+    with torch.no_grad():
+        h = model.stem(torch.rand(4, 3, 32, 32))
+        ref, low = model.blocks[0](h), CastBlock(model.blocks[0], torch.bfloat16)(h)
+    assert low.dtype == torch.float32 and not torch.equal(low, ref)  # it really ran in bf16
+    assert (low - ref).abs().max() < 0.05 * ref.abs().max()           # ... within bf16's ~3 significant digits
+    with pytest.raises(ConfigError, match="quant.ref_dtype must be 'float32' or 'bfloat16'"):
+        load_config(None, ["quant.ref_dtype=float16"])
