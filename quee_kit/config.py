@@ -40,6 +40,11 @@ class DataConfig:
     image_size: int | None = None   # image folders: side decoded to; None = the backbone's input size (else 224)
 
     def validate(self, p: str) -> None:
+        from .dataset_files import check_files
+        try:
+            check_files(self.name, self.root, self.download)  # no torch import yet: a missing dataset fails fast
+        except ValueError as e:
+            raise ConfigError(f"config: {e}") from None
         from .data import check_dataset_available, validate_dataset_name
         try:
             validate_dataset_name(self.name)

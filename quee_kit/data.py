@@ -20,13 +20,14 @@ test is the official test part (``sizes`` caps each part).
 from __future__ import annotations
 
 import hashlib
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
+
+from .dataset_files import default_data_dir  # $QUEE_KIT_DATA, else the repository's data/
 
 MNIST10K_SHA256 = "c127f28ba6587b035da58af9c862de40ecd72470e8f3396f0cf542242845222b"
 REBUILD_HINT = "rebuild it with `python data/build_mnist10k.py`"
@@ -112,10 +113,6 @@ def register_dataset(name: str, check: Callable | None = None) -> Callable[[Load
     return deco
 
 
-def default_data_dir() -> Path:
-    """$QUEE_KIT_DATA if set, else the repository's data/ folder."""
-    env = os.environ.get("QUEE_KIT_DATA")
-    return Path(env) if env else Path(__file__).resolve().parent.parent / "data"
 
 
 @register_dataset("mnist10k")

@@ -38,6 +38,11 @@ import numpy as np
 import torch
 
 from .data import OfficialSplits, register_dataset
+from .dataset_files import CIFAR as _CIFAR
+from .dataset_files import check_cifar as _check_cifar
+from .dataset_files import check_imagenet as _check_imagenet
+from .dataset_files import check_svhn as _check_svhn
+from .dataset_files import cifar_files as _cifar_files
 
 __all__ = ["ImageFiles", "OFFICIAL_MD5", "read_cifar", "read_svhn", "scan_image_folder"]
 
@@ -57,16 +62,6 @@ OFFICIAL_MD5 = {
              "test_32x32.mat": "eb5a983be6a315427106f1b164d9cef3"},
 }
 
-# folder, train files, test files, meta file, label key, label-names key, default calib size
-# (calib sizes follow JEI-DNN: CIFAR-10 5,000, CIFAR-100 10,000, SVHN 5,000).
-_CIFAR = {
-    "cifar10": ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"],
-                "batches.meta", "labels", "label_names", 5000),
-    "cifar100": ("cifar-100-python", ["train"], ["test"], "meta", "fine_labels", "fine_label_names", 10000),
-}
-_GET = {"cifar10": "unpack https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz into {root}",
-        "cifar100": "unpack https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz into {root}",
-        "svhn": "save http://ufldl.stanford.edu/housenumbers/{{train,test}}_32x32.mat in {root}"}
 _SVHN_CALIB = 5000
 _IMAGENET_CALIB = 10000
 _IMAGE_EXT = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".tif", ".tiff", ".webp")
@@ -87,32 +82,6 @@ def _verify(name: str, folder: Path, files: list[str]) -> None:
             raise ValueError(f"data.verify: {name} file {folder / f} is not the official release (md5 {got}, "
                              f"expected {OFFICIAL_MD5[name][f]}); re-download it, or set data.verify: false "
                              f"to read a copy in the same format")
-
-
-def _missing(name: str, root: Path, where: Path, files: list[str], download: bool) -> None:
-    absent = [f for f in files if not (where / f).is_file()]
-    if absent and not download:
-        raise ValueError(f"data.root: {name} not found: {where} lacks {', '.join(absent)}; "
-                         f"{_GET[name].format(root=root)} (or run once with --set data.download=true, which uses "
-                         f"torchvision and the network), or point data.root (or $QUEE_KIT_DATA) at the folder "
-                         f"holding it")
-
-
-def _cifar_files(name: str) -> list[str]:
-    _, train, test, meta, *_ = _CIFAR[name]
-    return [*train, *test, meta]
-
-
-def _download(name: str, root: Path) -> None:
-    """Fetch with torchvision's own dataset classes (only when data.download is true)."""
-    from .timm_backbones import import_torchvision
-    datasets = import_torchvision().datasets
-    root.mkdir(parents=True, exist_ok=True)
-    for train in (True, False):
-        if name == "svhn":
-            datasets.SVHN(str(root), split="train" if train else "test", download=True)
-        else:
-            (datasets.CIFAR10 if name == "cifar10" else datasets.CIFAR100)(str(root), train=train, download=True)
 
 
 def read_cifar(name: str, root: Path, verify: bool = True) -> OfficialSplits:
@@ -167,16 +136,6 @@ def read_svhn(root: Path, verify: bool = True) -> OfficialSplits:
                              f"and y (N,1) ({type(e).__name__}: {e})") from None
         parts += [x, y]
     return OfficialSplits(*parts, calib=_SVHN_CALIB, num_classes=10)
-
-
-def _check_cifar(name):
-    def check(root: Path, download: bool) -> None:
-        _missing(name, root, root / _CIFAR[name][0], _cifar_files(name), download)
-    return check
-
-
-def _check_svhn(root: Path, download: bool) -> None:
-    _missing("svhn", root, root, ["train_32x32.mat", "test_32x32.mat"], download)
 
 
 def _cifar_loader(name):
@@ -289,17 +248,6 @@ class _Indexed(torch.utils.data.Dataset):
 
     def __getitem__(self, i):
         return self.files.load(i)
-
-
-def _check_imagenet(root: Path, download: bool) -> None:
-    where = root / "imagenet"
-    for part in ("train", "val"):
-        d = where / part
-        if not d.is_dir() or not any(x.is_dir() for x in d.iterdir()):
-            raise ValueError(f"data.root: imagenet not found: {d} has no class folders; ImageNet cannot be "
-                             f"downloaded automatically: get ILSVRC2012 from image-net.org and lay out "
-                             f"{where}/train/<wnid>/*.JPEG and {where}/val/<wnid>/*.JPEG (val sorted into "
-                             f"class folders), or point data.root at the folder holding imagenet/")
 
 
 @register_dataset("imagenet", check=_check_imagenet)

@@ -1,11 +1,12 @@
 """Real datasets (issue 11) on stand-ins in their exact on-disk formats; nothing downloads."""
+import subprocess
+import sys
 import time
 
 import numpy as np
 import pytest
 import torch
 
-from quee_kit.cli import main
 from quee_kit.config import ConfigError, load_config
 from quee_kit.data import load_dataset
 from quee_kit.real_data import OFFICIAL_MD5, ImageFiles
@@ -109,12 +110,16 @@ def test_missing_dataset_fails_in_the_config_check(tmp_path, name, hint):
     assert msg.startswith(f"config: data.root: {name} not found") and hint in msg and "\n" not in msg
 
 
-def test_cli_without_the_data_fails_fast_with_one_line(tmp_path, capsys):
+def test_cli_without_the_data_fails_fast_with_one_line(tmp_path):
+    """The whole command, interpreter start included, fails before torch is even imported."""
+    code = ("import sys; from quee_kit.cli import main; rc = main(sys.argv[1:]); "
+            "print('torch imported:', 'torch' in sys.modules); sys.exit(rc)")
     t0 = time.perf_counter()
-    rc = main(["cache", "--config", "configs/cifar10_vit_s16.yaml", "--set", f"data.root={tmp_path}",
-               "--out", str(tmp_path / "out")])
+    res = subprocess.run([sys.executable, "-c", code, "cache", "--config", "configs/cifar10_vit_s16.yaml",
+                          "--set", f"data.root={tmp_path}", "--out", str(tmp_path / "out")],
+                         capture_output=True, text=True, timeout=60)
     took = time.perf_counter() - t0
-    err = capsys.readouterr().err.strip()
-    assert rc == 2 and took < 1.0 and len(err.splitlines()) == 1
+    err = res.stderr.strip()
+    assert res.returncode == 2 and len(err.splitlines()) == 1 and res.stdout.strip() == "torch imported: False"
     assert err.startswith("quee-kit: config: data.root: cifar10 not found") and "data.download=true" in err
-    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+    assert took < 1.0 and not (tmp_path / "out").exists()
