@@ -40,7 +40,8 @@ MIN_SAMPLES = 10
 class Split:
     """One part of a dataset.
 
-    x: (N, C, H, W) float32, pixel intensities in [0, 1] (npz floats kept as given).
+    x: (N, C, H, W) float32, pixel intensities in [0, 1] (npz floats kept as given); for image
+       folders a lazy :class:`~quee_kit.real_data.ImageFiles` that returns such tensors when indexed.
     y: (N,) int64 class labels in [0, num_classes).
     """
     x: torch.Tensor

@@ -43,18 +43,6 @@ def cifar_files(name: str) -> list[str]:
     return [*train, *test, meta]
 
 
-def _download(name: str, root: Path) -> None:
-    """Fetch with torchvision's own dataset classes (only when data.download is true)."""
-    from .timm_backbones import import_torchvision
-    datasets = import_torchvision().datasets
-    root.mkdir(parents=True, exist_ok=True)
-    for train in (True, False):
-        if name == "svhn":
-            datasets.SVHN(str(root), split="train" if train else "test", download=True)
-        else:
-            (datasets.CIFAR10 if name == "cifar10" else datasets.CIFAR100)(str(root), train=train, download=True)
-
-
 def check_cifar(name):
     def check(root: Path, download: bool) -> None:
         _missing(name, root, root / CIFAR[name][0], cifar_files(name), download)

@@ -64,13 +64,14 @@ def _cache_dir(cfg: Config) -> Path:
 
 
 def load_data(cfg: Config) -> Dataset:
-    """The dataset of ``cfg.data`` (image folders decoded with the backbone's own eval transform)."""
+    """The dataset of ``cfg.data`` (image folders decoded with the backbone's own eval transform, asked
+    for only by the loaders that need it)."""
     d = cfg.data
     input_config = getattr(BACKBONES.get(cfg.model.arch), "input_config", None)
     return load_dataset(d.name, split_seed=d.split_seed, sizes=tuple(d.sizes) if d.sizes else None,
                         data_dir=d.root, download=d.download, verify=d.verify, workers=d.workers,
                         image_size=d.image_size,
-                        input_config=input_config(cfg.model) if input_config else None)
+                        input_config=(lambda: input_config(cfg.model)) if input_config else None)
 
 
 def _weights_digest(mcfg) -> str:

@@ -84,6 +84,18 @@ def _verify(name: str, folder: Path, files: list[str]) -> None:
                              f"to read a copy in the same format")
 
 
+def _download(name: str, root: Path) -> None:
+    """Fetch with torchvision's own dataset classes (only when data.download is true)."""
+    from .timm_backbones import import_torchvision
+    datasets = import_torchvision().datasets
+    root.mkdir(parents=True, exist_ok=True)
+    for train in (True, False):
+        if name == "svhn":
+            datasets.SVHN(str(root), split="train" if train else "test", download=True)
+        else:
+            (datasets.CIFAR10 if name == "cifar10" else datasets.CIFAR100)(str(root), train=train, download=True)
+
+
 def read_cifar(name: str, root: Path, verify: bool = True) -> OfficialSplits:
     """Read the CIFAR python pickle batches: data (N, 3072) uint8 rows -> (N, 3, 32, 32)."""
     folder_name, train_files, test_files, meta, label_key, names_key, calib = _CIFAR[name]
@@ -180,9 +192,10 @@ class ImageFiles:
     """
 
     def __init__(self, paths: list[Path], size: int = 224, crop_pct: float = 0.875,
-                 interpolation: str = "bilinear", threads: int = 4):
+                 interpolation: str = "bilinear", workers: int = 4):
         self.paths, self.size, self.crop_pct = list(paths), int(size), float(crop_pct)
-        self.interpolation, self.threads = interpolation, max(1, int(threads))
+        # workers: DataLoader processes for full passes (0 = in this process); threads for indexed batches
+        self.interpolation, self.workers, self.threads = interpolation, int(workers), max(1, int(workers))
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -204,7 +217,7 @@ class ImageFiles:
 
     def take(self, idx) -> "ImageFiles":
         return ImageFiles([self.paths[int(i)] for i in np.asarray(idx)], self.size, self.crop_pct,
-                          self.interpolation, self.threads)
+                          self.interpolation, self.workers)
 
     def load(self, i: int) -> torch.Tensor:
         from PIL import Image
@@ -232,9 +245,9 @@ class ImageFiles:
 
     def batches(self, batch_size: int, workers: int | None = None):
         """Yield (B, 3, S, S) batches in order, decoded by ``workers`` DataLoader processes
-        (default: as many as this list's decoding threads)."""
+        (default: ``data.workers``; 0 decodes in this process)."""
         from torch.utils.data import DataLoader
-        workers = self.threads if workers is None else workers
+        workers = self.workers if workers is None else workers
         loader = DataLoader(_Indexed(self), batch_size=batch_size, shuffle=False, num_workers=workers)
         yield from loader
 
@@ -251,10 +264,12 @@ class _Indexed(torch.utils.data.Dataset):
 
 
 @register_dataset("imagenet", check=_check_imagenet)
-def _load_imagenet(root: Path, workers: int = 4, input_config: dict | None = None, image_size: int | None = None,
+def _load_imagenet(root: Path, workers: int = 4, input_config=None, image_size: int | None = None,
                    **_) -> OfficialSplits:
-    """Decoded with the backbone's eval transform (``input_config``); ``image_size`` overrides its side."""
-    cfg = {"input_size": (3, 224, 224), "crop_pct": 0.875, "interpolation": "bilinear", **(input_config or {})}
+    """Decoded with the backbone's eval transform (``input_config``: a dict, or a callable returning one);
+    ``image_size`` overrides its side."""
+    ic = input_config() if callable(input_config) else input_config
+    cfg = {"input_size": (3, 224, 224), "crop_pct": 0.875, "interpolation": "bilinear", **(ic or {})}
     if image_size:
         cfg["input_size"] = (3, image_size, image_size)
     classes, tr_paths, tr_y = scan_image_folder(root / "imagenet" / "train")

@@ -197,13 +197,19 @@ def _create(cfg, image_shape, num_classes: int | None):
                       num_heads=cfg.heads, mlp_ratio=cfg.mlp_ratio, in_chans=3)
     if num_classes is not None:
         kwargs["num_classes"] = num_classes
+    if not timm.is_model(cfg.timm_name.split(".")[0]):
+        raise ConfigError(f"config: model.timm_name: unknown timm model {cfg.timm_name!r} "
+                          f"(e.g. vit_small_patch16_224, deit_tiny_patch16_224)")
     try:
         return timm.create_model(cfg.timm_name, pretrained=cfg.pretrained, **kwargs)
-    except RuntimeError as e:
-        if "Unknown model" in str(e):
-            raise ConfigError(f"config: model.timm_name: unknown timm model {cfg.timm_name!r} "
-                              f"(e.g. vit_small_patch16_224, deit_tiny_patch16_224)") from None
-        raise
+    except (OSError, RuntimeError, ValueError) as e:
+        if not cfg.pretrained:
+            raise
+        # hub errors (offline, not cached, no network) are OSError subclasses: say what to do in one line
+        raise ConfigError(f"config: model.pretrained: cannot get the weights of {cfg.timm_name!r} from timm's "
+                          f"hub cache or the network ({type(e).__name__}: {str(e).splitlines()[0][:120]}); "
+                          f"fetch them once where there is network, or set model.pretrained: false and "
+                          f"model.checkpoint: PATH") from None
 
 
 @register_backbone("timm")

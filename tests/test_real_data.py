@@ -2,6 +2,7 @@
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -123,3 +124,22 @@ def test_cli_without_the_data_fails_fast_with_one_line(tmp_path):
     assert res.returncode == 2 and len(err.splitlines()) == 1 and res.stdout.strip() == "torch imported: False"
     assert err.startswith("quee-kit: config: data.root: cifar10 not found") and "data.download=true" in err
     assert took < 1.0 and not (tmp_path / "out").exists()
+
+
+def test_download_true_fetches_through_torchvision_then_reads(tmp_path, monkeypatch):
+    """data.download: true hands the missing files to torchvision's own class (faked here: no network)."""
+    from quee_kit.timm_backbones import import_torchvision
+    calls = []
+
+    class FakeCIFAR10:
+        def __init__(self, root, train, download):
+            calls.append((root, train, download))
+            if not (Path(root) / "cifar-10-batches-py" / "test_batch").is_file():
+                write_cifar10(Path(root))
+
+    monkeypatch.setattr(import_torchvision().datasets, "CIFAR10", FakeCIFAR10)
+    cfg = load_config(None, ["data.name=cifar10", f"data.root={tmp_path}", "data.download=true"])  # passes
+    ds = load_dataset("cifar10", sizes=(7, 5, 3), data_dir=cfg.data.root, download=True, verify=False)
+    assert calls == [(str(tmp_path), True, True), (str(tmp_path), False, True)] and len(ds.train) == 7
+    load_dataset("cifar10", sizes=(7, 5, 3), data_dir=tmp_path, download=True, verify=False)
+    assert len(calls) == 2  # files present: nothing fetched again

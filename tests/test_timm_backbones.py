@@ -1,7 +1,6 @@
 """timm ViT/DeiT backbones (issue 11): the adapter against timm itself, MACs against FlopCounterMode,
 checkpoints, heads-only training from cached CLS features, and the whole pipeline on every stand-in
 format with a tiny timm ViT (pretrained=False, weights from a local checkpoint). Nothing downloads."""
-import dataclasses
 import json
 from pathlib import Path
 
@@ -191,3 +190,18 @@ def test_bf16_reference_runs_in_bf16_and_returns_float32():
     assert (low - ref).abs().max() < 0.05 * ref.abs().max()           # ... within bf16's ~3 significant digits
     with pytest.raises(ConfigError, match="quant.ref_dtype must be 'float32' or 'bfloat16'"):
         load_config(None, ["quant.ref_dtype=float16"])
+
+
+def test_unknown_model_and_unreachable_weights_are_one_line_errors(monkeypatch):
+    with pytest.raises(ConfigError, match=r"^config: model.timm_name: unknown timm model 'vit_nope'"):
+        build_model(load_config(None, ["model.arch=timm", "model.timm_name=vit_nope"]).model, (3, 32, 32), 10)
+    timm = import_timm()
+
+    def offline(*a, **k):  # what the hub raises without network or cache (an OSError subclass)
+        raise OSError("We have no connection or you passed local_files_only")
+    monkeypatch.setattr(timm, "create_model", offline)
+    cfg = load_config(None, ["model.arch=timm", "model.timm_name=deit_tiny_patch16_224", "model.pretrained=true"])
+    with pytest.raises(ConfigError) as e:
+        build_model(cfg.model, (3, 32, 32), 10)
+    assert str(e.value).startswith("config: model.pretrained: cannot get the weights of 'deit_tiny_patch16_224'")
+    assert "model.checkpoint: PATH" in str(e.value) and "\n" not in str(e.value)
