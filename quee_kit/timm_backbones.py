@@ -53,8 +53,9 @@ def import_torchvision():
     if spec is None:
         raise ConfigError("config: model.arch: timm backbones and data.download need torchvision "
                           "(pip install torchvision==0.28.0 timm)")
-    if _TV_LIB is None and not hasattr(torch.ops.torchvision, "nms"):
-        lib = Path(spec.origin).parent / "_C.so"
+    lib = Path(spec.origin).parent / "_C.so"
+    # only where the extension is there and fails to load (elsewhere torchvision loads it as usual)
+    if _TV_LIB is None and lib.is_file() and not hasattr(torch.ops.torchvision, "nms"):
         try:
             torch.ops.load_library(str(lib))
         except (OSError, RuntimeError) as e:
