@@ -26,8 +26,8 @@ def _write_json(path: Path, obj) -> None:
 
 
 def cmd_cache(args) -> int:
+    cfg = load_config(args.config, args.overrides)  # before the torch imports: a bad config fails fast
     from .pipeline import exits_table, peak_memory_mb, prepare
-    cfg = load_config(args.config, args.overrides)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     prep = prepare(cfg, progress=not args.quiet)
@@ -48,11 +48,11 @@ def cmd_cache(args) -> int:
 
 
 def cmd_run(args) -> int:
-    from .evaluate import run_pipeline
     overrides = list(args.overrides)
     if args.seeds:
         overrides.append(f"eval.seeds=[{args.seeds}]")
-    cfg = load_config(args.config, overrides)
+    cfg = load_config(args.config, overrides)  # before the torch imports: a bad config fails fast
+    from .evaluate import run_pipeline
     run_pipeline(cfg, Path(args.out), progress=not args.quiet)
     return 0
 

@@ -63,13 +63,14 @@ class DynamicModel(nn.Module):
         final = np.zeros(N, dtype=np.int64)
         idx = np.arange(N)                                   # samples still in the batch
         node = np.full(N, tree.entry[self.entry])
-        h = self.qblocks[self.entry][0](self.model.stem(x))
+        dev = next(self.model.parameters()).device            # backbone on the GPU, predictors on the CPU
+        h = self.qblocks[self.entry][0](self.model.stem(x.to(dev)))
         # Costs are accumulated from what actually runs: stem, each block at its level, each head,
         # each predictor call.
         cost += self.costs.stem + self.costs.block(0, tree.levels[self.entry])
         blocks_run, prev_logits = N, None
         for t in range(1, tree.L + 1):
-            logits = self.model.heads[t - 1](h).float()
+            logits = self.model.heads[t - 1](h).float().cpu()
             cost[idx] += self.costs.head(t - 1)
             feats = compact_features(logits, prev_logits, t, torch.as_tensor(tree.level[node]).float(),
                                      tree.L, len(tree.levels))
@@ -92,12 +93,13 @@ class DynamicModel(nn.Module):
             if not go.any():
                 break
             keep = torch.as_tensor(go)
-            idx, node, h, prev_logits = idx[go], nxt[go], h[keep], logits[keep]
+            idx, node, h, prev_logits = idx[go], nxt[go], h[keep.to(dev)], logits[keep]
             # Group the remaining samples by the level of their next block; run it once per group.
             nh = torch.empty_like(h)
             for q in np.unique(tree.level[node]):
                 g = torch.as_tensor(tree.level[node] == q)
-                nh[g] = self.qblocks[int(q)][t](h[g])
+                gd = g.to(dev)
+                nh[gd] = self.qblocks[int(q)][t](h[gd])
                 blocks_run += int(g.sum())
                 cost[idx[g.numpy()]] += self.costs.block(t, tree.levels[int(q)])
             h = nh

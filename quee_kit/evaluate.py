@@ -15,9 +15,8 @@ from tqdm.auto import tqdm
 from .artifacts import atomic_write_bytes, content_hash, load_or_build
 from .baselines import BestSingle, ConfidenceExit, Oracle, PerExitConfidence, RandomRouting, StaticQuant
 from .config import Config, ConfigError
-from .data import load_dataset
 from .paths import FEATURE_NAMES
-from .pipeline import Prepared, _cache_dir, peak_memory_mb, prepare
+from .pipeline import Prepared, _cache_dir, load_data, peak_memory_mb, prepare
 from .policy import QueePolicy, lambda_grid, select_for_budget
 from .predictors import (CrossFitted, OptionSpace, exit_now_rows, fit_cross_fitted, predictor_from_state,
                          predictor_quality, quality_metrics)
@@ -67,8 +66,7 @@ def hierarchical_bootstrap(diffs: np.ndarray, n: int = 2000, seed: int = 0, chun
 
 def check_config_against_data(cfg: Config) -> None:
     """Checks that need the split sizes (cheap: loads the arrays, trains nothing)."""
-    data = load_dataset(cfg.data.name, split_seed=cfg.data.split_seed,
-                        sizes=tuple(cfg.data.sizes) if cfg.data.sizes else None)
+    data = load_data(cfg)
     fold = len(data.calib) * (cfg.predictor.folds - 1) // cfg.predictor.folds
     if cfg.predictor.targets == "kmeans" and cfg.predictor.K > fold:
         raise ConfigError(f"config: predictor.K must be <= the calib samples of a training fold ({fold}) "
