@@ -58,7 +58,8 @@ class ConfidenceExit:
         self.name, self.caches = name, caches
         self.tree = next(iter(caches.values())).tree
         levels = range(len(self.tree.levels)) if levels is None else levels
-        taus = np.concatenate([np.linspace(0.3, 0.9, 13), 1 - np.logspace(-1, -5, 25), [1.01]]) \
+        # τ = 0: every sample exits at exit 1 (the cheapest static choice, cost c_min); τ > 1: none exits early
+        taus = np.concatenate([[0.0], np.linspace(0.3, 0.9, 13), 1 - np.logspace(-1, -5, 25), [1.01]]) \
             if taus is None else taus
         self.knobs = [(q, float(t)) for q in levels for t in taus]
 

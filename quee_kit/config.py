@@ -168,7 +168,7 @@ class PathsConfig:
 
 @dataclass
 class PredictorConfig:
-    kind: str = "mlp"          # mlp (one MLP on compact features) | binned | platt (per-node calibration of the log-odds)
+    kind: str = "platt"        # platt | binned (per-node calibration of the log-odds) | mlp (one MLP on compact features)
     bins: int = 10             # binned: quantile bins of the head's log-odds per node
     balance: str = "depth"     # mlp: fitting rows weighted so every depth counts equally | none (every row alike)
     targets: str = "kmeans"    # kmeans (K cells per depth x level) | knn (k neighbours) | raw (0/1 labels)

@@ -25,13 +25,13 @@ __all__ = ["Study", "run_study", "paired_bootstrap", "hierarchical_bootstrap", "
            "QUEE_VARIANTS", "budget_tables", "curves_table", "c_min_sat", "method_points", "select_points",
            "points_auc"]
 
-# name -> (predictor overrides, option restriction); "quee" uses the config's predictor as it is.
+# name -> (predictor overrides, option restriction); "quee" uses the config's predictor as it is. More MLP
+# ablations (no history, one MLP per depth, k-NN targets, K sweep): quee_kit.analysis.target_variants.
 QUEE_VARIANTS = {
     "quee": ({}, "all"),
     "quee-binned": ({"kind": "binned"}, "all"),
     "quee-mlp": ({"kind": "mlp"}, "all"),
     "quee-raw": ({"kind": "mlp", "targets": "raw"}, "all"),
-    "quee-nohist": ({"kind": "mlp", "history": False}, "all"),
     "quee-exit-only": ({}, "exit-only"),
     "quee-quant-only": ({}, "quant-only"),
 }
@@ -148,7 +148,8 @@ def run_study(cfg: Config, progress: bool = True, variants: dict | None = None, 
         pkey = json.dumps(dataclasses.asdict(pcfg), sort_keys=True)   # variants with one config share one fit
         if pkey not in fitted:
             fitted[pkey] = _fit_variant(prep, opts, pcfg, cfg.seed, progress)
-            quality[name] = predictor_quality(fitted[pkey]["test"], caches["test"], opts)
+            fitted[pkey]["quality"] = predictor_quality(fitted[pkey]["test"], caches["test"], opts)
+        quality[name] = fitted[pkey]["quality"]                       # every name, also a shared fit's
         predictors[name] = fitted[pkey]
         # every call is charged: the cost of one call of the predictor that made the estimates
         methods[name] = QueePolicy(name, fitted[pkey], caches, opts, lambdas, variant,

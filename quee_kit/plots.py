@@ -172,7 +172,7 @@ from matplotlib.patches import Patch  # noqa: E402
 from matplotlib.ticker import NullFormatter  # noqa: E402
 
 __all__ += ["TEST_ACCURACY_LABEL", "DIFF_LABEL", "BUDGET_LABEL", "method_colors", "accuracy_cost_figure",
-            "reliability_diagram", "k_sweep_plot", "noise_sweep_plot", "difficulty_plot"]
+            "reliability_diagram", "k_sweep_plot", "noise_sweep_plot", "difficulty_plot", "quality_by_depth_plot"]
 
 TEST_ACCURACY_LABEL = "test accuracy (fraction correct)"
 DIFF_LABEL = "accuracy − best-single (percentage points, test)"
@@ -372,5 +372,27 @@ def difficulty_plot(df: pd.DataFrame) -> plt.Figure:
     for ax in axes:
         ax.set_xticks(x, labels)
     axes[0].legend(fontsize="small")
+    fig.tight_layout()
+    return fig
+
+
+def quality_by_depth_plot(quality: pd.DataFrame, split: str = "test") -> plt.Figure:
+    """AUROC of error detection (with plain 1 − max prob, dotted) and ECE of the exit-now estimate per
+    decision depth, one line per predictor variant. quality: :func:`quee_kit.evaluate.quality_table`
+    (rows of ``split`` with a numeric ``depth``; several seeds are averaged)."""
+    q = quality[(quality.split == split) & quality.depth.str.isdigit()].assign(depth=lambda d: d.depth.astype(int))
+    q = q.groupby(["variant", "depth"], as_index=False)[["auroc", "auroc_maxprob", "ece"]].mean()
+    colors = method_colors(q.variant)
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11.0, 3.8))
+    for v, g in q.groupby("variant", sort=False):
+        a1.plot(g.depth, g.auroc, marker="o", color=colors[v], label=v)
+        a2.plot(g.depth, g.ece, marker="o", color=colors[v], label=v)
+    mp = q.groupby("depth").auroc_maxprob.mean()
+    a1.plot(mp.index, mp.values, ls=":", color="0.3", label="1 − max prob")
+    a1.set(xlabel="decision depth t (after block t)", ylabel=f"AUROC of error detection ({split})")
+    a2.set(xlabel="decision depth t (after block t)", ylabel=f"ECE of ê, exit now ({split})")
+    for ax in (a1, a2):
+        ax.set_xticks(sorted(q.depth.unique()))
+    a1.legend(fontsize="small")
     fig.tight_layout()
     return fig

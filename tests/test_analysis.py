@@ -1,4 +1,6 @@
 """Analyses behind notebooks 05, 06 and 08, checked against the Study they summarize."""
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -107,3 +109,18 @@ def test_paired_difference_and_quality_table(study):
     q = analysis.quality_table(study, {"quee": "k-means", "quee-raw": "raw"}, study.prep.cfg.eval.auc_range)
     assert list(q.label) == ["k-means", "raw"] and q.auroc.between(0, 1).all() and q.brier.between(0, 1).all()
     assert isinstance(analysis.target_variants([2, 32]), dict) and "quee-K32" in analysis.target_variants([32])
+
+
+def test_variants_sharing_one_fit_each_get_its_quality(study_digits_shared):
+    study = study_digits_shared
+    assert study.predictors["quee-K8"] is study.predictors["quee-mlp"]      # one config, one fit
+    assert study.quality["quee-K8"] == study.quality["quee-mlp"]
+
+
+@pytest.fixture(scope="module")
+def study_digits_shared(digits_cfg, digits_prep):
+    from quee_kit.evaluate import run_study
+    cfg = dataclasses.replace(digits_cfg, predictor=dataclasses.replace(digits_cfg.predictor, folds=2, epochs=3),
+                              eval=dataclasses.replace(digits_cfg.eval, lambda_grid=10))
+    variants = {"quee-mlp": ({"kind": "mlp"}, "all"), "quee-K8": ({"kind": "mlp", "K": 8}, "all")}
+    return run_study(cfg, progress=False, variants=variants, prep=digits_prep)

@@ -128,3 +128,19 @@ def test_difficulty_plot():
     acc = {l.get_label(): list(l.get_ydata()) for l in acc_ax.get_lines()}
     assert acc["quee"] == [0.99, 0.9, 0.8, 0.55] and acc["best-single"] == [0.99, 0.88, 0.75, 0.5]
     assert [t.get_text() for t in acc_ax.get_legend().get_texts()] == ["best-single", "quee", "oracle"]
+
+
+def test_quality_by_depth_plot(plot_theme):
+    rows = [{"variant": v, "depth": str(t), "split": sp, "seed": s, "auroc": a + 0.01 * t, "auroc_maxprob": 0.8,
+             "ece": e, "n": 10} for v, a, e in [("quee", 0.8, 0.01), ("quee-mlp", 0.7, 0.05)]
+            for t in (1, 2, 3) for sp in ("calib", "test") for s in (0, 1)]
+    rows.append({"variant": "quee", "depth": "all", "split": "test", "seed": 0, "auroc": 0.0, "auroc_maxprob": 0.0,
+                 "ece": 9.0, "n": 10})
+    fig = plots.quality_by_depth_plot(pd.DataFrame(rows))
+    a1, a2 = fig.axes
+    lines = {l.get_label(): l for l in a1.get_lines()}
+    assert set(lines) == {"quee", "quee-mlp", "1 − max prob"}            # the "all" row is not a depth
+    assert list(lines["quee"].get_xdata()) == [1, 2, 3]
+    assert list(lines["quee"].get_ydata()) == pytest.approx([0.81, 0.82, 0.83])
+    assert {l.get_label(): list(l.get_ydata()) for l in a2.get_lines()}["quee-mlp"] == pytest.approx([0.05] * 3)
+    assert "depth" in a1.get_xlabel() and "AUROC" in a1.get_ylabel() and "ECE" in a2.get_ylabel()

@@ -138,7 +138,7 @@ def test_budget_rule_never_exceeds_budget_on_calib(study):
 
 def test_engine_matches_cache_simulation(study):
     prep, opts = study.prep, study.opts
-    for name in ("quee", "quee-binned"):
+    for name in ("quee", "quee-binned", "quee-mlp"):
         q, fitted = study.methods[name], study.predictors[name]
         x = prep.data.test.x
         lam_free = 1.01 / _min_plan_delta(opts, q.mask, q.call_cost)     # decided without any call
@@ -161,15 +161,17 @@ def test_engine_matches_cache_simulation(study):
 
 def test_every_test_decision_is_one_call_of_the_refitted_predictor(study):
     from quee_kit.predictors import predict_nodes
-    for name in ("quee", "quee-binned"):
+    for name in ("quee", "quee-binned", "quee-mlp"):
         q, fitted = study.methods[name], study.predictors[name]
         final = fitted["final"]
         assert q.call_cost == pytest.approx(study.prep.costs.call_cost(final.macs)) and q.call_cost > 0
         np.testing.assert_array_equal(fitted["test"], predict_nodes(final, study.prep.caches["test"], study.opts,
                                                                     np.arange(study.prep.caches["test"].n)))
-    assert type(study.predictors["quee-binned"]["final"]).__name__ == "BinnedErrorPredictor"
-    # a binned call (a few comparisons) is far cheaper than an MLP call
-    assert study.methods["quee-binned"].call_cost < study.methods["quee"].call_cost / 50
+    kinds = {n: study.predictors[n]["final"].kind for n in ("quee", "quee-binned", "quee-mlp")}
+    assert kinds == {"quee": study.prep.cfg.predictor.kind, "quee-binned": "binned", "quee-mlp": "mlp"}
+    # a per-node calibration call (a few comparisons or multiply-adds) is far cheaper than an MLP call
+    for name in ("quee-binned", "quee"):
+        assert study.methods[name].call_cost < study.methods["quee-mlp"].call_cost / 20
 
 
 def test_bad_values_fail_clearly(study, digits_cfg):
@@ -207,3 +209,14 @@ def test_perexit_thresholds_meet_target_shares_on_calib(study):
         target[-1] = n
         assert np.all(exited >= target), (q, r, exited, target)
         assert set(tree.level[out.node]) == {q}
+
+
+def test_best_single_and_quee_can_meet_a_budget_of_exactly_c_min(study):
+    # c_min = exit 1 at the cheapest level: best-single reaches it with τ = 0 (everyone exits at exit 1),
+    # QuEE with a λ so large that exiting wins whatever err_hat says (no predictor call is paid).
+    from quee_kit.evaluate import c_min_sat
+    c_min = c_min_sat(study)[0]
+    for name in ("best-single", "ee-confidence@q", "quee", "quee-binned"):
+        knob, ok = study.select(name, c_min)
+        assert ok, name
+        assert study.methods[name].outcome("calib", knob).mean_cost <= c_min + 1e-12, name
