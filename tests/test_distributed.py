@@ -113,6 +113,24 @@ def test_generic_sharded_build_on_two_gloo_ranks(tmp_path):
     assert (tmp_path / "toy.pt").is_file() and not (tmp_path / "toy.pt.shards").exists()
 
 
+def test_without_a_process_group_the_helper_is_load_or_build(tmp_path):
+    assert not distributed.is_active()
+    calls = []
+
+    def compute(a, b):
+        calls.append((a, b))
+        return torch.arange(a, b) ** 2
+
+    def merge(shards, info):
+        return torch.cat([p for _, _, p in shards])
+
+    for _ in range(2):  # the second call loads the saved artifact and computes nothing
+        x = distributed.load_or_build_sharded(tmp_path / "toy.pt", "k", 23, 5, compute, merge, progress=False)
+        assert torch.equal(x, torch.arange(23) ** 2)
+    assert calls == [(0, 5), (5, 10), (10, 15), (15, 20), (20, 23)]
+    assert not (tmp_path / "toy.pt.shards").exists()  # one process writes no shard files
+
+
 @pytest.fixture(scope="module")
 def one_process(tmp_path_factory):
     """The reference: `quee-kit cache` in this process, no process group."""
