@@ -167,7 +167,8 @@ def load_or_build_sharded(path: str | Path, key: str, n_items: int, shard_size: 
     gets an iterator of ``(start, stop, payload)`` in item order (each shard loaded when reached) and
     ``info``: ``world_size``, ``shards`` (count), ``computed`` and ``reused`` (shard indices, this run),
     ``shard_seconds`` (compute time summed over computed shards and ranks), ``started`` (rank 0's
-    ``time.perf_counter()`` when the build began: ``merge`` measures wall-clock from it). It returns
+    ``time.perf_counter()`` when the build began: ``merge`` measures wall-clock from it); read ``info``
+    after the last shard (a shard found damaged at the merge is recomputed and counted). It returns
     what one process would have built. Called by every rank; returns the payload on rank 0 and
     ``None`` elsewhere. Outside a process group it is plain ``load_or_build`` of ``merge`` over every
     shard computed in turn, in this process.
@@ -203,8 +204,9 @@ def load_or_build_sharded(path: str | Path, key: str, n_items: int, shard_size: 
             load_artifact(_shard_path(folder, start, stop), _shard_key(key, start, stop))
             done["reused"].append(i)
             continue
-        except ArtifactError:
-            pass
+        except ArtifactError as e:
+            if _shard_path(folder, start, stop).exists():
+                warnings.warn(f"rebuilding {what} shard {i}: {e}", stacklevel=2)
         ts = time.perf_counter()
         save_artifact(_shard_path(folder, start, stop), _shard_key(key, start, stop), compute(start, stop))
         done["shard_seconds"] += time.perf_counter() - ts

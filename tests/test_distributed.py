@@ -131,6 +131,38 @@ def test_without_a_process_group_the_helper_is_load_or_build(tmp_path):
     assert not (tmp_path / "toy.pt.shards").exists()  # one process writes no shard files
 
 
+def test_one_rank_group_reuses_valid_shards_and_rebuilds_a_damaged_one(tmp_path):
+    import torch.distributed as dist
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1)
+    try:
+        calls = []
+
+        def compute(a, b):
+            calls.append((a, b))
+            return torch.arange(a, b) ** 2
+
+        def merge(shards, info):
+            return {"x": torch.cat([p for _, _, p in shards]), "computed": info["computed"], "reused": info["reused"]}
+
+        folder = tmp_path / "toy.pt.shards"
+        # shards 0 and 1 left by an earlier run: 0 intact, 1 with a flipped byte; 2..4 missing
+        from quee_kit.artifacts import save_artifact
+        for a, b in [(0, 5), (5, 10)]:
+            save_artifact(folder / f"{a:010d}-{b:010d}.pt", distributed._shard_key("k", a, b), torch.arange(a, b) ** 2)
+        raw = bytearray((folder / "0000000005-0000000010.pt").read_bytes())
+        raw[-3] ^= 0xFF
+        (folder / "0000000005-0000000010.pt").write_bytes(bytes(raw))
+        with pytest.warns(UserWarning, match="shard 1.*corrupted"):
+            got = distributed.load_or_build_sharded(tmp_path / "toy.pt", "k", 23, 5, compute, merge, progress=False)
+        assert torch.equal(got["x"], torch.arange(23) ** 2)
+        assert got["reused"] == [0] and got["computed"] == [1, 2, 3, 4]
+        assert calls == [(5, 10), (10, 15), (15, 20), (20, 23)]
+        assert not folder.exists()
+    finally:
+        dist.destroy_process_group()
+    assert not distributed.is_active()
+
+
 @pytest.fixture(scope="module")
 def one_process(tmp_path_factory):
     """The reference: `quee-kit cache` in this process, no process group."""
