@@ -195,7 +195,7 @@ def _load_cache_sharded(prep: Prepared, split: str, path: Path, key: str, progre
         seconds = time.perf_counter() - info["started"]
         stats = {"nodes": logits.shape[0], "samples": len(sp), "seconds": seconds,
                  "node_samples_per_s": logits.shape[0] * len(sp) / max(seconds, 1e-9),
-                 "peak_memory_mb": peak_memory_mb(),
+                 "peak_memory_mb": peak_memory_mb(), **_device_stats(cfg.device),
                  **{k: info[k] for k in ("world_size", "shards", "computed", "reused", "shard_seconds")}}
         return {"logits": logits, "y": y, "node_cost": first["node_cost"], "static_cost": first["static_cost"],
                 "stats": stats}

@@ -23,7 +23,7 @@ from quee_kit.cli import main
 ROOT = Path(__file__).resolve().parent.parent
 # 359 calib and 359 test digits in shards of 64 samples: 6 shards per split, ranks 0 and 1 get 3 each
 SETS = ["model.epochs=15", "paths.batch_size=64"]
-RUN_SETS = ["predictor.folds=3", "predictor.epochs=10", "eval.lambda_grid=30", "eval.bootstrap=200",
+RUN_SETS = ["predictor.folds=2", "predictor.epochs=5", "eval.lambda_grid=20", "eval.bootstrap=100",
             "eval.budgets=[0.04,0.08,0.2]", "eval.auc_range=[0.04,0.3]"]
 
 
