@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -27,10 +28,14 @@ def _write_json(path: Path, obj) -> None:
 
 def cmd_cache(args) -> int:
     cfg = load_config(args.config, args.overrides)  # before the torch imports: a bad config fails fast
+    from .distributed import is_main, process_group
     from .pipeline import exits_table, peak_memory_mb, prepare
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    prep = prepare(cfg, progress=not args.quiet)
+    with process_group(cfg.device):  # under torchrun: samples sharded across ranks, rank 0 writes the outputs
+        prep = prepare(cfg, progress=not args.quiet)
+        if not is_main():
+            return 0
     df = exits_table(prep)
     df.to_csv(out / "exits.csv", index=False, float_format="%.6g")
     stats = {"tree_nodes": len(prep.tree), "family": prep.tree.family,
@@ -52,7 +57,16 @@ def cmd_run(args) -> int:
     if args.seeds:
         overrides.append(f"eval.seeds=[{args.seeds}]")
     cfg = load_config(args.config, overrides)  # before the torch imports: a bad config fails fast
-    from .evaluate import run_pipeline
+    from .distributed import is_main, launched_by_torchrun, process_group
+    from .evaluate import check_config_against_data, run_pipeline
+    from .pipeline import prepare
+    if launched_by_torchrun():  # the cache stage of every seed sharded across ranks, the rest on rank 0
+        check_config_against_data(cfg)
+        with process_group(cfg.device):
+            for seed in cfg.eval.seeds:
+                prepare(dataclasses.replace(cfg, seed=seed), progress=not args.quiet)
+            if not is_main():
+                return 0
     run_pipeline(cfg, Path(args.out), progress=not args.quiet)
     return 0
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from . import distributed
 from .artifacts import content_hash, load_or_build, tensor_digest
 from .config import PROJECT_ROOT, Config
 from .costs import CostModel
@@ -109,8 +110,9 @@ def prepare(cfg: Config, splits: tuple[str, ...] = ("calib", "test"), progress: 
     model_key = content_hash("model", dataclasses.asdict(cfg.model), data.digest, cfg.seed,
                              *([_weights_digest(cfg.model)] if cfg.model.checkpoint else []))
     t0 = time.perf_counter()
-    ckpt = load_or_build(_cache_dir(cfg) / f"model-{model_key[:16]}.pt", model_key,
-                         lambda: _train_model(cfg, data, progress), what="checkpoint")
+    with distributed.main_first():  # under torchrun rank 0 trains, the others then load its checkpoint
+        ckpt = load_or_build(_cache_dir(cfg) / f"model-{model_key[:16]}.pt", model_key,
+                             lambda: _train_model(cfg, data, progress), what="checkpoint")
     timings["train_seconds"] = ckpt["train"]["seconds"]
     # heads-only: the backbone pass and head training apart; on CUDA, the stage's peak memory
     timings.update({f"train_{k}": v for k, v in ckpt["train"].items() if k != "seconds" and isinstance(v, (int, float))})
@@ -138,8 +140,12 @@ def prepare(cfg: Config, splits: tuple[str, ...] = ("calib", "test"), progress: 
     return prep
 
 
-def load_cache(prep: Prepared, split: str, progress: bool = True) -> PathCache:
-    """Load or build the path cache of ``split`` (keyed by data, weights, levels, family, quant options)."""
+def load_cache(prep: Prepared, split: str, progress: bool = True) -> PathCache | None:
+    """Load or build the path cache of ``split`` (keyed by data, weights, levels, family, quant options).
+
+    Inside a torch.distributed process group (``torchrun``) the samples are sharded across ranks
+    (:func:`_load_cache_sharded`): rank 0 gets the cache, the other ranks ``None``.
+    """
     cfg, q = prep.cfg, prep.cfg.quant
     key = content_hash("cache", prep.data.digest, split, prep.model_hash, [l.name for l in prep.levels],
                        cfg.paths.family, q.act_granularity, q.clip_percentile, q.quantize_attention,
@@ -154,11 +160,48 @@ def load_cache(prep: Prepared, split: str, progress: bool = True) -> PathCache:
         return {"logits": c.logits, "y": c.y, "node_cost": c.node_cost, "static_cost": c.static_cost,
                 "stats": c.stats}
 
-    payload = load_or_build(_cache_dir(cfg) / f"cache-{split}-{key[:16]}.pt", key, build, what=f"{split} cache")
+    path = _cache_dir(cfg) / f"cache-{split}-{key[:16]}.pt"
+    if distributed.is_active():
+        payload = _load_cache_sharded(prep, split, path, key, progress)
+        if payload is None:
+            return None
+    else:
+        payload = load_or_build(path, key, build, what=f"{split} cache")
     cache = PathCache(prep.tree, payload["logits"], payload["y"], payload["node_cost"], payload["static_cost"],
                       stats=payload["stats"])
     cache.features = _features(prep.tree, cache.logits)
     return cache
+
+
+def _load_cache_sharded(prep: Prepared, split: str, path: Path, key: str, progress: bool) -> dict | None:
+    """The cache payload built by every rank of the process group, one shard of ``paths.batch_size``
+    samples at a time (the chunks a one-process build runs, so every tensor is bit-identical), merged
+    on rank 0 into the file one process writes; ``stats`` add the sharding counts. ``None`` off rank 0."""
+    cfg, sp = prep.cfg, prep.data.split(split)
+
+    def compute(start: int, stop: int) -> dict:
+        c = build_path_cache(prep.model, prep.qblocks, prep.tree, prep.costs, sp.x[start:stop], sp.y[start:stop],
+                             cfg.paths.batch_size, cfg.device, progress=False)
+        return {"logits": c.logits, "y": c.y, "node_cost": c.node_cost, "static_cost": c.static_cost}
+
+    def merge(shards, info: dict) -> dict:
+        logits = y = first = None
+        for start, stop, part in shards:
+            if logits is None:
+                first = part
+                logits = torch.empty(part["logits"].shape[0], len(sp), part["logits"].shape[2])
+                y = torch.empty(len(sp), dtype=part["y"].dtype)
+            logits[:, start:stop], y[start:stop] = part["logits"], part["y"]
+        seconds = time.perf_counter() - info["started"]
+        stats = {"nodes": logits.shape[0], "samples": len(sp), "seconds": seconds,
+                 "node_samples_per_s": logits.shape[0] * len(sp) / max(seconds, 1e-9),
+                 "peak_memory_mb": peak_memory_mb(), **_device_stats(cfg.device),
+                 **{k: info[k] for k in ("world_size", "shards", "computed", "reused", "shard_seconds")}}
+        return {"logits": logits, "y": y, "node_cost": first["node_cost"], "static_cost": first["static_cost"],
+                "stats": stats}
+
+    return distributed.load_or_build_sharded(path, key, len(sp), cfg.paths.batch_size, compute, merge,
+                                             what=f"{split} cache", progress=progress)
 
 
 def exits_table(prep: Prepared) -> pd.DataFrame:
