@@ -26,38 +26,10 @@ __all__ = ["set_theme", "save_figure", "save_table", "cost_label", "METHOD_STYLE
            "LEVEL_LABEL", "exit_accuracy_plot", "quant_heatmap", "cost_table", "cost_bar_plot",
            "path_cost_hist", "tree_size_table", "flop_check_table"]
 
-ACCURACY_LABEL = "accuracy (fraction correct)"
-EXIT_LABEL = "exit (after block t)"
-LEVEL_LABEL = "precision level (weight bits / activation bits)"
-
-
-# One colour and marker per method, by name (never list order), in every figure and the explorer: QuEE
-# warm, baselines cool, bounds dashed; Okabe-Ito/Tol colours, every pair >= 20 CIELAB units apart (tested).
-METHOD_STYLES = {name: {"color": color, "marker": marker, **({"ls": "--"} if name.startswith("oracle") else {})}
-                 for name, color, marker in [
-    ("quee", "#D55E00", "o"), ("quee-raw", "#E69F00", "v"), ("quee-nohist", "#CC79A7", "^"),
-    ("quee-exit-only", "#882255", "<"), ("quee-quant-only", "#661100", ">"), ("static-quant", "#0072B2", "s"),
-    ("ee-confidence", "#56B4E9", "D"), ("ee-confidence@q", "#009E73", "P"),
-    ("ee-confidence-perexit", "#117733", "X"), ("best-single", "#000000", "h"), ("random", "#999999", "x"),
-    ("oracle", "#332288", "*"), ("oracle-uniform", "#AA4499", "p")]}
-_OTHER_STYLE = {"color": "#777777", "marker": "."}
-
-
-def method_style(name: str) -> dict:
-    """``{"color", "marker", "ls"}`` of a method (a name outside the map gets a neutral grey)."""
-    return {"ls": "-", **METHOD_STYLES.get(name, _OTHER_STYLE)}
-
-
-def setting_label(fast: bool, seeds, n_test: int, n_train: int | None = None) -> str:
-    """What a figure title or readout says about the study it shows: ``fast setting, seed 0, test N=600``."""
-    seeds = [seeds] if isinstance(seeds, int) else list(seeds)
-    seed = f"seed {seeds[0]}" if len(seeds) == 1 else f"seeds {','.join(map(str, seeds))}"
-    train = f", train N={n_train:,}" if n_train else ""
-    return f"{'fast' if fast else 'full'} setting, {seed}{train}, test N={n_test:,}"
-
-
-def cost_label(ref: str = "w16a16") -> str:
-    return f"cost (normalized BOPs, 1.0 = full model at {ref})"
+# the labels and the method -> colour/marker map live in .styles (no seaborn, no torch: the explorer
+# page imports them and must start in seconds); they are part of this module's interface
+from .styles import (ACCURACY_LABEL, EXIT_LABEL, LEVEL_LABEL, METHOD_STYLES, cost_label,  # noqa: E402,F401
+                     method_style, setting_label)
 
 
 def set_theme() -> None:
@@ -271,13 +243,17 @@ def accuracy_cost_figure(curves: pd.DataFrame, budgets_df: pd.DataFrame, c_min, 
     bx.set_xticks(np.arange(len(budgets)), [f"{b:g}" for b in budgets])
     bx.set(xlabel=BUDGET_LABEL, ylabel=DIFF_LABEL,
            title=f"Paired difference vs best-single, 95% bootstrap CI ({n_seeds} seed{'s' * (n_seeds > 1)})")
-    _legend_below(fig, ax, ncol=7)   # one legend for both panels (same colour and marker per method)
+    _legend_below(fig, (ax, bx), ncol=7)   # one legend for both panels (same colour and marker per method)
     return fig
 
 
-def _legend_below(fig: plt.Figure, ax, ncol: int) -> None:
-    """The legend under the panels, off every data point; the layout leaves room for it."""
-    handles, labels = ax.get_legend_handles_labels()
+def _legend_below(fig: plt.Figure, axes, ncol: int) -> None:
+    """One legend (every label of ``axes`` once) under the panels, off every data point."""
+    seen = {}
+    for ax in ([axes] if isinstance(axes, plt.Axes) else axes):
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            seen.setdefault(lab, h)
+    handles, labels = list(seen.values()), list(seen)
     rows = -(-len(labels) // ncol)
     fig.tight_layout(rect=(0, 0.045 * rows + 0.03, 1, 1))
     fig.legend(handles, labels, loc="lower center", ncol=ncol, fontsize="small", frameon=False)
@@ -339,7 +315,7 @@ def k_sweep_plot(df: pd.DataFrame) -> plt.Figure:
             ax.axhline(sweep.auroc_maxprob.iloc[0], ls=":", color="0.3", label="1 − max prob")
         ax.set_xscale("log", base=2)
         ax.set_xticks(sweep.K, [f"{k:g}" for k in sweep.K])
-        zoomed = ax.get_ylim()[0] > 0                             # say so when the axis does not start at 0
+        zoomed = bool(ax.get_ylim()[0] > 0)                       # say so when the axis does not start at 0
         ax.set(xlabel="K (k-means cells per depth)", ylabel=ylabel + ("\n(zoomed: axis not from 0)" * zoomed))
     fig.suptitle("Discretized targets: number of cells K (test split)")
     _legend_below(fig, axes[2], ncol=4)

@@ -18,7 +18,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import NullFormatter
 from PIL import Image
 
-from ..plots import ACCURACY_LABEL, EXIT_LABEL, cost_label, method_style
+from ..styles import ACCURACY_LABEL, EXIT_LABEL, cost_label, method_style
 
 __all__ = ["ExplorerFigure", "digit_mosaic", "CORRECT_COLOR", "WRONG_COLOR", "FIGSIZE", "DPI"]
 

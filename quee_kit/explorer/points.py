@@ -31,7 +31,7 @@ __all__ = ["ExplorerData", "MethodTable", "build_explorer_data", "load_explorer_
            "FORMAT"]
 
 FORMAT = 1   # bump when the stored fields change
-_NOT_POINTS = {"plots.py", "reproduce.py", "cli.py", "__main__.py", "__init__.py"}   # do not change numbers
+_NOT_POINTS = {"plots.py", "styles.py", "reproduce.py", "cli.py", "__main__.py", "__init__.py"}  # no numbers
 
 
 @dataclass
@@ -138,7 +138,7 @@ def build_explorer_data(study, fast: bool, config: str, overrides=()) -> Explore
     """Every method's knob table with its test nodes, from a live study (seconds: outcomes are re-run)."""
     from ..baselines import Oracle
     from ..evaluate import c_min_sat
-    from ..plots import setting_label
+    from ..styles import setting_label
     from ..policy import QueePolicy
     t0 = time.perf_counter()
     prep, tree = study.prep, study.prep.tree
