@@ -244,7 +244,7 @@ def test_controls_drive_the_display(study, explorer):
     explorer.mode_toggle.value = "budget"
     assert explorer.state.mode == "budget" and explorer.lambda_slider.disabled
     for c in (explorer.budget_slider, explorer.lambda_slider, explorer.method_dropdown, explorer.level_dropdown,
-              explorer.entry_dropdown, explorer.mode_toggle):
+              explorer.entry_dropdown, explorer.mode_toggle, explorer.readout):
         assert c.tooltip, c.description        # no empty tooltips (rendered as title="null")
 
 

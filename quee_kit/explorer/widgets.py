@@ -16,7 +16,7 @@ import time
 import numpy as np
 from matplotlib.figure import Figure
 
-from ..plots import method_style
+from ..styles import method_style
 from .figure import DPI, ExplorerFigure
 from .state import ExplorerModel, Memo, OperatingPoint, budget_curve, examples_per_exit, exit_level_counts
 
@@ -52,7 +52,6 @@ class BudgetExplorer:
         self._images = data.images.astype(np.float32) / 255.0
         self._backgrounds, self._layers = Memo(64), Memo(32)   # pixels per (method, level set) / per knob
         self.last_update_ms = float("nan")
-        self.budget_grid = np.geomspace(self.model.b_min, self.model.b_max, 60)
 
         style = {"description_width": "64px"}
         def tip(name):
@@ -67,20 +66,26 @@ class BudgetExplorer:
                                          description="levels", style=style, **tip("levels"))
         self.entry_dropdown = w.Dropdown(options=["—"], value="—", description="entry", style=style,
                                          disabled=True, **tip("entry"))
-        lo, hi = np.log10(self.model.b_min), np.log10(self.model.b_max)
-        self.budget_slider = w.FloatLogSlider(value=self.state.budget, base=10, min=lo, max=hi, step=(hi - lo) / 200,
+        # log10 grid from c_min through the initial budget (so the page does not snap it to a neighbour)
+        lo, lb, hi = np.log10([self.model.b_min, self.state.budget, self.model.b_max])
+        step = (lb - lo) / max(round((lb - lo) / 0.005), 1) if lb > lo else 0.005
+        hi = lo + step * np.ceil((hi - lo) / step - 1e-9)
+        self.model.b_max = float(10 ** hi)    # the state's range is the slider's: no value it must snap
+        self.budget_slider = w.FloatLogSlider(value=self.state.budget, base=10, min=lo, max=hi, step=step,
                                               description="budget", readout_format=".4f", continuous_update=True,
                                               style=style, layout=w.Layout(width="560px"), **tip("budget"))
         self.lambda_slider = w.SelectionSlider(options=[(f"{v:.3g}", float(v)) for v in data.lambdas],
                                                value=self.state.lam, description="λ", disabled=True,
                                                continuous_update=True, style=style,
                                                layout=w.Layout(width="560px"), **tip("lambda"))
+        self.budget_grid = np.geomspace(self.model.b_min, self.model.b_max, 60)
         self.budget_slider.add_class("quee-budget-slider")
         self.lambda_slider.add_class("quee-lambda-slider")
         self.method_dropdown.add_class("quee-method")
         self.entry_dropdown.add_class("quee-entry")
         self.mode_toggle.add_class("quee-mode")
-        self.readout = w.HTML(layout=w.Layout(min_height="3.2em"))
+        self.readout = w.HTML(layout=w.Layout(min_height="3.2em"),
+                              tooltip="the operating point: test accuracy and cost, and the knob chosen")
         self.readout.add_class("quee-readout-widget")
         self._fig = ExplorerFigure(data.level_names, int(data.depth.max()), self._images, self.k, dpi=dpi)
         width, height = self._fig.canvas.get_width_height()
@@ -229,7 +234,7 @@ class BudgetExplorer:
                 f'<span class="quee-cost" data-value="{v["cost"]!r}">cost: {v["cost"]:.4f}</span> '
                 f'(test) · {where} · {knob}'
                 f'<br><span class="quee-setting" style="color:#555">{html.escape(v["setting"])}'
-                f'{" · " + html.escape(self.data.note) if self.data.note else ""} · levels: '
+                f'{" (the full study is not built: see above)" if self.data.note else ""} · levels: '
                 f'{html.escape(v["level_set"])} · update {update_ms:.0f} ms</span></div>')
 
     def _sync_controls(self, v: dict) -> None:
