@@ -178,7 +178,7 @@ __all__ += ["TEST_ACCURACY_LABEL", "DIFF_LABEL", "BUDGET_LABEL", "accuracy_cost_
             "reliability_diagram", "k_sweep_plot", "noise_sweep_plot", "difficulty_plot"]
 
 TEST_ACCURACY_LABEL = "test accuracy (fraction correct)"
-DIFF_LABEL = "accuracy − best-single (percentage points, test)"
+DIFF_LABEL = "accuracy − best-single\n(percentage points, test)"
 BUDGET_LABEL = "budget (normalized BOPs, 1.0 = full model at w16a16)"
 ERROR_PROB_LABEL = "predicted probability of error ê (exit now)"
 
@@ -368,8 +368,8 @@ def difficulty_plot(df: pd.DataFrame) -> plt.Figure:
     budget = float(first.budget.iloc[0])
     n = int(first.n.sum())
     axes[0].set(xlabel=xlabel, ylabel=TEST_ACCURACY_LABEL, title=f"Accuracy per group, budget {budget:g} ({n} test samples)")
-    axes[1].set(xlabel=xlabel, ylabel="mean cost per sample\n(normalized BOPs, 1.0 = full model at w16a16)",
-                title="Where the compute goes")
+    axes[1].set(xlabel=xlabel, ylabel="mean cost per sample\n(normalized BOPs)",   # short: no overflow
+                title="Where the compute goes (cost 1.0 = full model at w16a16)")
     for ax in axes:
         ax.set_xticks(x, labels)
     _legend_below(fig, axes[0], ncol=len(series))

@@ -229,6 +229,7 @@ def test_voila_explorer(tmp_path):
                 assert before["method"] == "quee" and before["mode"] == "budget"
                 assert float(before["budget"]) == pytest.approx(0.05, rel=1e-6)
                 assert before["setting"] == data.setting and data.setting in before["text"]
+                assert data.setting in page.locator(".quee-loaded").inner_text()    # the loading message, done
                 _check_agreement(page, model, before)
                 assert page.locator('[title="null"]').count() == 0
 
@@ -268,6 +269,9 @@ def test_voila_explorer(tmp_path):
                     const b = i.getBoundingClientRect();
                     return {natural: i.naturalWidth, shown: b.width, right: b.right, dpr: window.devicePixelRatio}; }""")
                 assert size["shown"] == size["natural"] and size["right"] <= 1400, size
+                page.select_option(".quee-method select", label="quee")     # the screenshot shows QuEE
+                _wait_readout(page, "r.dataset.method === a", "quee")
+                _settle(page)
                 page.evaluate("() => document.querySelector('.quee-mode').scrollIntoView({block: 'start'})")
                 time.sleep(0.3)
                 page.screenshot(path=str(shot))
