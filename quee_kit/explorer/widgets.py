@@ -18,7 +18,7 @@ from matplotlib.figure import Figure
 
 from ..styles import method_style
 from .figure import DPI, ExplorerFigure
-from .state import ExplorerModel, Memo, OperatingPoint, budget_curve, examples_per_exit, exit_level_counts
+from .state import ExplorerModel, Memo, budget_curve, examples_per_exit, exit_level_counts
 
 __all__ = ["BudgetExplorer"]
 
