@@ -10,10 +10,11 @@ import sys
 import numpy as np
 import pytest
 
-from quee_kit.artifacts import save_artifact
+from quee_kit.artifacts import ArtifactError, save_artifact
 from quee_kit.config import load_config
 from quee_kit.evaluate import run_study
-from quee_kit.explorer import ExplorerModel, OperatingPoint, build_explorer_data
+from quee_kit.explorer import ExplorerModel, OperatingPoint, build_explorer_data, load_explorer_data
+from quee_kit.explorer.points import explorer_artifact
 from quee_kit.explorer.restrict import knob_points, restrict_method
 from quee_kit.explorer.state import (budget_curve, examples_per_exit, exit_errors, exit_level_counts,
                                      level_set_presets)
@@ -37,7 +38,7 @@ def study(digits_cfg, digits_prep):
 
 @pytest.fixture(scope="session")
 def data(study, digits_cfg):
-    return build_explorer_data(study, fast=True, config="configs/digits.yaml",
+    return build_explorer_data(study, fast=False, config="configs/digits.yaml",
                                overrides=[f"cache_dir={digits_cfg.cache_dir}", *OVERRIDES])
 
 
@@ -271,3 +272,28 @@ def test_stored_points_load_without_torch(data, tmp_path):
             " print(repr(r['accuracy']), repr(r['cost']), 'torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, check=True)
     assert out.stdout.split() == [repr(r["accuracy"]), repr(r["cost"]), "False"]
+
+
+def test_default_opens_the_full_study_when_stored(data, tmp_path):
+    """fast=None: the full study's stored points when they exist, else the fast one's with a note saying
+    how to build the full one; a damaged file is never reused."""
+    over = [f"cache_dir={tmp_path}", *OVERRIDES]
+
+    def where(fast):
+        return explorer_artifact(load_config("configs/digits.yaml", [*over, "seed=0"], fast=fast))
+    with pytest.raises(ArtifactError):          # nothing stored and build=False: nothing is built either
+        load_explorer_data("configs/digits.yaml", fast=None, overrides=over, build=False)
+    (fast_path, fast_key), (full_path, full_key) = where(True), where(False)
+    assert fast_path != full_path
+    save_artifact(fast_path, fast_key, data, fmt="pickle")
+    got = load_explorer_data("configs/digits.yaml", fast=None, overrides=over, build=False)
+    assert "python -m quee_kit.explorer" in got.note and "fast = False" in got.note
+    save_artifact(full_path, full_key, data, fmt="pickle")
+    got = load_explorer_data("configs/digits.yaml", fast=None, overrides=over, build=False)
+    assert got.note == "" and list(got.methods) == list(data.methods)
+    assert got.methods["quee"].points.equals(data.methods["quee"].points)
+    full_path.write_bytes(full_path.read_bytes()[:-7])       # truncated: detected, falls back to fast
+    got = load_explorer_data("configs/digits.yaml", fast=None, overrides=over, build=False)
+    assert got.note
+    other = explorer_artifact(load_config("configs/digits.yaml", [*over, "seed=1"]))[0]
+    assert other != full_path                                  # the seed is part of the key
