@@ -230,6 +230,7 @@ def test_voila_explorer(tmp_path):
                 assert float(before["budget"]) == pytest.approx(0.05, rel=1e-6)
                 assert before["setting"] == data.setting and data.setting in before["text"]
                 assert data.setting in page.locator(".quee-loaded").inner_text()    # the loading message, done
+                assert page.locator(".quee-loading").count() == 0
                 _check_agreement(page, model, before)
                 assert page.locator('[title="null"]').count() == 0
 
@@ -264,6 +265,7 @@ def test_voila_explorer(tmp_path):
                         assert shown["mode"] == expect, (name, shown["mode"])
                         _check_agreement(page, model, shown)
 
+                assert page.locator('[title="null"]').count() == 0        # none after every control changed
                 # the figure at its pixel size, inside the page width; then the screenshot
                 size = page.evaluate("""() => { const i = document.querySelector('img.quee-figure');
                     const b = i.getBoundingClientRect();
