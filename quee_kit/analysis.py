@@ -74,14 +74,17 @@ def paired_difference(study: Study, method: str, other: str, budgets, n_boot: in
 # ------------------------------------------------------------------- predictor variants
 
 def target_variants(k_values=(), knn: bool = True) -> dict:
-    """QuEE variants (name -> (predictor overrides, option restriction)) for :func:`run_study`:
-    the default k-means targets, raw 0/1 labels, no history, one MLP per depth instead of a shared
-    one, k-NN targets and one k-means variant per K in ``k_values`` (named ``quee-K{K}``)."""
-    v = {"quee": ({}, "all"), "quee-raw": ({"targets": "raw"}, "all"), "quee-nohist": ({"history": False}, "all"),
-         "quee-perdepth": ({"shared": False}, "all")}
+    """QuEE variants (name -> (predictor overrides, option restriction)) for :func:`run_study`: the
+    config's default predictor (``quee``), the per-node binned table and the MLP on k-means targets, and
+    MLP ablations: raw 0/1 labels, no history, one MLP per depth instead of a shared one, k-NN targets
+    and one k-means variant per K in ``k_values`` (named ``quee-K{K}``)."""
+    mlp = {"kind": "mlp"}
+    v = {"quee": ({}, "all"), "quee-binned": ({"kind": "binned"}, "all"), "quee-mlp": (mlp, "all"),
+         "quee-raw": ({**mlp, "targets": "raw"}, "all"), "quee-nohist": ({**mlp, "history": False}, "all"),
+         "quee-perdepth": ({**mlp, "shared": False}, "all")}
     if knn:
-        v["quee-knn"] = ({"targets": "knn"}, "all")
-    v.update({f"quee-K{k}": ({"K": int(k)}, "all") for k in k_values})
+        v["quee-knn"] = ({**mlp, "targets": "knn"}, "all")
+    v.update({f"quee-K{k}": ({**mlp, "K": int(k)}, "all") for k in k_values})
     return v
 
 
@@ -145,7 +148,8 @@ def predictor_noise_sweep(study: Study, sigmas, budgets, method: str = "quee", s
     for j, sigma in enumerate(sigmas):
         E = {sp: noisy_predictions(study.predictors[method][sp], sigma, seed=seed * 1000 + 2 * j + i)
              for i, sp in enumerate(("calib", "test"))}
-        pol = QueePolicy(f"{method}+noise", E, caches, opts, lams, mask=base.mask)  # same restriction
+        pol = QueePolicy(f"{method}+noise", E, caches, opts, lams, mask=base.mask,  # same restriction and calls
+                         call_cost=base.call_cost)
         calib = pol.outcomes("calib")
         cc = np.array([o.mean_cost for o in calib])
         ac = np.array([o.accuracy for o in calib])

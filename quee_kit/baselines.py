@@ -93,7 +93,8 @@ class PerExitConfidence:
             for t in range(L - 1):
                 k = int(round(share[t] * c.n))
                 vals = np.sort(conf[t, remaining])[::-1]
-                th[t] = np.inf if k == 0 else vals[min(k, len(vals)) - 1]
+                # no sample left (ties at the threshold can exit all of a small calib set early): none exits
+                th[t] = np.inf if k == 0 or not len(vals) else vals[min(k, len(vals)) - 1]
                 remaining &= conf[t] < th[t]
             self._thresholds[knob] = th
         return self._thresholds[knob]

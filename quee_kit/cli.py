@@ -6,7 +6,7 @@ import json
 import sys
 from pathlib import Path
 
-from .config import ConfigError, load_config
+from .config import UserError, load_config
 
 __all__ = ["main"]
 
@@ -17,6 +17,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
                    help="override a config key, e.g. --set model.epochs=5 (repeatable)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--debug", action="store_true", help="show the Python traceback of an error, not one line")
 
 
 def _write_json(path: Path, obj) -> None:
@@ -25,8 +26,8 @@ def _write_json(path: Path, obj) -> None:
 
 
 def cmd_cache(args) -> int:
+    cfg = load_config(args.config, args.overrides)  # before the torch imports: a bad config fails fast
     from .pipeline import exits_table, peak_memory_mb, prepare
-    cfg = load_config(args.config, args.overrides)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     prep = prepare(cfg, progress=not args.quiet)
@@ -47,11 +48,11 @@ def cmd_cache(args) -> int:
 
 
 def cmd_run(args) -> int:
-    from .evaluate import run_pipeline
     overrides = list(args.overrides)
     if args.seeds:
         overrides.append(f"eval.seeds=[{args.seeds}]")
-    cfg = load_config(args.config, overrides)
+    cfg = load_config(args.config, overrides)  # before the torch imports: a bad config fails fast
+    from .evaluate import run_pipeline
     run_pipeline(cfg, Path(args.out), progress=not args.quiet)
     return 0
 
@@ -82,8 +83,13 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     try:
         return args.fn(args)
-    except ConfigError as e:
-        print(f"quee-kit: {e}", file=sys.stderr)
+    except (UserError, OSError) as e:
+        # What a user can cause (a config, a data file, a path that cannot be read or written) is one
+        # line and exit status 2; anything else is a bug and keeps its traceback.
+        if args.debug:
+            raise
+        msg = str(e) if isinstance(e, UserError) else f"{e.strerror or type(e).__name__}: {e.filename or e}"
+        print(f"quee-kit: {msg} (--debug shows the traceback)", file=sys.stderr)
         return 2
 
 

@@ -13,12 +13,29 @@ from pathlib import Path
 
 import yaml
 
-__all__ = ["ConfigError", "Config", "load_config", "parse_overrides", "config_to_dict", "FAST_OVERRIDES",
+__all__ = ["UserError", "ConfigError", "read_yaml", "Config", "load_config", "parse_overrides", "config_to_dict", "FAST_OVERRIDES",
            "resolve_path", "PROJECT_ROOT"]
 
 
-class ConfigError(ValueError):
+class UserError(ValueError):
+    """A problem the user can fix (a config, a data file, a missing file): its message is one line
+    that names what is wrong, and the CLI prints it alone and exits with status 2 (``--debug`` shows
+    the traceback). Anything else that escapes is a bug and keeps its traceback."""
+
+
+class ConfigError(UserError):
     """A one-line error naming the offending config key and the allowed values."""
+
+
+def read_yaml(text: str, where: str):
+    """``yaml.safe_load`` whose parse errors become one line naming ``where`` and the position."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        pos = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        what = getattr(e, "problem", None) or type(e).__name__
+        raise ConfigError(f"config: {where} is not valid YAML{pos}: {what}") from None
 
 
 def _fail(key: str, allowed: str, got) -> typing.NoReturn:
@@ -27,16 +44,34 @@ def _fail(key: str, allowed: str, got) -> typing.NoReturn:
 
 @dataclass
 class DataConfig:
-    name: str = "mnist10k"          # mnist10k | digits | npz:PATH
+    name: str = "mnist10k"          # mnist10k | digits | cifar10 | cifar100 | svhn | imagenet | npz:PATH
     split_seed: int = 0             # fixed shuffle seed of the train/calib/test split (same for every run seed)
-    sizes: list[int] | None = None  # [train, calib, test]; None = dataset default (6000/2000/2000 on mnist10k)
+    # [train, calib, test]; None = dataset default (6000/2000/2000 on mnist10k; on datasets with an official
+    # split: the rest of train / 5,000 (CIFAR-10, SVHN) or 10,000 (CIFAR-100, ImageNet) calib carved from
+    # train / the whole official test set). On those, the three numbers cap each part.
+    sizes: list[int] | None = None
+    root: str | None = None         # folder holding the real datasets; None = $QUEE_KIT_DATA or data/
+    download: bool = False          # true: fetch cifar10/cifar100/svhn into root with torchvision (network)
+    verify: bool = True             # md5 of CIFAR/SVHN files must match the official release (false: any copy)
+    workers: int = 4                # image-decoding workers for image folders (imagenet)
+    image_size: int | None = None   # image folders: side decoded to; None = the backbone's input size (else 224)
 
     def validate(self, p: str) -> None:
-        from .data import validate_dataset_name
+        from .dataset_files import check_files
         try:
-            validate_dataset_name(self.name)
+            check_files(self.name, self.root, self.download)  # no torch import yet: a missing dataset fails fast
         except ValueError as e:
             raise ConfigError(f"config: {e}") from None
+        from .data import check_dataset_available, validate_dataset_name
+        try:
+            validate_dataset_name(self.name)
+            check_dataset_available(self.name, self.root, self.download)
+        except ValueError as e:
+            raise ConfigError(f"config: {e}") from None
+        if self.workers < 0:
+            _fail(f"{p}.workers", "an int >= 0", self.workers)
+        if self.image_size is not None and self.image_size < 8:
+            _fail(f"{p}.image_size", "null or an int >= 8", self.image_size)
         if self.sizes is not None and (len(self.sizes) != 3 or min(self.sizes) < 1):
             _fail(f"{p}.sizes", "null or three positive ints [train, calib, test]", self.sizes)
 
@@ -55,6 +90,14 @@ class ModelConfig:
     weight_decay: float = 0.05
     warmup_epochs: float = 1.0
     exit_weighting: str = "depth"  # uniform: plain sum of exit losses | depth: exit t weighted t / mean(t)
+    # joint: backbone and exits trained together | heads: exits only, on the frozen backbone, from cached
+    # per-block CLS features (one backbone pass over train; for pretrained backbones)
+    train: str = "joint"
+    # arch=timm only (quee_kit.timm_backbones): a timm ViT/DeiT name, e.g. vit_small_patch16_224.augreg_in21k_ft_in1k
+    timm_name: str = "vit_small_patch16_224"
+    timm_shape: str = "pretrained"  # pretrained: timm's architecture as named | config: patch/dim/depth/heads/mlp_ratio above
+    pretrained: bool = False        # true: weights from timm (its hub cache, else the network)
+    checkpoint: str | None = None   # a local .pth/.pt/.safetensors state dict of the timm model (checked against it)
 
     def validate(self, p: str) -> None:
         from .models import BACKBONES
@@ -71,6 +114,14 @@ class ModelConfig:
             _fail(f"{p}.heads", f"a divisor of model.dim={self.dim}", self.heads)
         if self.lr <= 0:
             _fail(f"{p}.lr", "a float > 0", self.lr)
+        if self.train not in ("joint", "heads"):
+            _fail(f"{p}.train", "'joint' or 'heads'", self.train)
+        if self.timm_shape not in ("pretrained", "config"):
+            _fail(f"{p}.timm_shape", "'pretrained' or 'config'", self.timm_shape)
+        if self.checkpoint is not None and not Path(self.checkpoint).is_file():
+            _fail(f"{p}.checkpoint", "null or an existing .pth/.pt/.safetensors file", self.checkpoint)
+        if self.checkpoint is not None and self.pretrained:
+            _fail(f"{p}.pretrained", "false when model.checkpoint is set (one source of weights)", self.pretrained)
         if self.weight_decay < 0 or self.warmup_epochs < 0:
             _fail(f"{p}.weight_decay/warmup_epochs", "floats >= 0", (self.weight_decay, self.warmup_epochs))
 
@@ -82,6 +133,7 @@ class QuantConfig:
     act_granularity: str = "token"       # token: one scale per token of a sample | tensor: one per sample
     clip_percentile: float | None = None  # e.g. 99.9 clips activations at that percentile of |x| (per sample)
     quantize_attention: bool = True       # attention matmuls at a_bits (and costed so) or float (costed at reference)
+    ref_dtype: str = "float32"            # the float reference level runs in float32 | bfloat16 (costed at its bits either way)
 
     def validate(self, p: str) -> None:
         from .quant import parse_level
@@ -94,6 +146,8 @@ class QuantConfig:
                 raise ConfigError(f"config: {p}.levels: {e}") from None
         if len(set(self.levels)) != len(self.levels):
             _fail(f"{p}.levels", "a list without repeats", self.levels)
+        if self.ref_dtype not in ("float32", "bfloat16"):
+            _fail(f"{p}.ref_dtype", "'float32' or 'bfloat16'", self.ref_dtype)
         if self.act_granularity not in ("tensor", "token"):
             _fail(f"{p}.act_granularity", "'tensor' or 'token'", self.act_granularity)
         if self.clip_percentile is not None and not (50.0 < self.clip_percentile <= 100.0):
@@ -114,8 +168,11 @@ class PathsConfig:
 
 @dataclass
 class PredictorConfig:
-    targets: str = "kmeans"    # kmeans (K cells per depth) | knn (k neighbours) | raw (0/1 labels)
-    K: int = 8                 # k-means cells per depth
+    kind: str = "mlp"          # mlp (one MLP on compact features) | binned | platt (per-node calibration of the log-odds)
+    bins: int = 10             # binned: quantile bins of the head's log-odds per node
+    balance: str = "depth"     # mlp: fitting rows weighted so every depth counts equally | none (every row alike)
+    targets: str = "kmeans"    # kmeans (K cells per depth x level) | knn (k neighbours) | raw (0/1 labels)
+    K: int = 8                 # k-means cells per (depth, level) group, on the continuous features
     knn_k: int = 50            # neighbours for targets=knn
     prior_weight: float = 5.0  # cell mean shrunk toward the depth mean with this many pseudo-samples
     hidden: int = 32           # MLP width
@@ -126,9 +183,15 @@ class PredictorConfig:
     lr: float = 3.0e-3
     history: bool = True       # previous head's max prob and agreement with the current prediction
     shared: bool = True        # one MLP for all depths (False: one per depth)
-    max_rows: int = 200000     # cap on (node, sample) rows per fold for fitting (random subsample)
+    max_rows: int = 200000     # cap on (node, sample) rows per fold for fitting (subsampled evenly per depth)
 
     def validate(self, p: str) -> None:
+        if self.kind not in ("mlp", "binned", "platt"):
+            _fail(f"{p}.kind", "'mlp', 'binned' or 'platt'", self.kind)
+        if self.balance not in ("depth", "none"):
+            _fail(f"{p}.balance", "'depth' or 'none'", self.balance)
+        if self.bins < 2:
+            _fail(f"{p}.bins", "an int >= 2", self.bins)
         if self.targets not in ("kmeans", "knn", "raw"):
             _fail(f"{p}.targets", "'kmeans', 'knn' or 'raw'", self.targets)
         for k in ("K", "knn_k", "hidden", "layers", "epochs", "patience", "max_rows"):
@@ -254,7 +317,7 @@ def parse_overrides(items: list[str] | None) -> dict:
         parts = key.strip().split(".")
         for part in parts[:-1]:
             node = node.setdefault(part, {})
-        node[parts[-1]] = yaml.safe_load(raw)
+        node[parts[-1]] = read_yaml(raw, f"--set {key.strip()}")
     return out
 
 
@@ -297,7 +360,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | dict | No
         p = resolve_path(path)
         if not p.is_file():
             raise ConfigError(f"config: file not found: {p}")
-        raw = _merge(yaml.safe_load(p.read_text()) or {}, raw)
+        raw = _merge(read_yaml(p.read_text(), str(p)) or {}, raw)
     over = overrides if isinstance(overrides, dict) else parse_overrides(overrides)
     cfg = _from_dict(Config, _merge(raw, over), "")
     return cfg.validate() if validate else cfg

@@ -82,7 +82,7 @@ def mlp_macs(sizes: list[int]) -> int:
 class CostModel:
     """Normalized costs (1.0 = stem + every block at ``ref`` + final head) of a model's parts.
 
-    ``block(t, level)``, ``stem``, ``head(t)`` and ``predictor_call`` are normalized BOPs.
+    ``block(t, level)``, ``stem``, ``head(t)`` and ``call_cost(macs)`` are normalized BOPs.
     """
 
     def __init__(self, model: EarlyExitModel, image_shape, levels: list[Level], ref: Level,
@@ -107,7 +107,6 @@ class CostModel:
         self._heads = [self._float_bops(o) / self.total_bops for o in self.head_ops]
         self._blocks = {(t, lv): level_bops(o, lv, ref, quantize_attention) / self.total_bops
                         for t, o in enumerate(self.block_ops) for lv in self.levels}
-        self.predictor_call = 0.0
 
     @property
     def depth(self) -> int:
@@ -120,9 +119,9 @@ class CostModel:
     def head(self, t: int) -> float:
         return self._heads[t]
 
-    def set_predictor_macs(self, macs: int) -> None:
-        """Charge each predictor call ``macs`` float MACs (costed at reference bits)."""
-        self.predictor_call = macs * self.ref.w_bits * self.ref.a_bits / self.total_bops
+    def call_cost(self, macs: int) -> float:
+        """Normalized cost of one predictor call of ``macs`` float MACs (costed at reference bits)."""
+        return macs * self.ref.w_bits * self.ref.a_bits / self.total_bops
 
     def path(self, levels: list[Level]) -> float:
         """Cost of running blocks 1..len(levels) at ``levels`` and evaluating every head on the way."""

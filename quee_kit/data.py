@@ -11,17 +11,23 @@ disjoint parts:
 Names: ``mnist10k`` (data/mnist10k.npz, see data/README.md), ``digits``
 (scikit-learn's bundled 8x8 UCI digits) and ``npz:PATH`` (your own file with
 keys ``x`` and ``y``). Nothing here touches the network.
+
+Datasets that come with an official train/test split (``cifar10``, ``cifar100``,
+``svhn``, ``imagenet``: :mod:`quee_kit.real_data`) return :class:`OfficialSplits`
+instead: calib is carved from the official train part with ``split_seed``, and
+test is the official test part (``sizes`` caps each part).
 """
 from __future__ import annotations
 
 import hashlib
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
+
+from .dataset_files import DataError, default_data_dir  # default: $QUEE_KIT_DATA, else the repository's data/
 
 MNIST10K_SHA256 = "c127f28ba6587b035da58af9c862de40ecd72470e8f3396f0cf542242845222b"
 REBUILD_HINT = "rebuild it with `python data/build_mnist10k.py`"
@@ -34,7 +40,8 @@ MIN_SAMPLES = 10
 class Split:
     """One part of a dataset.
 
-    x: (N, C, H, W) float32, pixel intensities in [0, 1] (npz floats kept as given).
+    x: (N, C, H, W) float32, pixel intensities in [0, 1] (npz floats kept as given); for image
+       folders a lazy :class:`~quee_kit.real_data.ImageFiles` that returns such tensors when indexed.
     y: (N,) int64 class labels in [0, num_classes).
     """
     x: torch.Tensor
@@ -62,47 +69,70 @@ class Dataset:
     def split(self, name: str) -> Split:
         """Return the split called 'train', 'calib' or 'test'."""
         if name not in ("train", "calib", "test"):
-            raise ValueError(f"unknown split {name!r} (allowed: train, calib, test)")
+            raise DataError(f"unknown split {name!r} (allowed: train, calib, test)")
         return getattr(self, name)
 
 
 # A loader takes the data directory and returns raw (x, y): x (N, H, W) or
 # (N, C, H, W) as uint8 (scaled by 1/255 later) or float (kept), y (N,) integers.
-Loader = Callable[[Path], "tuple[np.ndarray, np.ndarray]"]
+# Loaders also receive keyword options (``download``, ``verify``, ``workers``, ``input_config``)
+# that only the real datasets use.
+Loader = Callable[..., "tuple[np.ndarray, np.ndarray] | OfficialSplits"]
 DATASETS: dict[str, Loader] = {}
+# name -> check(data_dir, download) raising ValueError with a how-to-get-it hint (cheap: no loading).
+DATASET_CHECKS: dict[str, Callable] = {}
 
 
-def register_dataset(name: str) -> Callable[[Loader], Loader]:
-    """Decorator: register ``loader(data_dir) -> (x, y)`` under ``name``."""
+@dataclass(frozen=True, eq=False)
+class OfficialSplits:
+    """What a loader with an official split returns.
+
+    train_x / test_x: uint8 arrays (N, C, H, W), or lazy image lists (see
+    :class:`quee_kit.real_data.ImageFiles`) that return float tensors in [0, 1] when indexed;
+    train_y / test_y: (N,) ints; calib: default calib size carved from train;
+    num_classes: from the dataset's own metadata (not from the labels present).
+    """
+    train_x: object
+    train_y: np.ndarray
+    test_x: object
+    test_y: np.ndarray
+    calib: int
+    num_classes: int
+
+
+def register_dataset(name: str, check: Callable | None = None) -> Callable[[Loader], Loader]:
+    """Decorator: register ``loader(data_dir, **options) -> (x, y) | OfficialSplits`` under ``name``.
+
+    ``check(data_dir, download)`` (optional) tells cheaply, before any compute, whether the
+    data is there; it raises ``ValueError('data.root: ... how to get it')`` when it is not.
+    """
     def deco(fn: Loader) -> Loader:
         DATASETS[name] = fn
+        if check is not None:
+            DATASET_CHECKS[name] = check
         return fn
     return deco
 
 
-def default_data_dir() -> Path:
-    """$QUEE_KIT_DATA if set, else the repository's data/ folder."""
-    env = os.environ.get("QUEE_KIT_DATA")
-    return Path(env) if env else Path(__file__).resolve().parent.parent / "data"
 
 
 @register_dataset("mnist10k")
-def _load_mnist10k(data_dir: Path) -> tuple[np.ndarray, np.ndarray]:
+def _load_mnist10k(data_dir: Path, **_) -> tuple[np.ndarray, np.ndarray]:
     """10,000 MNIST digits: x uint8 (10000, 28, 28), y uint8 (10000,), in class order."""
     path = Path(data_dir) / "mnist10k.npz"
     if not path.is_file():
-        raise ValueError(f"mnist10k: file not found: {path}; {REBUILD_HINT}")
+        raise DataError(f"mnist10k: file not found: {path}; {REBUILD_HINT}")
     raw = path.read_bytes()
     got = hashlib.sha256(raw).hexdigest()
     if got != MNIST10K_SHA256:
-        raise ValueError(f"mnist10k: {path} is corrupted (sha256 {got[:12]}..., "
+        raise DataError(f"mnist10k: {path} is corrupted (sha256 {got[:12]}..., "
                          f"expected {MNIST10K_SHA256[:12]}...); {REBUILD_HINT}")
     with np.load(path, allow_pickle=False) as f:
         return f["x"], f["y"]
 
 
 @register_dataset("digits")
-def _load_digits(data_dir: Path) -> tuple[np.ndarray, np.ndarray]:
+def _load_digits(data_dir: Path, **_) -> tuple[np.ndarray, np.ndarray]:
     """scikit-learn's bundled UCI digits: x float (1797, 8, 8) in [0, 1] (0..16 / 16), y (1797,)."""
     from sklearn.datasets import load_digits
     d = load_digits()
@@ -114,37 +144,37 @@ def _load_npz(path_str: str) -> tuple[np.ndarray, np.ndarray]:
     path = Path(path_str)
     where = f"npz:{path_str}"
     if not path.is_file():
-        raise ValueError(f"{where}: file not found")
+        raise DataError(f"{where}: file not found")
     try:
         f = np.load(path, allow_pickle=False)
     except Exception as e:  # zip/format errors come in many types
-        raise ValueError(f"{where}: not a valid npz file ({type(e).__name__})") from None
+        raise DataError(f"{where}: not a valid npz file ({type(e).__name__})") from None
     if not isinstance(f, np.lib.npyio.NpzFile):
-        raise ValueError(f"{where}: not a valid npz file (a single .npy array, not a zip of x and y)")
+        raise DataError(f"{where}: not a valid npz file (a single .npy array, not a zip of x and y)")
     with f:
         for key in ("x", "y"):
             if key not in f.files:
-                raise ValueError(f"{where}: missing key {key!r} (found: {', '.join(f.files) or 'none'})")
+                raise DataError(f"{where}: missing key {key!r} (found: {', '.join(f.files) or 'none'})")
         try:
             x, y = f["x"], f["y"]
         except Exception as e:
-            raise ValueError(f"{where}: cannot read arrays ({type(e).__name__}: {e})") from None
+            raise DataError(f"{where}: cannot read arrays ({type(e).__name__}: {e})") from None
     if x.ndim not in (3, 4):
-        raise ValueError(f"{where}: x must have rank 3 (N,H,W) or 4 (N,C,H,W), got shape {x.shape}")
+        raise DataError(f"{where}: x must have rank 3 (N,H,W) or 4 (N,C,H,W), got shape {x.shape}")
     if x.dtype != np.uint8 and not np.issubdtype(x.dtype, np.floating):
-        raise ValueError(f"{where}: x must be uint8 or float, got dtype {x.dtype}")
+        raise DataError(f"{where}: x must be uint8 or float, got dtype {x.dtype}")
     if y.ndim != 1:
-        raise ValueError(f"{where}: y must be 1-D (N,), got shape {y.shape}")
+        raise DataError(f"{where}: y must be 1-D (N,), got shape {y.shape}")
     if not np.issubdtype(y.dtype, np.integer):
-        raise ValueError(f"{where}: y must have an integer dtype, got {y.dtype}")
+        raise DataError(f"{where}: y must have an integer dtype, got {y.dtype}")
     if len(x) != len(y):
-        raise ValueError(f"{where}: x has {len(x)} samples but y has {len(y)}")
+        raise DataError(f"{where}: x has {len(x)} samples but y has {len(y)}")
     if x.dtype != np.uint8 and not np.isfinite(x).all():
-        raise ValueError(f"{where}: x contains NaN or inf")
+        raise DataError(f"{where}: x contains NaN or inf")
     if len(y) and y.min() < 0:
-        raise ValueError(f"{where}: y contains negative labels (min {y.min()})")
+        raise DataError(f"{where}: y contains negative labels (min {y.min()})")
     if len(y) < MIN_SAMPLES:
-        raise ValueError(f"{where}: too few samples ({len(y)} < {MIN_SAMPLES})")
+        raise DataError(f"{where}: too few samples ({len(y)} < {MIN_SAMPLES})")
     return x, y
 
 
@@ -152,11 +182,17 @@ def validate_dataset_name(name: str) -> None:
     """Cheap check, no loading: a registered name or 'npz:' + an existing file."""
     if isinstance(name, str) and name.startswith("npz:"):
         if not Path(name[4:]).is_file():
-            raise ValueError(f"data.name: npz file not found: {name[4:]!r}")
+            raise DataError(f"data.name: npz file not found: {name[4:]!r}")
         return
     if name not in DATASETS:
         allowed = ", ".join([*DATASETS, "npz:PATH"])
-        raise ValueError(f"data.name: unknown dataset {name!r} (allowed: {allowed})")
+        raise DataError(f"data.name: unknown dataset {name!r} (allowed: {allowed})")
+
+
+def check_dataset_available(name: str, data_dir: str | Path | None = None, download: bool = False) -> None:
+    """Raise ValueError (one line, with a hint) if a registered dataset's files are not there."""
+    if name in DATASET_CHECKS:
+        DATASET_CHECKS[name](Path(data_dir) if data_dir is not None else default_data_dir(), download)
 
 
 def _check_sizes(sizes, n: int) -> tuple[int, int, int]:
@@ -167,7 +203,7 @@ def _check_sizes(sizes, n: int) -> tuple[int, int, int]:
     sizes = tuple(sizes)
     if (len(sizes) != 3 or not all(isinstance(s, (int, np.integer)) and s >= 1 for s in sizes)
             or sum(sizes) > n):
-        raise ValueError(f"data.sizes: need three ints >= 1 summing to <= {n} samples, got {list(sizes)}")
+        raise DataError(f"data.sizes: need three ints >= 1 summing to <= {n} samples, got {list(sizes)}")
     return tuple(int(s) for s in sizes)
 
 
@@ -180,18 +216,24 @@ def _to_tensor(x: np.ndarray) -> torch.Tensor:
 
 
 def load_dataset(name: str, split_seed: int = 0, sizes: tuple[int, int, int] | None = None,
-                 data_dir: str | Path | None = None) -> Dataset:
+                 data_dir: str | Path | None = None, **options) -> Dataset:
     """Load ``name`` and split it with a fixed-seed permutation.
 
     sizes: (train, calib, test) sample counts, default mnist10k 6000/2000/2000,
-    else 60/20/20 of N. Samples beyond sum(sizes) are left unused.
-    data_dir: folder holding mnist10k.npz (default: $QUEE_KIT_DATA or data/).
+    else 60/20/20 of N. Samples beyond sum(sizes) are left unused. For datasets with an
+    official split, sizes cap (train, calib, test) and default to (rest, dataset calib, all).
+    data_dir: folder holding the data (default: $QUEE_KIT_DATA or data/).
+    options: passed to the loader (real datasets: download, verify, workers, input_config).
     """
     if name.startswith("npz:"):
         x, y = _load_npz(name[4:])
     else:
         validate_dataset_name(name)
-        x, y = DATASETS[name](Path(data_dir) if data_dir is not None else default_data_dir())
+        check_dataset_available(name, data_dir, options.get("download", False))
+        raw = DATASETS[name](Path(data_dir) if data_dir is not None else default_data_dir(), **options)
+        if isinstance(raw, OfficialSplits):
+            return _split_official(name, raw, split_seed, sizes)
+        x, y = raw
     x, y = np.asarray(x), np.asarray(y)
     n = len(y)
     if sizes is None and name == "mnist10k":
@@ -215,3 +257,42 @@ def load_dataset(name: str, split_seed: int = 0, sizes: tuple[int, int, int] | N
     splits = {k: Split(xt[torch.from_numpy(i)], yt[torch.from_numpy(i)]) for k, i in parts.items()}
     return Dataset(name=name, **splits, num_classes=int(y.max()) + 1,
                    image_shape=tuple(xt.shape[1:]), digest=h.hexdigest())
+
+
+def _split_official(name: str, raw: OfficialSplits, split_seed: int, sizes) -> Dataset:
+    """calib (and train) from a ``split_seed`` permutation of the official train part; test from
+    the official test part (a ``split_seed`` subsample when capped, else all of it in order)."""
+    n_tr, n_te = len(raw.train_y), len(raw.test_y)
+    if sizes is None:
+        if n_tr <= raw.calib:
+            raise DataError(f"data.sizes: {name} has {n_tr} official train samples, not more than its default "
+                             f"calib size {raw.calib}; set data.sizes: [train, calib, test]")
+        sizes = (n_tr - raw.calib, raw.calib, n_te)
+    sizes = tuple(int(s) for s in sizes)
+    if len(sizes) != 3 or min(sizes) < 1 or sizes[0] + sizes[1] > n_tr or sizes[2] > n_te:
+        raise DataError(f"data.sizes: {name} needs [train, calib, test] >= 1 with train + calib <= {n_tr} "
+                         f"(official train) and test <= {n_te} (official test), got {list(sizes)}")
+    rng = np.random.default_rng(split_seed)
+    perm = rng.permutation(n_tr)
+    test_idx = np.arange(n_te) if sizes[2] == n_te else np.sort(rng.permutation(n_te)[:sizes[2]])
+    parts = {"train": ("train", perm[:sizes[0]]), "calib": ("train", perm[sizes[0]:sizes[0] + sizes[1]]),
+             "test": ("test", test_idx)}
+    h = hashlib.sha256(f"{name}|official".encode())
+    for part in ("train", "test"):
+        x, y = getattr(raw, f"{part}_x"), np.asarray(getattr(raw, f"{part}_y"))
+        h.update(x.digest().encode() if hasattr(x, "digest") else
+                 f"{x.dtype.str}{x.shape}".encode() + np.ascontiguousarray(x).tobytes())
+        h.update(y.astype(np.int64).tobytes())
+    splits = {}
+    for key, (part, idx) in parts.items():
+        h.update(idx.astype(np.int64).tobytes() + b"|")
+        x, y = getattr(raw, f"{part}_x"), np.asarray(getattr(raw, f"{part}_y"))
+        xs = x.take(idx) if hasattr(x, "take") and not isinstance(x, np.ndarray) else _to_tensor(x[idx])
+        splits[key] = Split(xs, torch.from_numpy(y[idx].astype(np.int64)))
+    shape = tuple(splits["test"].x.image_shape if hasattr(splits["test"].x, "image_shape")
+                  else splits["test"].x.shape[1:])
+    return Dataset(name=name, **splits, num_classes=raw.num_classes, image_shape=shape, digest=h.hexdigest())
+
+
+# Registers cifar10, cifar100, svhn and imagenet (imported last: it uses register_dataset).
+from . import real_data  # noqa: E402,F401

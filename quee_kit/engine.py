@@ -18,7 +18,8 @@ from torch import nn
 from .costs import CostModel
 from .models import EarlyExitModel
 from .paths import compact_features
-from .predictors import ErrorPredictor, OptionSpace
+from .policy import call_needed
+from .predictors import OptionSpace
 
 __all__ = ["DynamicModel", "DynamicResult"]
 
@@ -36,26 +37,23 @@ class DynamicResult:
 class DynamicModel(nn.Module):
     """QuEE as a module: ``forward(x)`` -> :class:`DynamicResult`.
 
-    model: the trained early-exit backbone; qblocks[q][t]: block t at level q; predictors: the
-    cross-fitted fold models (their mean is used, as for test in the cache); columns: feature
-    columns they read; opts: the option space (with the predictor cost set); entry, lam: the
-    chosen entry level index and λ; mask: (n_nodes, O) allowed options (the QuEE variant).
+    model: the trained early-exit backbone; qblocks[q][t]: block t (0-based) at level q; predictor: the
+    error predictor applied on new inputs (``predict_rows``; the one refitted on all of calib, as for
+    test in the cache); opts: the option space; entry, lam: the chosen entry level index and λ; mask:
+    (n_nodes, O) allowed options (the QuEE variant); call_cost: normalized cost of one predictor call.
     """
 
     def __init__(self, model: EarlyExitModel, qblocks: dict[int, list[nn.Module]], costs: CostModel,
-                 predictors: list[ErrorPredictor], columns: list[int], opts: OptionSpace,
-                 entry: int, lam: float, mask: np.ndarray | None = None):
+                 predictor, opts: OptionSpace, entry: int, lam: float, mask: np.ndarray | None = None,
+                 call_cost: float = 0.0):
         super().__init__()
-        self.model, self.qblocks, self.predictors, self.costs = model.eval(), qblocks, predictors, costs
-        self.columns, self.opts, self.entry, self.lam = columns, opts, entry, float(lam)
+        self.model, self.qblocks, self.predictor, self.costs = model.eval(), qblocks, predictor, costs
+        self.opts, self.entry, self.lam, self.call_cost = opts, entry, float(lam), call_cost
         self.mask = opts.valid if mask is None else mask
+        self.delta = opts.delta_cost(call_cost)
+        # nodes where err_hat can change the decision (as in the cache simulation)
+        self.calls_at = call_needed(opts, self.mask, call_cost, [self.lam])[0]
         self.tree = opts.tree
-
-    @torch.no_grad()
-    def _error_probs(self, feats: torch.Tensor, depth: int) -> np.ndarray:
-        d = torch.full((len(feats),), depth, dtype=torch.long)
-        x = feats[:, self.columns]
-        return (sum(torch.sigmoid(m(x, d)) for m in self.predictors) / len(self.predictors)).numpy()
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> DynamicResult:
@@ -65,23 +63,29 @@ class DynamicModel(nn.Module):
         final = np.zeros(N, dtype=np.int64)
         idx = np.arange(N)                                   # samples still in the batch
         node = np.full(N, tree.entry[self.entry])
-        h = self.qblocks[self.entry][0](self.model.stem(x))
+        dev = next(self.model.parameters()).device            # backbone on the GPU, predictors on the CPU
+        h = self.qblocks[self.entry][0](self.model.stem(x.to(dev)))
         # Costs are accumulated from what actually runs: stem, each block at its level, each head,
         # each predictor call.
         cost += self.costs.stem + self.costs.block(0, tree.levels[self.entry])
         blocks_run, prev_logits = N, None
         for t in range(1, tree.L + 1):
-            logits = self.model.heads[t - 1](h).float()
+            logits = self.model.heads[t - 1](h).float().cpu()
             cost[idx] += self.costs.head(t - 1)
             feats = compact_features(logits, prev_logits, t, torch.as_tensor(tree.level[node]).float(),
                                      tree.L, len(tree.levels))
             if t == tree.L:
                 go = np.zeros(len(idx), bool)
             else:
-                E = self._error_probs(feats, t)
-                score = np.where(self.mask[node], E + self.lam * opts.delta_cost[node], np.inf)
+                # err_hat only where it can change the choice (elsewhere 0 gives the same argmin)
+                call = self.calls_at[node]
+                err_hat = np.zeros((len(idx), opts.n_options), dtype=np.float32)
+                if call.any():
+                    err_hat[call] = self.predictor.predict_rows(feats[call].numpy(), np.full(int(call.sum()), t),
+                                                                node[call])
+                score = np.where(self.mask[node], err_hat + self.lam * self.delta[node], np.inf)
                 nxt = opts.next_node[node, score.argmin(1)]
-                cost[idx] += opts.predictor_cost
+                cost[idx[call]] += self.call_cost
                 go = nxt >= 0
             done = ~go
             pred[idx[done]] = logits[done].argmax(-1)
@@ -89,12 +93,13 @@ class DynamicModel(nn.Module):
             if not go.any():
                 break
             keep = torch.as_tensor(go)
-            idx, node, h, prev_logits = idx[go], nxt[go], h[keep], logits[keep]
+            idx, node, h, prev_logits = idx[go], nxt[go], h[keep.to(dev)], logits[keep]
             # Group the remaining samples by the level of their next block; run it once per group.
             nh = torch.empty_like(h)
             for q in np.unique(tree.level[node]):
                 g = torch.as_tensor(tree.level[node] == q)
-                nh[g] = self.qblocks[int(q)][t](h[g])
+                gd = g.to(dev)
+                nh[gd] = self.qblocks[int(q)][t](h[gd])
                 blocks_run += int(g.sum())
                 cost[idx[g.numpy()]] += self.costs.block(t, tree.levels[int(q)])
             h = nh

@@ -15,21 +15,23 @@ from tqdm.auto import tqdm
 from .artifacts import atomic_write_bytes, content_hash, load_or_build
 from .baselines import BestSingle, ConfidenceExit, Oracle, PerExitConfidence, RandomRouting, StaticQuant
 from .config import Config, ConfigError
-from .data import load_dataset
 from .paths import FEATURE_NAMES
-from .pipeline import Prepared, _cache_dir, peak_memory_mb, prepare
+from .pipeline import Prepared, _cache_dir, load_data, peak_memory_mb, prepare
 from .policy import QueePolicy, lambda_grid, select_for_budget
-from .predictors import CrossFitted, ErrorPredictor, OptionSpace, fit_cross_fitted, predictor_quality
+from .predictors import (CrossFitted, OptionSpace, exit_now_rows, fit_cross_fitted, predictor_from_state,
+                         predictor_quality, quality_metrics)
 
-__all__ = ["Study", "run_study", "paired_bootstrap", "run_pipeline", "check_config_against_data",
+__all__ = ["Study", "run_study", "paired_bootstrap", "hierarchical_bootstrap", "quality_table", "run_pipeline", "check_config_against_data",
            "QUEE_VARIANTS", "budget_tables", "curves_table", "c_min_sat", "method_points", "select_points",
            "points_auc"]
 
-# name -> (predictor overrides, option restriction)
+# name -> (predictor overrides, option restriction); "quee" uses the config's predictor as it is.
 QUEE_VARIANTS = {
     "quee": ({}, "all"),
-    "quee-raw": ({"targets": "raw"}, "all"),
-    "quee-nohist": ({"history": False}, "all"),
+    "quee-binned": ({"kind": "binned"}, "all"),
+    "quee-mlp": ({"kind": "mlp"}, "all"),
+    "quee-raw": ({"kind": "mlp", "targets": "raw"}, "all"),
+    "quee-nohist": ({"kind": "mlp", "history": False}, "all"),
     "quee-exit-only": ({}, "exit-only"),
     "quee-quant-only": ({}, "quant-only"),
 }
@@ -43,10 +45,28 @@ def paired_bootstrap(diff: np.ndarray, n: int = 2000, seed: int = 0) -> tuple[fl
     return float(diff.mean()), float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
 
 
+def hierarchical_bootstrap(diffs: np.ndarray, n: int = 2000, seed: int = 0, chunk: int = 100
+                           ) -> tuple[float, float, float]:
+    """Mean and 95% interval of paired differences ``diffs`` (S seeds, N test samples) that resamples
+    seeds *and* test samples: each replicate draws S seeds and N samples with replacement and averages
+    the drawn seeds' differences on the drawn samples. The test samples are the same for every seed
+    (a crossed design), so one sample draw serves all drawn seeds. With one seed it is
+    :func:`paired_bootstrap`'s interval over samples alone."""
+    d = np.asarray(diffs, dtype=np.float32)
+    S, N = d.shape
+    rng = np.random.default_rng(seed)
+    means = []
+    for c in range(0, n, chunk):
+        k = min(chunk, n - c)
+        si, xi = rng.integers(0, S, (k, S)), rng.integers(0, N, (k, N))
+        means.append(d[si[:, :, None], xi[:, None, :]].mean((1, 2)))
+    means = np.concatenate(means)
+    return float(d.mean()), float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+
+
 def check_config_against_data(cfg: Config) -> None:
     """Checks that need the split sizes (cheap: loads the arrays, trains nothing)."""
-    data = load_dataset(cfg.data.name, split_seed=cfg.data.split_seed,
-                        sizes=tuple(cfg.data.sizes) if cfg.data.sizes else None)
+    data = load_data(cfg)
     fold = len(data.calib) * (cfg.predictor.folds - 1) // cfg.predictor.folds
     if cfg.predictor.targets == "kmeans" and cfg.predictor.K > fold:
         raise ConfigError(f"config: predictor.K must be <= the calib samples of a training fold ({fold}) "
@@ -85,30 +105,32 @@ class Study:
         """The :class:`~quee_kit.engine.DynamicModel` running ``method`` (a QuEE variant) at ``budget``."""
         from .engine import DynamicModel
         (entry, lam), _ = self.select(method, budget)
-        p, prep = self.predictors[method], self.prep
-        return DynamicModel(prep.model, prep.qblocks, prep.costs, p["models"], p["columns"], self.opts,
-                            entry, lam, self.methods[method].mask)
+        p, m, prep = self.predictors[method], self.methods[method], self.prep
+        return DynamicModel(prep.model, prep.qblocks, prep.costs, p["final"], self.opts, entry, lam, m.mask,
+                            m.call_cost)
+
+
+# Bump when the fitting procedure changes, so that predictors fitted the old way are rebuilt.
+PREDICTOR_FIT_VERSION = 2
 
 
 def _fit_variant(prep: Prepared, opts: OptionSpace, pcfg, seed: int, progress: bool):
-    """Cross-fitted predictors for one predictor config; fold models cached as an artifact."""
-    key = content_hash("predictors", prep.model_hash, prep.data.digest, [l.name for l in prep.levels],
-                       prep.tree.family, dataclasses.asdict(pcfg), seed, dataclasses.asdict(prep.cfg.quant),
-                       FEATURE_NAMES)  # a change of features makes old predictors stale
+    """Cross-fitted predictors for one predictor config (fold predictors + one refitted on all of calib),
+    cached as an artifact; their calib (out-of-fold) and test estimates and the cost of one call."""
+    key = content_hash("predictors", PREDICTOR_FIT_VERSION, prep.model_hash, prep.data.digest,
+                       [l.name for l in prep.levels], prep.tree.family, dataclasses.asdict(pcfg), seed,
+                       dataclasses.asdict(prep.cfg.quant), FEATURE_NAMES)  # a change of features makes old ones stale
     path = _cache_dir(prep.cfg) / f"predictors-{key[:16]}.pt"
 
     def build():
         cf = fit_cross_fitted(prep.caches["calib"], opts, pcfg, seed, progress)
-        return {"models": [m.state_dict() for m in cf.models], "folds": cf.folds, "columns": cf.columns}
+        return {"folds": [m.state() for m in cf.folds], "final": cf.final.state(), "fold_of": cf.fold_of}
 
     art = load_or_build(path, key, build, what="predictors")
-    models = []
-    for sd in art["models"]:
-        m = ErrorPredictor(len(art["columns"]), opts.n_options, prep.tree.L, pcfg.hidden, pcfg.layers, pcfg.shared)
-        m.load_state_dict(sd)
-        models.append(m.eval())
-    cf = CrossFitted(models, art["folds"], art["columns"])
-    return {**cf.predict(prep.caches["calib"], prep.caches["test"], opts), "models": models, "columns": cf.columns}
+    cf = CrossFitted([predictor_from_state(s) for s in art["folds"]], predictor_from_state(art["final"]),
+                     art["fold_of"])
+    return {**cf.predict(prep.caches["calib"], prep.caches["test"], opts), "final": cf.final,
+            "call_cost": prep.costs.call_cost(cf.final.macs)}
 
 
 def run_study(cfg: Config, progress: bool = True, variants: dict | None = None, prep: Prepared | None = None) -> Study:
@@ -123,15 +145,14 @@ def run_study(cfg: Config, progress: bool = True, variants: dict | None = None, 
     t1 = time.perf_counter()
     for name, (pover, variant) in (variants or QUEE_VARIANTS).items():
         pcfg = dataclasses.replace(cfg.predictor, **pover)
-        pkey = json.dumps(pover, sort_keys=True)
+        pkey = json.dumps(dataclasses.asdict(pcfg), sort_keys=True)   # variants with one config share one fit
         if pkey not in fitted:
             fitted[pkey] = _fit_variant(prep, opts, pcfg, cfg.seed, progress)
             quality[name] = predictor_quality(fitted[pkey]["test"], caches["test"], opts)
         predictors[name] = fitted[pkey]
-        methods[name] = QueePolicy(name, fitted[pkey], caches, opts, lambdas, variant)
-    # Every predictor call is charged (the MLP's MACs at reference bits; all variants share its size).
-    prep.costs.set_predictor_macs(next(iter(fitted.values()))["models"][0].macs if fitted else 0)
-    opts.set_predictor_cost(prep.costs.predictor_call)
+        # every call is charged: the cost of one call of the predictor that made the estimates
+        methods[name] = QueePolicy(name, fitted[pkey], caches, opts, lambdas, variant,
+                                   call_cost=fitted[pkey]["call_cost"])
     timings["predictor_seconds"] = time.perf_counter() - t1
     static = StaticQuant(caches)
     ee_all = ConfidenceExit(caches, None, "ee-confidence@q")
@@ -190,7 +211,11 @@ def c_min_sat(study: Study) -> tuple[float, float]:
 
 
 def budget_tables(studies: list[Study], budgets, n_boot: int, auc_range) -> tuple[pd.DataFrame, dict]:
-    """Per-seed and seed-pooled budget rows, and per-method AUC over ``auc_range``."""
+    """Per-seed and seed-pooled budget rows, and per-method AUC over ``auc_range``.
+
+    Per-seed rows: the paired bootstrap over test samples. Pooled rows (``seed == "all"``): the
+    seed-mean difference with :func:`hierarchical_bootstrap` (seeds and test samples resampled), so a
+    "significant" pooled difference does not hinge on which backbones were trained."""
     names = list(studies[0].methods)
     rows = []
     for b in budgets:
@@ -210,8 +235,7 @@ def budget_tables(studies: list[Study], budgets, n_boot: int, auc_range) -> tupl
                 feasible.append(ok)
                 accs.append(out.accuracy)
                 costs.append(out.mean_cost)
-            # Pooled over seeds: the same test samples, so resample samples of the seed-mean difference.
-            m, lo, hi = paired_bootstrap(np.mean(diffs, 0), n_boot, seed=123)
+            m, lo, hi = hierarchical_bootstrap(np.array(diffs), n_boot, seed=123)
             rows.append({"method": name, "budget": b, "split": "test", "entry": "", "lambda": np.nan,
                          "cost": float(np.mean(costs)), "accuracy": float(np.mean(accs)),
                          "diff_vs_best_single": m, "diff_lo": lo, "diff_hi": hi, "seed": "all",
@@ -219,6 +243,45 @@ def budget_tables(studies: list[Study], budgets, n_boot: int, auc_range) -> tupl
                          "cost_std": float(np.std(costs))})
     auc = {name: [points_auc(s.points[name], auc_range) for s in studies] for name in names}
     return pd.DataFrame(rows), auc
+
+
+def core_auc(studies: list[Study]) -> dict[str, list[float]]:
+    """Per method and seed, the AUC over that seed's [c_min, c_sat] (both from calib): the budgets where
+    methods can differ (above c_sat a cheap static level already matches the reference)."""
+    ranges = [c_min_sat(s) for s in studies]
+    return {name: [points_auc(s.points[name], r) for s, r in zip(studies, ranges)] for name in studies[0].methods}
+
+
+def _quality_row(variant, depth, split, seed, p, wrong, conf) -> dict:
+    return {"variant": variant, "depth": depth, "split": split, "seed": seed,
+            **quality_metrics(p, wrong, conf)}
+
+
+def quality_table(studies: list[Study], budgets) -> pd.DataFrame:
+    """Quality of every QuEE method's exit-now estimates (Brier, ECE, AUROC beside 1 - max prob's):
+    per depth 1..L-1 and ``all`` on calib (out-of-fold) and test, and on test at the (node, sample)
+    decisions the method's budget-rule choice makes at each budget (``depth = visited@<budget>``)."""
+    rows = []
+    for s in studies:
+        seed, L = s.prep.cfg.seed, s.prep.tree.L
+        for name, m in s.methods.items():
+            if not isinstance(m, QueePolicy):
+                continue
+            for split in ("calib", "test"):
+                p, wrong, conf, depth = exit_now_rows(m.err_hat[split], s.prep.caches[split], s.opts)
+                for t in [*range(1, L), "all"]:
+                    k = slice(None) if t == "all" else depth == t
+                    rows.append(_quality_row(name, str(t), split, seed, p[k], wrong[k], conf[k]))
+            cache = s.prep.caches["test"]
+            for b in budgets:
+                node, sample = m.visited("test", s.select(name, b)[0])
+                if len(node):
+                    p = m.err_hat["test"][node, sample, s.opts.exit_option[node]]
+                    wrong = (~cache.correct_np[node, sample]).astype(float)
+                    rows.append(_quality_row(name, f"visited@{b:g}", "test", seed, p, wrong,
+                                             cache.features[node, sample, 0].numpy()))
+    cols = ["variant", "depth", "split", "seed", "n", "brier", "ece", "auroc", "auroc_maxprob", "error_rate"]
+    return pd.DataFrame(rows)[cols]
 
 
 def curves_table(studies: list[Study]) -> pd.DataFrame:
@@ -250,9 +313,18 @@ def run_pipeline(cfg: Config, out: Path, progress: bool = True) -> dict:
     curves = curves_table(studies)
     _atomic_csv(curves, out / "curves.csv")
     _atomic_csv(budgets, out / "budgets.csv")
+    _atomic_csv(quality_table(studies, cfg.eval.budgets), out / "predictor_quality.csv")
     cmins = [c_min_sat(s) for s in studies]
-    auc_mean = {k: float(np.mean(v)) for k, v in auc.items()}
-    gap = auc_mean["oracle"] - auc_mean["best-single"]
+    auc_core = core_auc(studies)
+
+    def auc_summary(a):
+        return {k: {"mean": float(np.mean(v)), "std": float(np.std(v)), "per_seed": v} for k, v in a.items()}
+
+    def gap_share(a):
+        mean = {k: float(np.mean(v)) for k, v in a.items()}
+        gap = mean["oracle"] - mean["best-single"]
+        return {k: (mean[k] - mean["best-single"]) / gap if gap > 0 else None for k in mean}
+
     summary = {
         "config": dataclasses.asdict(cfg),
         "seeds": list(cfg.eval.seeds),
@@ -261,11 +333,12 @@ def run_pipeline(cfg: Config, out: Path, progress: bool = True) -> dict:
                                "calib": [float(s.points["static-quant"]["acc_calib"].iloc[0]) for s in studies]},
         "c_min": [c[0] for c in cmins], "c_sat": [c[1] for c in cmins],
         "tree_nodes": len(studies[0].prep.tree),
-        "predictor_call_cost": studies[0].opts.predictor_cost,
+        "predictor_call_cost": {k: m.call_cost for k, m in studies[0].methods.items() if isinstance(m, QueePolicy)},
         "auc_range": list(cfg.eval.auc_range),
-        "auc": {k: {"mean": auc_mean[k], "std": float(np.std(v)), "per_seed": v} for k, v in auc.items()},
-        "oracle_gap_share": {k: (auc_mean[k] - auc_mean["best-single"]) / gap if gap > 0 else None
-                             for k in auc_mean},
+        "auc_core": auc_summary(auc_core),
+        "auc": auc_summary(auc),
+        "oracle_gap_share_core": gap_share(auc_core),
+        "oracle_gap_share": gap_share(auc),
         "predictors": {name: [s.quality.get(name) for s in studies] for name in studies[0].quality},
         "timings": {"total_seconds": time.perf_counter() - t0, "per_seed": [s.timings for s in studies],
                     "peak_memory_mb": peak_memory_mb()},
@@ -275,5 +348,5 @@ def run_pipeline(cfg: Config, out: Path, progress: bool = True) -> dict:
         pooled = budgets[budgets.seed == "all"]
         show = pooled[pooled.method.isin(["quee", "best-single", "oracle", "static-quant", "ee-confidence"])]
         print(show.pivot_table(index="method", columns="budget", values="accuracy").round(4).to_string())
-        print(f"wrote {out}/curves.csv, budgets.csv, summary.json in {summary['timings']['total_seconds']:.0f} s")
+        print(f"wrote {out}/curves.csv, budgets.csv, predictor_quality.csv, summary.json in {summary['timings']['total_seconds']:.0f} s")
     return summary

@@ -98,6 +98,7 @@ class ViTBlock(nn.Module):
 
 class ExitHead(nn.Module):
     """LayerNorm + Linear on the CLS token: (B, N, D) -> (B, num_classes)."""
+    reads_cls = True  # reads h[:, 0] only: heads-only training can cache CLS features instead of states
 
     def __init__(self, dim: int, num_classes: int):
         super().__init__()
@@ -170,3 +171,7 @@ def build_resmlp(cfg, image_shape: tuple[int, int, int], num_classes: int) -> Ea
 def build_model(cfg, image_shape, num_classes: int) -> EarlyExitModel:
     """Build the backbone named by ``cfg.arch`` (a :class:`~quee_kit.config.ModelConfig`)."""
     return BACKBONES[cfg.arch](cfg, tuple(image_shape), num_classes)
+
+
+# Registers the "timm" backbone (imported last: it uses register_backbone; timm itself loads lazily).
+from . import timm_backbones  # noqa: E402,F401

@@ -21,7 +21,7 @@ from .models import EarlyExitModel
 from .quant import Level
 
 __all__ = ["FAMILIES", "PathTree", "PathCache", "build_path_cache", "softmax_features", "compact_features",
-           "FEATURE_NAMES", "HISTORY_FEATURES"]
+           "FEATURE_NAMES", "HISTORY_FEATURES", "DISCRETE_FEATURES"]
 
 FAMILIES = ("monotone", "free", "uniform")
 
@@ -29,6 +29,7 @@ FAMILIES = ("monotone", "free", "uniform")
 FEATURE_NAMES = ["max_prob", "margin", "entropy", "p2", "p3", "log_odds", "logit_margin", "depth", "level",
                  "prev_max_prob", "agree_prev"]
 HISTORY_FEATURES = ("prev_max_prob", "agree_prev")
+DISCRETE_FEATURES = ("depth", "level", "agree_prev")  # kept out of clustering spaces
 
 
 class PathTree:

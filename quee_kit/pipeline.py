@@ -6,6 +6,7 @@ built it, so notebooks and the CLI share one trained model and one cache per spl
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import resource
 import time
 from dataclasses import dataclass, field
@@ -18,12 +19,12 @@ from .artifacts import content_hash, load_or_build, tensor_digest
 from .config import PROJECT_ROOT, Config
 from .costs import CostModel
 from .data import Dataset, load_dataset
-from .models import EarlyExitModel, build_model
+from .models import BACKBONES, EarlyExitModel, build_model
 from .paths import PathCache, PathTree, _features, build_path_cache
-from .quant import Level, apply_level, parse_level
+from .quant import FLOAT_BITS, REF_DTYPES, CastBlock, Level, apply_level, parse_level
 from .train import train_early_exit
 
-__all__ = ["Prepared", "prepare", "sorted_levels", "exits_table", "peak_memory_mb"]
+__all__ = ["Prepared", "prepare", "sorted_levels", "exits_table", "peak_memory_mb", "load_data"]
 
 
 def sorted_levels(names: list[str]) -> list[Level]:
@@ -62,9 +63,41 @@ def _cache_dir(cfg: Config) -> Path:
     return p if p.is_absolute() else PROJECT_ROOT / p
 
 
+def load_data(cfg: Config) -> Dataset:
+    """The dataset of ``cfg.data`` (image folders decoded with the backbone's own eval transform, asked
+    for only by the loaders that need it)."""
+    d = cfg.data
+    input_config = getattr(BACKBONES.get(cfg.model.arch), "input_config", None)
+    return load_dataset(d.name, split_seed=d.split_seed, sizes=tuple(d.sizes) if d.sizes else None,
+                        data_dir=d.root, download=d.download, verify=d.verify, workers=d.workers,
+                        image_size=d.image_size,
+                        input_config=(lambda: input_config(cfg.model)) if input_config else None)
+
+
+def _weights_digest(mcfg) -> str:
+    """sha256 of a local checkpoint file ('' without one), so a changed file retrains the exits."""
+    if mcfg.checkpoint is None:
+        return ""
+    h = hashlib.sha256()
+    with open(mcfg.checkpoint, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _device_stats(device: str) -> dict:
+    if not str(device).startswith("cuda"):
+        return {}
+    peak = torch.cuda.max_memory_allocated() / 2 ** 20
+    torch.cuda.reset_peak_memory_stats()  # the next stage reports its own peak
+    return {"cuda_peak_memory_mb": peak}
+
+
 def _train_model(cfg: Config, data: Dataset, progress: bool) -> dict:
     model = build_model(cfg.model, data.image_shape, data.num_classes)
-    stats = train_early_exit(model, data.train, cfg.model, seed=cfg.seed, device=cfg.device, progress=progress)
+    stats = train_early_exit(model, data.train, cfg.model, seed=cfg.seed, device=cfg.device, progress=progress,
+                             heads_only=cfg.model.train == "heads")
+    stats.update(_device_stats(cfg.device))
     return {"state_dict": {k: v.cpu() for k, v in model.state_dict().items()}, "train": stats}
 
 
@@ -72,15 +105,19 @@ def prepare(cfg: Config, splits: tuple[str, ...] = ("calib", "test"), progress: 
     """Load or build the trained model and the path cache of each split in ``splits``."""
     timings: dict = {}
     torch.manual_seed(cfg.seed)
-    data = load_dataset(cfg.data.name, split_seed=cfg.data.split_seed,
-                        sizes=tuple(cfg.data.sizes) if cfg.data.sizes else None)
-    model_key = content_hash("model", dataclasses.asdict(cfg.model), data.digest, cfg.seed)
+    data = load_data(cfg)
+    model_key = content_hash("model", dataclasses.asdict(cfg.model), data.digest, cfg.seed,
+                             *([_weights_digest(cfg.model)] if cfg.model.checkpoint else []))
     t0 = time.perf_counter()
     ckpt = load_or_build(_cache_dir(cfg) / f"model-{model_key[:16]}.pt", model_key,
                          lambda: _train_model(cfg, data, progress), what="checkpoint")
     timings["train_seconds"] = ckpt["train"]["seconds"]
+    # heads-only: the backbone pass and head training apart; on CUDA, the stage's peak memory
+    timings.update({f"train_{k}": v for k, v in ckpt["train"].items() if k != "seconds" and isinstance(v, (int, float))})
     timings["load_or_train_seconds"] = time.perf_counter() - t0
-    model = build_model(cfg.model, data.image_shape, data.num_classes)
+    # The trained weights are all in the checkpoint: rebuild the architecture without fetching any.
+    model = build_model(dataclasses.replace(cfg.model, pretrained=False, checkpoint=None), data.image_shape,
+                        data.num_classes)
     model.load_state_dict(ckpt["state_dict"])
     model.to(cfg.device).eval()
     levels = sorted_levels(cfg.quant.levels)
@@ -90,6 +127,10 @@ def prepare(cfg: Config, splits: tuple[str, ...] = ("calib", "test"), progress: 
     tree = PathTree(levels, model.depth, cfg.paths.family)
     qblocks = {i: [apply_level(b, lv, q.act_granularity, q.clip_percentile, q.quantize_attention)
                    for b in model.blocks] for i, lv in enumerate(levels)}
+    if q.ref_dtype != "float32":  # float levels (the reference) run in that dtype
+        for i, lv in enumerate(levels):
+            if min(lv.w_bits, lv.a_bits) >= FLOAT_BITS:
+                qblocks[i] = [CastBlock(b, REF_DTYPES[q.ref_dtype]) for b in qblocks[i]]
     weights = tensor_digest(model.state_dict())
     prep = Prepared(cfg, data, model, levels, costs, tree, qblocks, timings=timings, model_hash=weights)
     for split in splits:
@@ -101,13 +142,15 @@ def load_cache(prep: Prepared, split: str, progress: bool = True) -> PathCache:
     """Load or build the path cache of ``split`` (keyed by data, weights, levels, family, quant options)."""
     cfg, q = prep.cfg, prep.cfg.quant
     key = content_hash("cache", prep.data.digest, split, prep.model_hash, [l.name for l in prep.levels],
-                       cfg.paths.family, q.act_granularity, q.clip_percentile, q.quantize_attention)
+                       cfg.paths.family, q.act_granularity, q.clip_percentile, q.quantize_attention,
+                       *([q.ref_dtype] if q.ref_dtype != "float32" else []))  # default keys unchanged
     sp = prep.data.split(split)
 
     def build():
         c = build_path_cache(prep.model, prep.qblocks, prep.tree, prep.costs, sp.x, sp.y,
                              cfg.paths.batch_size, cfg.device, progress, desc=f"{split} cache")
         c.stats["peak_memory_mb"] = peak_memory_mb()
+        c.stats.update(_device_stats(cfg.device))
         return {"logits": c.logits, "y": c.y, "node_cost": c.node_cost, "static_cost": c.static_cost,
                 "stats": c.stats}
 

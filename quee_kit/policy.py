@@ -2,7 +2,9 @@
 
 At node t with trade-off λ >= 0: ``a* = argmin_a ê_a + λ · cost_a`` over exit-now and every
 plan (m, q') the family allows; exit if a* is exit-now, else run only block t+1 at q' and
-decide again. Every decision consults the predictor once and pays its cost.
+decide again. Every decision that consults the predictor pays one call; a decision that err_hat
+cannot change (a single allowed option, or λ so large that exiting wins whatever err_hat says) is
+taken without a call (:func:`call_needed`).
 """
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ from .budget_rule import select_for_budget  # re-exported: the rule is shared, t
 from .paths import PathCache
 from .predictors import OptionSpace
 
-__all__ = ["Outcome", "make_outcome", "simulate", "simulate_many", "option_mask", "lambda_grid", "select_for_budget",
+__all__ = ["Outcome", "make_outcome", "call_needed", "simulate", "simulate_many", "option_mask", "lambda_grid", "select_for_budget",
            "QueePolicy", "VARIANTS"]
 
 # Option restrictions of the QuEE ablations (SPEC §2.6).
@@ -56,19 +58,40 @@ def option_mask(opts: OptionSpace, variant: str = "all") -> np.ndarray:
     return m
 
 
-def simulate_many(E: np.ndarray, cache: PathCache, opts: OptionSpace, lams: np.ndarray, entry: int,
-                  mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def call_needed(opts: OptionSpace, mask: np.ndarray, call_cost: float, lams) -> np.ndarray:
+    """(len(lams), n_nodes) bool: whether the rule must call the predictor at a node for each λ.
+
+    err_hat cannot change the choice where a single option is allowed, or where exit-now is allowed and
+    ``λ · (cheapest allowed plan) >= 1``: err_hat is in [0, 1], so every plan then scores at least as much
+    as exiting, and ties go to exit-now (the lowest option index at its node). There no call is made.
+    """
+    plans = mask & (opts.next_node >= 0)
+    min_plan = np.where(plans, opts.delta_cost(call_cost), np.inf).min(1)
+    exit_ok = mask[np.arange(len(mask)), opts.exit_option]
+    with np.errstate(invalid="ignore"):                     # 0 · inf (no plan at all): not free, single
+        free = exit_ok & (np.asarray(lams, dtype=float)[:, None] * min_plan[None, :] >= 1)
+    return (mask.sum(1) > 1)[None, :] & ~free
+
+
+def simulate_many(err_hat: np.ndarray, cache: PathCache, opts: OptionSpace, lams: np.ndarray, entry: int,
+                  mask: np.ndarray | None = None, call_cost: float = 0.0, visits: list | None = None
+                  ) -> tuple[np.ndarray, np.ndarray]:
     """The receding-horizon rule for every sample and every λ in ``lams`` at once.
 
-    E: (n_nodes, N, O) predicted error probabilities; lams: (K,) values >= 0; entry: level index
-    of block 1. Returns (node, cost), both (K, N): where each sample exits and what it paid.
+    err_hat: (n_nodes, N, O) predicted error probabilities; lams: (K,) values >= 0; entry: level index
+    of block 1; call_cost: normalized cost of one predictor call (charged for every call made).
+    Returns (node, cost), both (K, N): where each sample exits and what it paid. ``visits``, when a
+    list, receives one (lam index, node, sample) triple of arrays per decision step that called the
+    predictor.
     """
     lams = np.atleast_1d(np.asarray(lams, dtype=float))
     if (lams < 0).any() or not np.isfinite(lams).all():
         raise ValueError(f"lambda must be a finite float >= 0 (got {lams[(lams < 0) | ~np.isfinite(lams)][0]})")
     tree = opts.tree
     mask = opts.valid if mask is None else mask
-    K, N = len(lams), E.shape[1]
+    delta = opts.delta_cost(call_cost)
+    need = call_needed(opts, mask, call_cost, lams)              # (K, n_nodes)
+    K, N = len(lams), err_hat.shape[1]
     cur = np.full(K * N, tree.entry[entry])
     sample = np.tile(np.arange(N), K)
     lam = np.repeat(lams, N)
@@ -79,21 +102,24 @@ def simulate_many(E: np.ndarray, cache: PathCache, opts: OptionSpace, lams: np.n
         if not len(ai):
             break
         nodes = cur[ai]
-        score = np.where(mask[nodes], E[nodes, sample[ai]] + lam[ai, None] * opts.delta_cost[nodes], np.inf)
+        score = np.where(mask[nodes], err_hat[nodes, sample[ai]] + lam[ai, None] * delta[nodes], np.inf)
         a = score.argmin(1)
-        calls[ai] += 1
+        called = need[ai // N, nodes]
+        calls[ai[called]] += 1
+        if visits is not None:
+            visits.append((ai[called] // N, nodes[called], sample[ai[called]]))
         nxt = opts.next_node[nodes, a]
         go = nxt >= 0
         active[ai[~go]] = False
         cur[ai[go]] = nxt[go]
-    cost = cache.node_cost[cur] + calls * opts.predictor_cost
+    cost = cache.node_cost[cur] + calls * call_cost
     return cur.reshape(K, N), cost.reshape(K, N)
 
 
-def simulate(E: np.ndarray, cache: PathCache, opts: OptionSpace, lam: float, entry: int,
-             mask: np.ndarray | None = None) -> Outcome:
+def simulate(err_hat: np.ndarray, cache: PathCache, opts: OptionSpace, lam: float, entry: int,
+             mask: np.ndarray | None = None, call_cost: float = 0.0) -> Outcome:
     """The receding-horizon rule at one λ: an :class:`Outcome` for every sample of ``cache``."""
-    node, cost = simulate_many(E, cache, opts, np.array([lam]), entry, mask)
+    node, cost = simulate_many(err_hat, cache, opts, np.array([lam]), entry, mask, call_cost)
     return make_outcome(cache, node[0], cost[0])
 
 
@@ -103,27 +129,41 @@ def lambda_grid(n: int) -> np.ndarray:
 
 
 class QueePolicy:
-    """QuEE (or an ablation) as a method: knobs are (entry level index, λ)."""
+    """QuEE (or an ablation) as a method: knobs are (entry level index, λ).
 
-    def __init__(self, name: str, E: dict[str, np.ndarray], caches: dict[str, PathCache],
-                 opts: OptionSpace, lambdas: np.ndarray, variant: str = "all", mask: np.ndarray | None = None):
+    err_hat[split]: (n_nodes, N, O) predictions (out-of-fold on calib); call_cost: normalized cost of one
+    call of the predictor that made them.
+    """
+
+    def __init__(self, name: str, err_hat: dict[str, np.ndarray], caches: dict[str, PathCache],
+                 opts: OptionSpace, lambdas: np.ndarray, variant: str = "all", mask: np.ndarray | None = None,
+                 call_cost: float = 0.0):
         """``mask`` (n_nodes, O), when given, replaces the variant's option restriction."""
-        self.name, self.E, self.caches, self.opts = name, E, caches, opts
+        self.name, self.err_hat, self.caches, self.opts, self.call_cost = name, err_hat, caches, opts, call_cost
         self.mask = option_mask(opts, variant) if mask is None else mask
         self.knobs = [(q, float(l)) for q in range(len(opts.tree.levels)) for l in lambdas]
 
     def outcome(self, split: str, knob) -> Outcome:
         q, lam = knob
-        return simulate(self.E[split], self.caches[split], self.opts, lam, q, self.mask)
+        return simulate(self.err_hat[split], self.caches[split], self.opts, lam, q, self.mask, self.call_cost)
 
     def outcomes(self, split: str) -> list[Outcome]:
         """Every knob at once (all λ of an entry level in one vectorized pass)."""
         out, cache = [], self.caches[split]
         for q in sorted({k[0] for k in self.knobs}):
             lams = np.array([k[1] for k in self.knobs if k[0] == q])
-            node, cost = simulate_many(self.E[split], cache, self.opts, lams, q, self.mask)
+            node, cost = simulate_many(self.err_hat[split], cache, self.opts, lams, q, self.mask, self.call_cost)
             out += [make_outcome(cache, n, c) for n, c in zip(node, cost)]
         return out
+
+    def visited(self, split: str, knob) -> tuple[np.ndarray, np.ndarray]:
+        """(node, sample) of every decision that called the predictor at ``knob``."""
+        q, lam = knob
+        steps: list = []
+        simulate_many(self.err_hat[split], self.caches[split], self.opts, np.array([lam]), q, self.mask,
+                      self.call_cost, visits=steps)
+        return (np.concatenate([s[1] for s in steps]) if steps else np.zeros(0, int),
+                np.concatenate([s[2] for s in steps]) if steps else np.zeros(0, int))
 
     def describe(self, knob) -> dict:
         return {"entry": self.opts.tree.levels[knob[0]].name, "lambda": knob[1]}

@@ -1,20 +1,33 @@
-"""Predicting probabilities of error: options, discretized targets, the cross-fitted MLP.
+"""Predicting probabilities of error: options, decision rows, discretized targets, cross-fitted predictors.
 
 At a decision node (depth t < L, level q) the options are **exit now** or a **plan** (m, q'):
 run blocks t+1..m at level q' (allowed by the family) and exit at m. Options are indexed
 ``(m - 1) * n_levels + q'`` over all (m, q') pairs, so one shared MLP covers every depth;
 exit-now at node (t, q) is option ``(t - 1) * n_levels + q``; invalid options are masked.
 
-Targets by discretization (SPEC §2.4): per depth, the predictor-training rows are
-partitioned into cells (k-means on standardized features, or the k nearest neighbours);
-the target of option a for a row is the mean error of a in its cell, shrunk toward the
-depth's mean error of a with ``prior_weight`` pseudo-samples:
-``(errors_in_cell + w * depth_mean) / (count_in_cell + w)``. Unlike +1/+2 Laplace
-smoothing, which pulls a 5% error rate in a 10-sample cell to 17%, this is unbiased at the
-depth level. ``raw`` uses the 0/1 labels themselves (the ablation).
+Two kinds of predictor map a row (a node and a sample) to an estimated error probability ``err_hat``
+for every option:
 
-Cross-fitting: the MLP is trained k-fold over the calib *samples*; calib predictions are
-out-of-fold, test predictions are the mean of the k fold models.
+- ``mlp``: one small MLP on the compact features (:data:`~quee_kit.paths.FEATURE_NAMES`), fitted to
+  soft targets by discretization. Decision nodes are very unequal in number per depth (a monotone
+  tree with 5 levels has 5 depth-1 nodes and 126 depth-5 ones) while low-budget decisions are taken
+  at depth 1-3, so the fitting rows are weighted to give every depth the same total weight, and early
+  stopping watches a depth-balanced loss on samples held out *by sample*.
+- ``binned`` and ``platt`` (:mod:`quee_kit.calibrated`): per node and option, a calibration map of the
+  head's log-odds (histogram bins, or a logistic fit): the confidence the threshold baselines use,
+  calibrated where each decision is taken.
+
+Targets by discretization: rows are grouped per (depth, level) and partitioned into cells on their
+continuous features only (k-means with ``K`` cells on standardized features, or the k nearest
+neighbours); discrete columns (depth, level, agreement) stay out of the clustering space. The target
+of option a for a row is the mean error of a in its cell, shrunk toward the group's mean error with
+``prior_weight`` pseudo-samples, ``(errors_in_cell + w * group_mean) / (count_in_cell + w)``: unbiased
+at the group level, unlike +1/+2 Laplace smoothing (which pulls a 5% error rate in a 10-sample cell
+to 17%). ``raw`` uses the 0/1 labels themselves (the ablation).
+
+Cross-fitting: k fold predictors on the calib *samples* give out-of-fold calib estimates (where λ and
+the entry level are chosen); one predictor of the same kind refitted on all of calib serves test and
+the dynamic engine, so every test decision is exactly one paid call.
 """
 from __future__ import annotations
 
@@ -28,12 +41,16 @@ from sklearn.neighbors import NearestNeighbors
 from torch import nn
 from tqdm.auto import tqdm
 
+from .calibrated import BinnedErrorPredictor, PlattErrorPredictor
 from .costs import mlp_macs
-from .paths import FEATURE_NAMES, HISTORY_FEATURES, PathCache, PathTree
+from .paths import DISCRETE_FEATURES, FEATURE_NAMES, HISTORY_FEATURES, PathCache, PathTree
 
-__all__ = ["OptionSpace", "feature_columns", "discretized_targets", "ErrorPredictor", "fit_cross_fitted",
-           "CrossFitted",
-           "predictor_quality", "exit_now_rows"]
+CALIBRATED = {"binned": BinnedErrorPredictor, "platt": PlattErrorPredictor}
+
+__all__ = ["OptionSpace", "DecisionRows", "decision_rows", "feature_columns", "discretized_targets",
+           "depth_balanced_weights", "subsample_by_depth", "holdout_by_sample",
+           "ErrorPredictor", "fit_predictor", "predictor_from_state", "fit_cross_fitted", "CrossFitted",
+           "predict_nodes", "exit_now_rows", "quality_metrics", "predictor_quality", "expected_calibration_error"]
 
 
 class OptionSpace:
@@ -41,10 +58,11 @@ class OptionSpace:
 
     ``target[n, o]``: node reached by option o from node n (-1 if invalid), ``valid`` its mask,
     ``next_node[n, o]``: the node one block ahead (-1 for exit-now), ``exit_option[n]``,
-    ``delta_cost[n, o]``: normalized cost-to-go (blocks, heads and future predictor calls).
+    ``block_delta[n, o]``: normalized cost-to-go of the blocks and heads, ``calls[n, o]``: predictor
+    calls on the way; :meth:`delta_cost` adds what those calls cost.
     """
 
-    def __init__(self, tree: PathTree, node_cost: np.ndarray, predictor_cost: float = 0.0):
+    def __init__(self, tree: PathTree, node_cost: np.ndarray):
         nq, L, n = len(tree.levels), tree.L, len(tree)
         self.n_options, self.n_levels = L * nq, nq
         self.target = np.full((n, self.n_options), -1, dtype=np.int64)
@@ -64,13 +82,12 @@ class OptionSpace:
                     self.calls[node, o] = (m - t) if m < L else (m - t - 1)  # decisions on the way
         self.valid = self.target >= 0
         tgt = np.where(self.valid, self.target, 0)
-        self.base_delta = np.where(self.valid, node_cost[tgt] - node_cost[:, None], 0.0)  # invalid: masked
-        self.set_predictor_cost(predictor_cost)
+        self.block_delta = np.where(self.valid, node_cost[tgt] - node_cost[:, None], 0.0)  # invalid: masked
         self.tree = tree
 
-    def set_predictor_cost(self, c: float) -> None:
-        self.predictor_cost = c
-        self.delta_cost = self.base_delta + self.calls * c
+    def delta_cost(self, call_cost: float = 0.0) -> np.ndarray:
+        """(n_nodes, O) normalized cost-to-go of every option, predictor calls at ``call_cost`` each."""
+        return self.block_delta + self.calls * call_cost
 
     def option_level(self, o: np.ndarray) -> np.ndarray:
         return o % self.n_levels
@@ -83,50 +100,65 @@ def feature_columns(history: bool = True) -> list[int]:
     return [i for i, f in enumerate(FEATURE_NAMES) if history or f not in HISTORY_FEATURES]
 
 
-def _errors(cache: PathCache, opts: OptionSpace, nodes: np.ndarray, samples: np.ndarray) -> np.ndarray:
-    """0/1 errors (rows = nodes x samples, options) with NaN for invalid options."""
-    err = (~cache.correct).numpy()                                   # (n_nodes, N)
-    tgt = opts.target[nodes]                                         # (nn, O)
-    e = err[np.where(tgt >= 0, tgt, 0)][:, :, samples]               # (nn, O, S)
-    e = np.where((tgt >= 0)[:, :, None], e, np.nan).astype(np.float32)
-    return e.transpose(0, 2, 1).reshape(-1, opts.n_options)
+@dataclass
+class DecisionRows:
+    """One row per (decision node, sample), node-major. x: (R, F) every feature column; wrong: (R, O)
+    0/1 true errors of every option, NaN where invalid; depth, level, node, sample: (R,) ints."""
+    x: np.ndarray
+    wrong: np.ndarray
+    depth: np.ndarray
+    level: np.ndarray
+    node: np.ndarray
+    sample: np.ndarray
 
 
-def discretized_targets(X: np.ndarray, E: np.ndarray, depth: np.ndarray, scheme: str, K: int = 8,
+def decision_rows(cache: PathCache, opts: OptionSpace, samples: np.ndarray, nodes: np.ndarray | None = None
+                  ) -> DecisionRows:
+    """Rows of ``samples`` at ``nodes`` (default: every decision node, depth < L)."""
+    tree = opts.tree
+    nodes = np.flatnonzero(tree.depth < tree.L) if nodes is None else np.asarray(nodes)
+    x = cache.features[nodes][:, samples].reshape(-1, len(FEATURE_NAMES)).numpy()
+    tgt = opts.target[nodes]                                                  # (nn, O)
+    wrong = (~cache.correct).numpy()[np.where(tgt >= 0, tgt, 0)][:, :, samples]  # (nn, O, S)
+    wrong = np.where((tgt >= 0)[:, :, None], wrong, np.nan).astype(np.float32)
+    S = len(samples)
+    return DecisionRows(x, wrong.transpose(0, 2, 1).reshape(-1, opts.n_options), np.repeat(tree.depth[nodes], S),
+                        np.repeat(tree.level[nodes], S), np.repeat(nodes, S), np.tile(np.asarray(samples), len(nodes)))
+
+
+def discretized_targets(Z: np.ndarray, wrong: np.ndarray, group: np.ndarray, scheme: str, K: int = 8,
                         knn_k: int = 50, prior_weight: float = 5.0, seed: int = 0) -> np.ndarray:
     """Soft targets per row and option.
 
-    X: (R, F) features; E: (R, O) 0/1 errors with NaN where invalid; depth: (R,) depth of each
-    row. Returns (R, O) float32 targets (NaN where invalid).
+    Z: (R, F) continuous features (discrete columns left out); wrong: (R, O) 0/1 errors with NaN
+    where invalid; group: (R,) ids of the groups clustered separately (e.g. depth x level).
+    Returns (R, O) float32 targets (NaN where invalid).
     """
     if scheme == "raw":
-        return E.copy()
-    T = np.full_like(E, np.nan)
-    for t in np.unique(depth):
-        rows = np.flatnonzero(depth == t)
-        Xt, Et = X[rows], E[rows]
-        mu, sd = Xt.mean(0), Xt.std(0) + 1e-6
-        Z = (Xt - mu) / sd
-        valid = ~np.isnan(Et)
-        Ez = np.where(valid, Et, 0.0)
-        depth_mean = Ez.sum(0) / np.maximum(valid.sum(0), 1)
+        return wrong.copy()
+    T = np.full_like(wrong, np.nan)
+    for g in np.unique(group):
+        rows = np.flatnonzero(group == g)
+        Zg, Eg = Z[rows], wrong[rows]
+        Zs = (Zg - Zg.mean(0)) / (Zg.std(0) + 1e-6)
+        valid = ~np.isnan(Eg)
+        Ez = np.where(valid, Eg, 0.0)
+        group_mean = Ez.sum(0) / np.maximum(valid.sum(0), 1)
         if scheme == "kmeans":
             k = min(K, len(rows))
             fit_rows = np.random.default_rng(seed).choice(len(rows), min(len(rows), 20000), replace=False)
-            km = KMeans(n_clusters=k, n_init=2, random_state=seed).fit(Z[fit_rows])
-            cell = km.predict(Z)
-            S = np.zeros((k, E.shape[1]))
-            C = np.zeros((k, E.shape[1]))
+            km = KMeans(n_clusters=k, n_init=2, random_state=seed).fit(Zs[fit_rows])
+            cell = km.predict(Zs)
+            S = np.zeros((k, wrong.shape[1]))
+            C = np.zeros((k, wrong.shape[1]))
             np.add.at(S, cell, Ez)
             np.add.at(C, cell, valid)
-            T[rows] = ((S + prior_weight * depth_mean) / (C + prior_weight))[cell]
+            T[rows] = ((S + prior_weight * group_mean) / (C + prior_weight))[cell]
         elif scheme == "knn":
             ref = np.random.default_rng(seed).choice(len(rows), min(len(rows), 20000), replace=False)
-            nn_ = NearestNeighbors(n_neighbors=min(knn_k, len(ref))).fit(Z[ref])
-            idx = nn_.kneighbors(Z, return_distance=False)              # (R_t, k)
-            S = Ez[ref][idx].sum(1)
-            C = valid[ref][idx].sum(1)
-            T[rows] = (S + prior_weight * depth_mean) / (C + prior_weight)
+            nn_ = NearestNeighbors(n_neighbors=min(knn_k, len(ref))).fit(Zs[ref])
+            idx = nn_.kneighbors(Zs, return_distance=False)              # (R_g, k)
+            T[rows] = (Ez[ref][idx].sum(1) + prior_weight * group_mean) / (valid[ref][idx].sum(1) + prior_weight)
         else:
             raise ValueError(f"predictor.targets must be kmeans, knn or raw (got {scheme!r})")
         T[rows] = np.where(valid, T[rows], np.nan)
@@ -134,12 +166,17 @@ def discretized_targets(X: np.ndarray, E: np.ndarray, depth: np.ndarray, scheme:
 
 
 class ErrorPredictor(nn.Module):
-    """MLP: features (R, F) -> error probability logits (R, O). ``shared=False``: one MLP per depth."""
+    """MLP: features (R, len(columns)) -> error-probability logits (R, O). ``shared=False``: one MLP per
+    depth. ``columns`` are the feature columns it reads; ``macs`` the MACs of one call."""
 
-    def __init__(self, n_features: int, n_options: int, depth: int, hidden: int = 32, layers: int = 2,
+    kind = "mlp"
+
+    def __init__(self, columns: list[int], n_options: int, depth: int, hidden: int = 32, layers: int = 2,
                  shared: bool = True):
         super().__init__()
-        sizes = [n_features] + [hidden] * layers + [n_options]
+        self.columns, self.arch = list(columns), dict(n_options=n_options, depth=depth, hidden=hidden,
+                                                        layers=layers, shared=shared)
+        sizes = [len(columns)] + [hidden] * layers + [n_options]
 
         def mlp():
             mods = []
@@ -149,9 +186,9 @@ class ErrorPredictor(nn.Module):
 
         self.shared = shared
         self.nets = nn.ModuleList([mlp() for _ in range(1 if shared else depth)])
-        self.macs = mlp_macs(sizes)  # MACs of one call (one sample at one node)
-        self.register_buffer("mu", torch.zeros(n_features))
-        self.register_buffer("sd", torch.ones(n_features))
+        self.macs = mlp_macs(sizes)
+        self.register_buffer("mu", torch.zeros(len(columns)))
+        self.register_buffer("sd", torch.ones(len(columns)))
 
     def forward(self, x: torch.Tensor, depth: torch.Tensor) -> torch.Tensor:
         z = (x - self.mu) / self.sd
@@ -163,55 +200,100 @@ class ErrorPredictor(nn.Module):
             out[m] = self.nets[t - 1](z[m])
         return out
 
+    @torch.no_grad()
+    def predict_rows(self, x: np.ndarray, depth: np.ndarray, node: np.ndarray) -> np.ndarray:
+        """(R, F) every feature column, (R,) depths and nodes -> (R, O) error probabilities."""
+        logits = self(torch.as_tensor(x[:, self.columns]), torch.as_tensor(depth))
+        return torch.sigmoid(logits).numpy()
 
-def _rows(cache: PathCache, opts: OptionSpace, samples: np.ndarray, cols: list[int]):
-    """Decision rows (node depth < L) for ``samples``: features, 0/1 errors, depth, node ids."""
-    tree = opts.tree
-    nodes = np.flatnonzero(tree.depth < tree.L)
-    X = cache.features[nodes][:, samples][:, :, cols].reshape(-1, len(cols)).numpy()
-    E = _errors(cache, opts, nodes, samples)
-    depth = np.repeat(tree.depth[nodes], len(samples))
-    return X, E, depth, nodes
+    def state(self) -> dict:
+        return {"kind": self.kind, "columns": self.columns, "arch": self.arch, "weights": self.state_dict()}
 
 
-def _masked_bce(logits, target, mask):
+def predictor_from_state(state: dict):
+    """Rebuild a predictor saved with ``.state()`` (either kind)."""
+    if state["kind"] in CALIBRATED:
+        return CALIBRATED[state["kind"]].from_state(state)
+    m = ErrorPredictor(state["columns"], **state["arch"])
+    m.load_state_dict(state["weights"])
+    return m.eval()
+
+
+def _masked_bce(logits, target, mask, weight):
+    """Row-weighted mean BCE over the valid options (``weight``: (R,), any scale)."""
     loss = F.binary_cross_entropy_with_logits(logits, torch.nan_to_num(target), reduction="none")
-    return (loss * mask).sum() / mask.sum().clamp_min(1)
+    w = mask * weight[:, None]
+    return (loss * w).sum() / w.sum().clamp_min(1e-12)
 
 
-def _fit_one(X, T, E, depth, cfg, L: int, n_options: int, seed: int) -> ErrorPredictor:
-    """Fit on soft targets T with early stopping on held-out 0/1 BCE (10% of rows' samples)."""
+def depth_balanced_weights(depth: np.ndarray, balance: str = "depth") -> np.ndarray:
+    """(R,) row weights: equal total weight per depth (``depth``) or 1 per row (``none``)."""
+    if balance == "none":
+        return np.ones(len(depth), np.float32)
+    _, inv, counts = np.unique(depth, return_inverse=True, return_counts=True)
+    return (len(depth) / (len(counts) * counts[inv])).astype(np.float32)
+
+
+def subsample_by_depth(depth: np.ndarray, max_rows: int, g: np.random.Generator) -> np.ndarray:
+    """Row indices: every row if few enough, else an even share per depth (all rows of a small depth)."""
+    if len(depth) <= max_rows:
+        return np.arange(len(depth))
+    depths, counts = np.unique(depth, return_counts=True)
+    quota, keep, left = {}, [], max_rows
+    for i in np.argsort(counts):                          # smallest depths first; leftovers go to the rest
+        quota[depths[i]] = min(counts[i], left // (len(depths) - len(quota)))
+        left -= quota[depths[i]]
+    for t, q in quota.items():
+        idx = np.flatnonzero(depth == t)
+        keep.append(g.choice(idx, q, replace=False))
+    return np.sort(np.concatenate(keep))
+
+
+def holdout_by_sample(sample: np.ndarray, frac: float, g: np.random.Generator) -> np.ndarray:
+    """(R,) bool: the rows of a random ``frac`` of the samples (every row of a held-out sample)."""
+    samples = np.unique(sample)
+    return np.isin(sample, g.choice(samples, max(1, int(len(samples) * frac)), replace=False))
+
+
+def _fit_mlp(rows: DecisionRows, cfg, L: int, n_options: int, seed: int) -> ErrorPredictor:
+    """Fit on soft targets with depth-balanced row weights; early stopping on the depth-balanced 0/1
+    BCE of 10% of the *samples*, held out with all their rows."""
     g = np.random.default_rng(seed)
     torch.manual_seed(seed)
-    R = len(X)
-    if R > cfg.max_rows:
-        keep = g.choice(R, cfg.max_rows, replace=False)
-        X, T, E, depth = X[keep], T[keep], E[keep], depth[keep]
-        R = cfg.max_rows
-    perm = g.permutation(R)
-    n_val = max(1, R // 10)
-    va, tr = perm[:n_val], perm[n_val:]
-    model = ErrorPredictor(X.shape[1], n_options, L, cfg.hidden, cfg.layers, cfg.shared)
-    model.mu.copy_(torch.as_tensor(X[tr].mean(0)))
-    model.sd.copy_(torch.as_tensor(X[tr].std(0) + 1e-6))
-    Xt, Tt, Et, Dt = (torch.as_tensor(a) for a in (X, T, E, depth))
-    Mt = ~torch.isnan(Tt)
+    held = holdout_by_sample(rows.sample, 0.1, g)
+    cols = feature_columns(cfg.history)
+    cont = [i for i, c in enumerate(cols) if FEATURE_NAMES[c] not in DISCRETE_FEATURES]
+    tr_idx = np.flatnonzero(~held)
+    tr_idx = tr_idx[subsample_by_depth(rows.depth[tr_idx], cfg.max_rows, g)]
+    va_idx = np.flatnonzero(held)
+    X = rows.x[:, cols]
+    group = rows.depth * 1000 + rows.level
+    T = np.full_like(rows.wrong, np.nan)
+    T[tr_idx] = discretized_targets(X[tr_idx][:, cont], rows.wrong[tr_idx], group[tr_idx], cfg.targets, cfg.K,
+                                    cfg.knn_k, cfg.prior_weight, seed)
+    model = ErrorPredictor(cols, n_options, L, cfg.hidden, cfg.layers, cfg.shared)
+    model.mu.copy_(torch.as_tensor(X[tr_idx].mean(0)))
+    model.sd.copy_(torch.as_tensor(X[tr_idx].std(0) + 1e-6))
+    Xt, Tt, Et, Dt = (torch.as_tensor(a) for a in (X, T, rows.wrong, rows.depth))
+    Mt = ~torch.isnan(Et)
+    Wt = torch.zeros(len(X))
+    Wt[tr_idx] = torch.as_tensor(depth_balanced_weights(rows.depth[tr_idx], cfg.balance))
+    Wt[va_idx] = torch.as_tensor(depth_balanced_weights(rows.depth[va_idx], cfg.balance))
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=1e-4)
     best, best_state, bad = np.inf, None, 0
-    bs = 2048
+    vb = torch.as_tensor(va_idx)
     for _ in range(cfg.epochs):
         model.train()
-        idx = torch.as_tensor(g.permutation(tr))
-        for s in range(0, len(idx), bs):
-            b = idx[s:s + bs]
-            loss = _masked_bce(model(Xt[b], Dt[b]), Tt[b], Mt[b])
+        idx = torch.as_tensor(g.permutation(tr_idx))
+        for s in range(0, len(idx), 2048):
+            b = idx[s:s + 2048]
+            loss = _masked_bce(model(Xt[b], Dt[b]), Tt[b], Mt[b], Wt[b])
             opt.zero_grad()
             loss.backward()
             opt.step()
         model.eval()
         with torch.no_grad():
-            vb = torch.as_tensor(va)
-            val = float(_masked_bce(model(Xt[vb], Dt[vb]), Et[vb], Mt[vb]))
+            val = float(_masked_bce(model(Xt[vb], Dt[vb]), Et[vb], Mt[vb], Wt[vb]))
         if val < best - 1e-5:
             best, best_state, bad = val, {k: v.clone() for k, v in model.state_dict().items()}, 0
         else:
@@ -222,72 +304,88 @@ def _fit_one(X, T, E, depth, cfg, L: int, n_options: int, seed: int) -> ErrorPre
     return model.eval()
 
 
-@torch.no_grad()
-def _predict(models: list[ErrorPredictor], cache: PathCache, opts: OptionSpace, samples: np.ndarray,
-             cols: list[int]) -> np.ndarray:
-    """Mean predicted error probability over ``models``: (n_nodes, len(samples), O), NaN at invalid/leaf."""
-    X, _, depth, nodes = _rows(cache, opts, samples, cols)
-    Xt, Dt = torch.as_tensor(X), torch.as_tensor(depth)
-    P = sum(torch.sigmoid(m(Xt, Dt)) for m in models) / len(models)
+def fit_predictor(cache: PathCache, opts: OptionSpace, cfg, samples: np.ndarray, seed: int = 0):
+    """One predictor of ``cfg.kind`` fitted on the decision rows of ``samples``."""
+    rows = decision_rows(cache, opts, samples)
+    if cfg.kind == "binned":
+        return BinnedErrorPredictor.fit(rows, len(opts.tree), cfg.bins, cfg.prior_weight)
+    if cfg.kind == "platt":
+        return PlattErrorPredictor.fit(rows, len(opts.tree))
+    return _fit_mlp(rows, cfg, opts.tree.L, opts.n_options, seed)
+
+
+def predict_nodes(predictor, cache: PathCache, opts: OptionSpace, samples: np.ndarray) -> np.ndarray:
+    """``err_hat`` of ``samples`` at every node: (n_nodes, len(samples), O), NaN at invalid options and leaves."""
+    rows = decision_rows(cache, opts, samples)
     out = np.full((len(opts.tree), len(samples), opts.n_options), np.nan, dtype=np.float32)
-    out[nodes] = P.numpy().reshape(len(nodes), len(samples), -1)
+    nodes = np.unique(rows.node)
+    out[nodes] = predictor.predict_rows(rows.x, rows.depth, rows.node).reshape(len(nodes), len(samples), -1)
     out[~np.broadcast_to(opts.valid[:, None, :], out.shape)] = np.nan
     return out
 
 
 @dataclass
 class CrossFitted:
-    """The fold models of a cross-fitted predictor: ``models[k]`` was fitted without the calib samples
-    whose ``folds`` entry is k; ``columns`` are the feature columns they read."""
-    models: list
-    folds: np.ndarray      # fold id of every calib sample
-    columns: list[int]
+    """``folds[k]``: predictor fitted without the calib samples whose ``fold_of`` entry is k;
+    ``final``: the same kind refitted on all of calib (what test and the engine use)."""
+    folds: list
+    final: object
+    fold_of: np.ndarray
 
     def predict(self, calib: PathCache, test: PathCache, opts: OptionSpace) -> dict[str, np.ndarray]:
-        """Out-of-fold calib and fold-averaged test error estimates, both (n_nodes, N, O)."""
+        """Out-of-fold calib and final-model test estimates ``err_hat``, both (n_nodes, N, O)."""
         oof = np.full((len(opts.tree), calib.n, opts.n_options), np.nan, dtype=np.float32)
-        for k, m in enumerate(self.models):
-            ho = np.flatnonzero(self.folds == k)
-            oof[:, ho] = _predict([m], calib, opts, ho, self.columns)
-        return {"calib": oof, "test": _predict(self.models, test, opts, np.arange(test.n), self.columns)}
+        for k, m in enumerate(self.folds):
+            ho = np.flatnonzero(self.fold_of == k)
+            oof[:, ho] = predict_nodes(m, calib, opts, ho)
+        return {"calib": oof, "test": predict_nodes(self.final, test, opts, np.arange(test.n))}
 
 
 def fit_cross_fitted(calib: PathCache, opts: OptionSpace, cfg, seed: int = 0, progress: bool = True) -> CrossFitted:
-    """Train ``cfg.folds`` predictors on calib folds (targets per ``cfg.targets``)."""
+    """``cfg.folds`` fold predictors on calib plus one refitted on all of calib."""
     N = calib.n
-    if cfg.targets == "kmeans" and cfg.K > N * (cfg.folds - 1) // cfg.folds:
+    if cfg.kind == "mlp" and cfg.targets == "kmeans" and cfg.K > N * (cfg.folds - 1) // cfg.folds:
         raise ValueError(f"predictor.K={cfg.K} is larger than a training fold "
                          f"({N * (cfg.folds - 1) // cfg.folds} calib samples)")
-    cols = feature_columns(cfg.history)
-    folds = np.random.default_rng(seed).permutation(N) % cfg.folds
-    models = []
-    for k in tqdm(range(cfg.folds), desc=f"predictors ({cfg.targets})", disable=not progress, leave=False):
-        X, E, depth, _ = _rows(calib, opts, np.flatnonzero(folds != k), cols)
-        T = discretized_targets(X, E, depth, cfg.targets, cfg.K, cfg.knn_k, cfg.prior_weight, seed + k)
-        models.append(_fit_one(X, T, E, depth, cfg, opts.tree.L, opts.n_options, seed + k))
-    return CrossFitted(models, folds, cols)
+    fold_of = np.random.default_rng(seed).permutation(N) % cfg.folds
+    fits = []
+    for k in tqdm(range(cfg.folds + 1), desc=f"predictors ({cfg.kind}, {cfg.targets})", disable=not progress,
+                  leave=False):
+        samples = np.flatnonzero(fold_of != k) if k < cfg.folds else np.arange(N)
+        fits.append(fit_predictor(calib, opts, cfg, samples, seed + k))
+    return CrossFitted(fits[:-1], fits[-1], fold_of)
 
 
-def exit_now_rows(pred: np.ndarray, cache: PathCache, opts: OptionSpace):
-    """Predicted error of exiting now, actual 0/1 error and head max prob at every decision node
-    and sample, flattened: three (R,) arrays."""
-    nodes = np.flatnonzero(opts.tree.depth < opts.tree.L)
-    p = pred[nodes, :, :][np.arange(len(nodes)), :, opts.exit_option[nodes]].reshape(-1)
-    err = (~cache.correct[nodes]).numpy().reshape(-1).astype(float)
+def exit_now_rows(err_hat: np.ndarray, cache: PathCache, opts: OptionSpace, nodes: np.ndarray | None = None):
+    """Predicted error of exiting now, true 0/1 error, head max prob and depth at every decision node
+    (or ``nodes``) and sample, flattened: four (R,) arrays."""
+    tree = opts.tree
+    nodes = np.flatnonzero(tree.depth < tree.L) if nodes is None else np.asarray(nodes)
+    p = err_hat[nodes, :, :][np.arange(len(nodes)), :, opts.exit_option[nodes]].reshape(-1)
+    wrong = (~cache.correct[nodes]).numpy().reshape(-1).astype(float)
     conf = cache.features[nodes][:, :, 0].numpy().reshape(-1)
-    return p, err, conf
+    return p, wrong, conf, np.repeat(tree.depth[nodes], cache.n)
 
 
-def predictor_quality(pred: np.ndarray, cache: PathCache, opts: OptionSpace, n_bins: int = 15) -> dict:
-    """Brier, ECE and AUROC of error detection of the exit-now option over every decision node,
-    beside the AUROC of plain ``1 - max prob`` on the same rows."""
+def expected_calibration_error(p: np.ndarray, wrong: np.ndarray, n_bins: int = 15) -> float:
+    """ECE over ``n_bins`` equal-width bins of the predicted probability ``p``."""
+    bins = np.minimum((np.asarray(p) * n_bins).astype(int), n_bins - 1)
+    return float(sum(abs(wrong[bins == b].mean() - p[bins == b].mean()) * (bins == b).mean()
+                     for b in range(n_bins) if (bins == b).any()))
+
+
+def quality_metrics(p: np.ndarray, wrong: np.ndarray, conf: np.ndarray, n_bins: int = 15) -> dict:
+    """Brier, ECE and AUROC of error detection of predicted error probabilities ``p`` against the 0/1
+    errors ``wrong``, beside the AUROC of plain ``1 - max prob`` (``conf``) on the same rows."""
     from sklearn.metrics import roc_auc_score
-    p, err, conf = exit_now_rows(pred, cache, opts)
-    bins = np.minimum((p * n_bins).astype(int), n_bins - 1)
-    ece = sum(abs(err[bins == b].mean() - p[bins == b].mean()) * (bins == b).mean()
-              for b in range(n_bins) if (bins == b).any())
-    both = 0 < err.mean() < 1
-    return {"brier": float(((p - err) ** 2).mean()), "ece": float(ece),
-            "auroc": float(roc_auc_score(err, p)) if both else float("nan"),
-            "auroc_maxprob": float(roc_auc_score(err, 1 - conf)) if both else float("nan"),
-            "error_rate": float(err.mean())}
+    both = 0 < wrong.mean() < 1
+    return {"n": int(len(p)), "brier": float(((p - wrong) ** 2).mean()),
+            "ece": expected_calibration_error(p, wrong, n_bins),
+            "auroc": float(roc_auc_score(wrong, p)) if both else float("nan"),
+            "auroc_maxprob": float(roc_auc_score(wrong, 1 - conf)) if both else float("nan"),
+            "error_rate": float(wrong.mean())}
+
+
+def predictor_quality(err_hat: np.ndarray, cache: PathCache, opts: OptionSpace, n_bins: int = 15) -> dict:
+    """:func:`quality_metrics` of the exit-now option over every decision node and sample."""
+    return quality_metrics(*exit_now_rows(err_hat, cache, opts)[:3], n_bins=n_bins)

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 __all__ = ["Level", "parse_level", "fake_quant_weight", "fake_quant_act", "ActQuant",
-           "QuantLinear", "QuantConv2d", "apply_level", "FLOAT_BITS"]
+           "QuantLinear", "QuantConv2d", "apply_level", "FLOAT_BITS", "CastBlock", "REF_DTYPES"]
 
 FLOAT_BITS = 16  # bits >= this run in float32 (costed at their nominal bits)
 _LEVEL_RE = re.compile(r"^w(\d+)a(\d+)$")
@@ -167,3 +167,21 @@ def apply_level(block: nn.Module, level: Level | str, granularity: str = "tensor
     for p in out.parameters():
         p.requires_grad_(False)
     return out
+
+
+REF_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+class CastBlock(nn.Module):
+    """A float block run in ``dtype`` (e.g. the reference level in bf16 on a GPU): the input is cast to
+    ``dtype``, the output back to float32, so the stem, heads and the other levels are unchanged.
+    Costed like any reference block, at its nominal bits (16 x 16 for ``w16a16``)."""
+
+    def __init__(self, block: nn.Module, dtype: torch.dtype):
+        super().__init__()
+        self.block, self.dtype = copy.deepcopy(block).to(dtype).eval(), dtype
+        for p in self.block.parameters():
+            p.requires_grad_(False)
+
+    def forward(self, x):
+        return self.block(x.to(self.dtype)).float()

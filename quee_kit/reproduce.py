@@ -18,10 +18,9 @@ import sys
 import time
 from pathlib import Path
 
-import yaml
 from tqdm.auto import tqdm
 
-from .config import PROJECT_ROOT, ConfigError, resolve_path
+from .config import PROJECT_ROOT, ConfigError, read_yaml, resolve_path
 
 __all__ = ["reproduce", "store_tutorials", "notebook_paths", "NOTEBOOKS_DIR", "TUTORIALS", "KERNEL"]
 
@@ -39,7 +38,7 @@ def _notebook_params(params_file, notebooks: list[Path]) -> dict[str, dict]:
     import papermill as pm
     if params_file is None:
         return {}
-    raw = yaml.safe_load(Path(params_file).read_text()) or {}
+    raw = read_yaml(Path(params_file).read_text(), str(params_file)) or {}
     by_stem = {nb.stem: nb for nb in notebooks}
     if not isinstance(raw, dict):
         raise ConfigError(f"params: {params_file} must map notebook stems to {{param: value}}")

@@ -17,7 +17,8 @@ LEVEL_LABEL = "precision level (weight bits / activation bits)"
 # warm, baselines cool, bounds dashed; Okabe-Ito/Tol colours, every pair >= 20 CIELAB units apart (tested).
 METHOD_STYLES = {name: {"color": color, "marker": marker, **({"ls": "--"} if name.startswith("oracle") else {})}
                  for name, color, marker in [
-    ("quee", "#D55E00", "o"), ("quee-raw", "#E69F00", "v"), ("quee-nohist", "#CC79A7", "^"),
+    ("quee", "#D55E00", "o"), ("quee-binned", "#EE6677", "d"), ("quee-mlp", "#999933", "8"),
+    ("quee-raw", "#E69F00", "v"), ("quee-nohist", "#CC79A7", "^"),
     ("quee-exit-only", "#882255", "<"), ("quee-quant-only", "#661100", ">"), ("static-quant", "#0072B2", "s"),
     ("ee-confidence", "#56B4E9", "D"), ("ee-confidence@q", "#009E73", "P"),
     ("ee-confidence-perexit", "#117733", "X"), ("best-single", "#000000", "h"), ("random", "#999999", "x"),

@@ -11,7 +11,7 @@ from tqdm.auto import tqdm
 from .data import Split
 from .models import EarlyExitModel
 
-__all__ = ["train_early_exit", "exit_accuracies"]
+__all__ = ["train_early_exit", "exit_accuracies", "cls_features"]
 
 
 def _warmup_cosine(step: int, total: int, warmup: int) -> float:
@@ -27,16 +27,56 @@ def train_early_exit(model: EarlyExitModel, train: Split, cfg, seed: int = 0, he
     ``cfg`` is a :class:`~quee_kit.config.ModelConfig` (epochs, batch_size, lr, weight_decay,
     warmup_epochs). ``heads_only`` freezes the stem and blocks (post-training exits on a given
     backbone). Returns ``{'seconds': ..., 'loss': [per-epoch mean loss]}``.
+
+    With ``heads_only`` and heads that read only the CLS token (``reads_cls``), the frozen backbone runs
+    once over ``train`` (all threads, batches of ``cfg.batch_size``) and the heads are then trained on the
+    cached per-block CLS features (N, L, 1, D): seconds even for ViT-B. The stats then also hold
+    ``feature_seconds`` and ``feature_samples_per_s`` (the backbone pass) and ``head_seconds``.
     """
+    feats = None
+    if heads_only and all(getattr(h, "reads_cls", False) for h in model.heads):
+        t0 = time.perf_counter()
+        feats = cls_features(model, train.x, cfg.batch_size, device, progress)
+        feat_s = time.perf_counter() - t0
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # bit-identical checkpoints whatever the core count (reductions keep their order)
     try:
-        return _train(model, train, cfg, seed, heads_only, device, progress)
+        stats = _train(model, train, cfg, seed, heads_only, device, progress, feats)
     finally:
         torch.set_num_threads(threads)
+    if feats is not None:
+        stats.update(head_seconds=stats["seconds"], feature_seconds=feat_s,
+                     feature_samples_per_s=len(train) / max(feat_s, 1e-9))
+        stats["seconds"] += feat_s
+    return stats
 
 
-def _train(model, train, cfg, seed, heads_only, device, progress) -> dict:
+@torch.no_grad()
+def cls_features(model: EarlyExitModel, x, batch_size: int = 256, device: str = "cpu",
+                 progress: bool = True) -> torch.Tensor:
+    """One pass of the frozen stem and blocks over ``x``: (N, L, 1, D) float32 CLS token after each block
+    (on the CPU). ``x`` is a tensor or a lazy image list (streamed with its ``batches`` when it has one)."""
+    model.to(device).eval()
+    n = len(x)
+    chunks = x.batches(batch_size) if hasattr(x, "batches") else (x[s:s + batch_size] for s in range(0, n, batch_size))
+    out = None
+    s = 0
+    for xb in tqdm(chunks, total=-(-n // batch_size), desc="backbone pass (CLS features)", disable=not progress,
+                   leave=False):
+        h = model.stem(xb.to(device))
+        states = []
+        for b in model.blocks:
+            h = b(h)
+            states.append(h[:, :1].float().cpu())
+        st = torch.stack(states, 1)
+        if out is None:
+            out = torch.empty(n, *st.shape[1:])
+        out[s:s + len(st)] = st
+        s += len(st)
+    return out
+
+
+def _train(model, train, cfg, seed, heads_only, device, progress, feats=None) -> dict:
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     model.to(device).train()
@@ -61,8 +101,12 @@ def _train(model, train, cfg, seed, heads_only, device, progress) -> dict:
         tot = 0.0
         for s in range(0, n, cfg.batch_size):
             idx = perm[s:s + cfg.batch_size]
-            xb, yb = train.x[idx].to(device), train.y[idx].to(device)
-            if heads_only:
+            yb = train.y[idx].to(device)
+            if feats is not None:
+                fb = feats[idx].to(device)
+                outs = [hd(fb[:, t]) for t, hd in enumerate(model.heads)]
+            elif heads_only:
+                xb = train.x[idx].to(device)
                 with torch.no_grad():
                     h = model.stem(xb)
                     states = []
@@ -71,7 +115,7 @@ def _train(model, train, cfg, seed, heads_only, device, progress) -> dict:
                         states.append(h)
                 outs = [hd(s_) for hd, s_ in zip(model.heads, states)]
             else:
-                outs = model(xb)
+                outs = model(train.x[idx].to(device))
             loss = sum(w * F.cross_entropy(o, yb) for w, o in zip(weights, outs))
             opt.zero_grad(set_to_none=True)
             loss.backward()

@@ -67,3 +67,61 @@ def test_same_config_and_seed_give_same_numbers(run_dir, tmp_path):
                  "--out", str(out2)]) == 0
     a, b = pd.read_csv(run_dir / "budgets.csv"), pd.read_csv(out2 / "budgets.csv")
     pd.testing.assert_frame_equal(a, b)
+
+
+def _npz(path, **arrays):
+    import numpy as np
+    np.savez(path, **arrays)
+    return f"data.name=npz:{path}"
+
+
+def _user_error_cases(tmp_path):
+    """(id, extra CLI args, text the one-line message must contain) for every kind of user error."""
+    import numpy as np
+    x, y = np.zeros((300, 28, 28), np.uint8), np.zeros(300, np.int64)
+    bad_yaml = tmp_path / "broken.yaml"
+    bad_yaml.write_text("model:\n  depth: [1, 2\n")
+    as_file = tmp_path / "a_file"
+    as_file.write_text("")
+    nan = x.astype(np.float32)
+    nan[0, 0, 0] = np.nan
+    return [
+        ("npz-no-labels", ["--set", _npz(tmp_path / "a.npz", x=x)], "missing key 'y'"),
+        ("npz-rank-1", ["--set", _npz(tmp_path / "b.npz", x=np.zeros(300), y=y)], "x must have rank 3"),
+        ("npz-nan", ["--set", _npz(tmp_path / "c.npz", x=nan, y=y)], "NaN"),
+        ("npz-299-labels", ["--set", _npz(tmp_path / "d.npz", x=x, y=y[:299])], "x has 300 samples but y has 299"),
+        ("npz-missing", ["--set", f"data.name=npz:{tmp_path / 'nowhere.npz'}"], "npz file not found"),
+        ("unknown-dataset", ["--set", "data.name=imagenet22k"], "unknown dataset"),
+        ("broken-yaml", ["--config", str(bad_yaml)], "is not valid YAML at line 3"),
+        ("broken-set-yaml", ["--set", "quant.levels=[w8a8"], "--set quant.levels is not valid YAML"),
+        ("missing-config", ["--config", str(tmp_path / "nope.yaml")], "file not found"),
+        ("unknown-key", ["--set", "model.depht=3"], "unknown key 'model.depht'"),
+        ("out-is-a-file", ["--out", str(as_file / "sub")], "a_file"),
+    ]
+
+
+@pytest.mark.parametrize("command", ["cache", "run"])
+def test_user_errors_are_one_line_before_compute(tmp_path, capsys, command):
+    for case, extra, needle in _user_error_cases(tmp_path):
+        cache = tmp_path / f"cache-{case}"
+        argv = [command, "--config", "configs/digits.yaml", "--set", f"cache_dir={cache}", "--quiet",
+                "--out", str(tmp_path / "o"), *extra]
+        assert main(argv) == 2, case
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and err.startswith("quee-kit: ") and needle in err, (case, err)
+        assert "Traceback" not in err
+        assert not cache.exists() or not any(cache.iterdir()), case  # nothing trained or cached
+
+
+def test_console_script_error_has_no_traceback_and_debug_shows_one(tmp_path):
+    import subprocess
+    import sys
+    import numpy as np
+    np.savez(tmp_path / "nolabels.npz", x=np.zeros((50, 28, 28)))
+    argv = [sys.executable, "-m", "quee_kit", "run", "--set", f"data.name=npz:{tmp_path / 'nolabels.npz'}",
+            "--out", str(tmp_path / "o")]
+    r = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.strip().splitlines() == [r.stderr.strip()] and "missing key 'y'" in r.stderr
+    r = subprocess.run(argv + ["--debug"], capture_output=True, text=True, timeout=120)
+    assert r.returncode != 0 and "Traceback" in r.stderr and "DataError" in r.stderr

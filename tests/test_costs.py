@@ -62,5 +62,4 @@ def test_cost_model_normalization_and_ordering():
         assert costs == sorted(costs, reverse=True) and len(set(costs)) == len(costs)
     # the stem is not free: on the default model it costs more than a w4a4 block
     assert cm.stem > cm.block(0, LEVELS[-1])
-    cm.set_predictor_macs(1000)
-    assert cm.predictor_call == pytest.approx(1000 * 256 / cm.total_bops)
+    assert cm.call_cost(1000) == pytest.approx(1000 * 256 / cm.total_bops)

@@ -177,7 +177,8 @@ def test_validate_dataset_name(tmp_path):
     p = tmp_path / "a.npz"
     p.write_bytes(b"")  # existence only: the name check does not load
     validate_dataset_name(f"npz:{p}")
-    msg = "data.name: unknown dataset 'foo' (allowed: mnist10k, digits, npz:PATH)"
+    msg = ("data.name: unknown dataset 'foo' (allowed: mnist10k, digits, cifar10, cifar100, svhn, imagenet, "
+           "npz:PATH)")
     with pytest.raises(ValueError) as e:
         validate_dataset_name("foo")
     assert str(e.value) == msg

@@ -83,7 +83,7 @@ def test_lambda_mode_equals_simulate(study, explorer, data):
         for q, level in enumerate(study.prep.tree.levels):
             for lam in (grid[0], grid[5], grid[len(grid) // 2], grid[-1]):
                 r = explorer.update(lam=lam, entry=level.name, method=name, level_set=(0, 1, 2, 3, 4))
-                ref = simulate(study.predictors[name]["test"], cache, opts, lam, q, m.mask)
+                ref = simulate(study.predictors[name]["test"], cache, opts, lam, q, m.mask, m.call_cost)
                 assert r["mode"] == "lambda" and r["entry"] == level.name and r["lambda"] == lam
                 assert r["accuracy"] == ref.accuracy and r["cost"] == ref.mean_cost
                 np.testing.assert_array_equal(r["node"], ref.node)
@@ -145,13 +145,17 @@ def test_every_mode_and_method_agree(explorer, data):
 
 
 def test_infeasible_point_looks_different(explorer, data):
-    costs = explorer.model.table("quee", next(iter(explorer.model.level_sets))).points["cost_calib"]
-    r = explorer.update(budget=explorer.model.b_min, method="quee")
-    assert r["feasible"] is (bool(costs.min() <= explorer.model.b_min))
-    if not r["feasible"]:
-        assert "quee-infeasible" in explorer.readout.value and (_star_rgb(explorer) > 240).all()
+    """ee-confidence runs block 1 at the reference level (far above c_min): infeasible at the slider's
+    minimum, shown with a hollow star and said so in the readout; feasible at the maximum, filled."""
+    costs = explorer.model.table("ee-confidence", next(iter(explorer.model.level_sets))).points["cost_calib"]
+    assert costs.min() > explorer.model.b_min
+    r = explorer.update(budget=explorer.model.b_min, method="ee-confidence")
+    assert r["feasible"] is False and "quee-infeasible" in explorer.readout.value
+    assert (_star_rgb(explorer) > 240).all()                       # white centre
     r = explorer.update(budget=explorer.model.b_max)
-    assert r["feasible"] and "quee-infeasible" not in explorer.readout.value
+    assert r["feasible"] is (bool(costs.min() <= explorer.model.b_max))
+    if r["feasible"]:
+        assert "quee-infeasible" not in explorer.readout.value and (_star_rgb(explorer) < 240).any()
 
 
 def test_counts_and_examples_match_outcome(study, explorer, data):

@@ -1,0 +1,132 @@
+"""Per-node calibrated confidence as an error predictor (``predictor.kind: binned`` or ``platt``).
+
+Both read one score per row, the head's log-odds of its top class (the confidence the threshold
+baselines use, on a log scale that keeps 0.99 / 0.999 / 0.9999 apart), and map it, separately for
+every decision node and every option (exit now, or a plan to exit m at level q'), to an error
+probability fitted on that node's samples. Per node they see exactly the samples a decision there is
+about, which is where one MLP shared across depths is weakest (few shallow rows).
+
+- ``binned``: histogram binning (Zadrozny & Elkan 2001). The score is cut into ``bins`` quantile bins
+  per node; the table holds each option's mean 0/1 error in the bin, shrunk toward the node's mean
+  error of the option with ``prior_weight`` pseudo-samples,
+  ``(errors_in_bin + w * node_mean) / (count_in_bin + w)``. A call locates the bin: ``bins - 1``
+  comparisons, costed like that many MACs at the reference bits.
+- ``platt``: a logistic fit ``sigmoid(a * score + b)`` per node and option (Platt 1999, with Platt's
+  smoothed targets ``(n_wrong + 1) / (n_wrong + 2)`` and ``1 / (n_right + 2)`` in place of 1 and 0), i.e. a temperature-and-bias rescaling
+  of the confidence. Monotone in the score, so its error ranking at a node is the log-odds ranking
+  itself. A call costs one multiply-add per option.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .paths import FEATURE_NAMES
+
+__all__ = ["BinnedErrorPredictor", "PlattErrorPredictor", "SCORE"]
+
+SCORE = FEATURE_NAMES.index("log_odds")
+
+
+class BinnedErrorPredictor:
+    """edges: (n_nodes, bins - 1) inner bin edges of the log-odds per node; table: (n_nodes, bins, O)
+    shrunk mean error of every option per bin (NaN at nodes never fitted or invalid options)."""
+
+    kind = "binned"
+
+    def __init__(self, edges: np.ndarray, table: np.ndarray):
+        self.edges, self.table = edges, table
+        self.macs = edges.shape[1]
+
+    @classmethod
+    def fit(cls, rows, n_nodes: int, bins: int = 10, prior_weight: float = 5.0) -> "BinnedErrorPredictor":
+        """``rows``: :class:`~quee_kit.predictors.DecisionRows` of the fitting samples."""
+        n_opt = rows.wrong.shape[1]
+        edges = np.full((n_nodes, bins - 1), np.inf)
+        table = np.full((n_nodes, bins, n_opt), np.nan, dtype=np.float32)
+        score = rows.x[:, SCORE]
+        for node in np.unique(rows.node):
+            r = np.flatnonzero(rows.node == node)
+            s, wrong = score[r], rows.wrong[r]
+            edges[node] = np.quantile(s, np.arange(1, bins) / bins)
+            b = np.searchsorted(edges[node], s, side="right")
+            valid = ~np.isnan(wrong)
+            err = np.where(valid, wrong, 0.0)
+            node_mean = err.sum(0) / np.maximum(valid.sum(0), 1)
+            S, C = np.zeros((bins, n_opt)), np.zeros((bins, n_opt))
+            np.add.at(S, b, err)
+            np.add.at(C, b, valid)
+            table[node] = np.where(valid.any(0), (S + prior_weight * node_mean) / (C + prior_weight), np.nan)
+        return cls(edges, table)
+
+    def predict_rows(self, x: np.ndarray, depth: np.ndarray, node: np.ndarray) -> np.ndarray:
+        """(R, F) every feature column, (R,) depths and nodes -> (R, O) error probabilities."""
+        node = np.asarray(node)
+        s = x[:, SCORE]
+        b = (s[:, None] >= self.edges[node]).sum(1)        # the bin searchsorted(side="right") gives
+        return self.table[node, b]
+
+    def state(self) -> dict:
+        return {"kind": self.kind, "edges": self.edges, "table": self.table}
+
+    @classmethod
+    def from_state(cls, state: dict) -> "BinnedErrorPredictor":
+        return cls(state["edges"], state["table"])
+
+
+def _platt_fit(s: np.ndarray, y: np.ndarray, valid: np.ndarray, iters: int = 25, ridge: float = 1e-5):
+    """Logistic regression of soft targets ``y`` (N, O) on one score ``s`` (N,), every column at once, by
+    Newton's method (2 parameters per column); ``ridge`` keeps the slope finite under separation.
+    Returns (a, b), both (O,), on the raw score."""
+    mu, sd = s.mean(), s.std() + 1e-6
+    z = (s - mu) / sd                                      # standardized for a well-conditioned Newton step
+    a, b = np.zeros(y.shape[1]), np.zeros(y.shape[1])
+    w = valid.astype(float)
+    n = np.maximum(w.sum(0), 1)
+    for _ in range(iters):
+        p = 1 / (1 + np.exp(-(z[:, None] * a + b)))
+        r, v = w * (p - y), w * p * (1 - p)
+        ga, gb = (z[:, None] * r).sum(0) / n + ridge * a, r.sum(0) / n
+        haa = (z[:, None] ** 2 * v).sum(0) / n + ridge
+        hab, hbb = (z[:, None] * v).sum(0) / n, v.sum(0) / n + 1e-9
+        det = haa * hbb - hab ** 2
+        a, b = a - (hbb * ga - hab * gb) / det, b - (haa * gb - hab * ga) / det
+    return a / sd, b - a * mu / sd
+
+
+class PlattErrorPredictor:
+    """coef: (n_nodes, O, 2) slope and intercept on the log-odds per node and option (NaN where the
+    option is invalid or the node was never fitted)."""
+
+    kind = "platt"
+
+    def __init__(self, coef: np.ndarray):
+        self.coef = coef
+        self.macs = coef.shape[1]
+
+    @classmethod
+    def fit(cls, rows, n_nodes: int) -> "PlattErrorPredictor":
+        """``rows``: :class:`~quee_kit.predictors.DecisionRows` of the fitting samples."""
+        coef = np.full((n_nodes, rows.wrong.shape[1], 2), np.nan)
+        score = rows.x[:, SCORE].astype(float)
+        for node in np.unique(rows.node):
+            r = np.flatnonzero(rows.node == node)
+            valid = ~np.isnan(rows.wrong[r])
+            err = np.where(valid, rows.wrong[r], 0.0)
+            n_wrong, n = err.sum(0), valid.sum(0)
+            # Platt's smoothed targets: (n_wrong + 1) / (n_wrong + 2) for a wrong row, 1 / (n_right + 2) for a right one
+            y = np.where(err > 0, (n_wrong + 1) / (n_wrong + 2), 1 / (n - n_wrong + 2))
+            a, b = _platt_fit(score[r], y, valid)
+            coef[node] = np.where(valid.any(0)[:, None], np.stack([a, b], 1), np.nan)
+        return cls(coef)
+
+    def predict_rows(self, x: np.ndarray, depth: np.ndarray, node: np.ndarray) -> np.ndarray:
+        """(R, F) every feature column, (R,) depths and nodes -> (R, O) error probabilities."""
+        c = self.coef[np.asarray(node)]                          # (R, O, 2)
+        return (1 / (1 + np.exp(-(c[..., 0] * x[:, SCORE, None] + c[..., 1])))).astype(np.float32)
+
+    def state(self) -> dict:
+        return {"kind": self.kind, "coef": self.coef}
+
+    @classmethod
+    def from_state(cls, state: dict) -> "PlattErrorPredictor":
+        return cls(state["coef"])

@@ -1,0 +1,81 @@
+"""Where each real dataset's files live and how to get them: cheap checks with no torch import.
+
+The config check calls :func:`check_files` before anything imports torch, so a missing dataset fails
+in a fraction of a second with one line; :mod:`quee_kit.real_data` reads the files.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .config import UserError
+
+
+__all__ = ["DataError", "CIFAR", "cifar_files", "check_files", "default_data_dir"]
+
+
+class DataError(UserError):
+    """A dataset that cannot be loaded as asked (missing or malformed file, bad sizes): one line."""
+
+
+def default_data_dir() -> Path:
+    """$QUEE_KIT_DATA if set, else the repository's data/ folder."""
+    env = os.environ.get("QUEE_KIT_DATA")
+    return Path(env) if env else Path(__file__).resolve().parent.parent / "data"
+
+
+# folder, train files, test files, meta file, label key, label-names key, default calib size
+# (calib sizes follow JEI-DNN: CIFAR-10 5,000, CIFAR-100 10,000, SVHN 5,000).
+CIFAR = {
+    "cifar10": ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"],
+                "batches.meta", "labels", "label_names", 5000),
+    "cifar100": ("cifar-100-python", ["train"], ["test"], "meta", "fine_labels", "fine_label_names", 10000),
+}
+_GET = {"cifar10": "unpack https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz into {root}",
+        "cifar100": "unpack https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz into {root}",
+        "svhn": "save http://ufldl.stanford.edu/housenumbers/{{train,test}}_32x32.mat in {root}"}
+
+
+def _missing(name: str, root: Path, where: Path, files: list[str], download: bool) -> None:
+    absent = [f for f in files if not (where / f).is_file()]
+    if absent and not download:
+        raise DataError(f"data.root: {name} not found: {where} lacks {', '.join(absent)}; "
+                         f"{_GET[name].format(root=root)} (or run once with --set data.download=true, which uses "
+                         f"torchvision and the network), or point data.root (or $QUEE_KIT_DATA) at the folder "
+                         f"holding it")
+
+
+def cifar_files(name: str) -> list[str]:
+    _, train, test, meta, *_ = CIFAR[name]
+    return [*train, *test, meta]
+
+
+def check_cifar(name):
+    def check(root: Path, download: bool) -> None:
+        _missing(name, root, root / CIFAR[name][0], cifar_files(name), download)
+    return check
+
+
+def check_svhn(root: Path, download: bool) -> None:
+    _missing("svhn", root, root, ["train_32x32.mat", "test_32x32.mat"], download)
+
+
+def check_imagenet(root: Path, download: bool) -> None:
+    where = root / "imagenet"
+    for part in ("train", "val"):
+        d = where / part
+        if not d.is_dir() or not any(x.is_dir() for x in d.iterdir()):
+            raise DataError(f"data.root: imagenet not found: {d} has no class folders; ImageNet cannot be "
+                             f"downloaded automatically: get ILSVRC2012 from image-net.org and lay out "
+                             f"{where}/train/<wnid>/*.JPEG and {where}/val/<wnid>/*.JPEG (val sorted into "
+                             f"class folders), or point data.root at the folder holding imagenet/")
+
+
+_CHECKS = {"cifar10": check_cifar("cifar10"), "cifar100": check_cifar("cifar100"), "svhn": check_svhn,
+           "imagenet": check_imagenet}
+
+
+def check_files(name: str, root: str | Path | None = None, download: bool = False) -> None:
+    """Raise ValueError('data.root: ... how to get it') if real dataset ``name``'s files are missing."""
+    if name in _CHECKS:
+        _CHECKS[name](Path(root) if root is not None else default_data_dir(), download)
