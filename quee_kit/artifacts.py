@@ -1,9 +1,11 @@
 """Content hashes, atomic writes, and stale/corrupt artifact detection.
 
-An artifact file is ``MAGIC | header length | JSON header | torch.save payload``; the
-header holds the key (hash of everything the artifact was built from) and the sha256 of
-the payload. :func:`load_or_build` reuses a file only when both match; anything else
-(stale key, truncated or flipped bytes, unreadable file) is reported and rebuilt.
+An artifact file is ``MAGIC | header length | JSON header | payload``; the header holds the
+key (hash of everything the artifact was built from), the sha256 of the payload and its
+format: ``torch`` (``torch.save``, the default) or ``pickle`` (for numpy/pandas payloads that
+must load without importing torch, e.g. the explorer's points). :func:`load_or_build` reuses
+a file only when key and checksum match; anything else (stale key, truncated or flipped
+bytes, unreadable file) is reported and rebuilt.
 """
 from __future__ import annotations
 
@@ -11,13 +13,15 @@ import hashlib
 import io
 import json
 import os
+import pickle
 import struct
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["content_hash", "atomic_write_bytes", "save_artifact", "load_artifact", "load_or_build",
            "ArtifactError", "tensor_digest"]
@@ -37,6 +41,7 @@ def content_hash(*parts: Any) -> str:
 
 def tensor_digest(tensors: dict[str, torch.Tensor]) -> str:
     """sha256 of the bytes of named tensors (e.g. a model's state dict)."""
+    import torch
     h = hashlib.sha256()
     for name in sorted(tensors):
         t = tensors[name].detach().cpu().contiguous()
@@ -62,11 +67,20 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         raise
 
 
-def save_artifact(path: str | Path, key: str, payload: Any) -> None:
-    buf = io.BytesIO()
-    torch.save(payload, buf)
-    body = buf.getvalue()
-    header = json.dumps({"key": key, "sha256": hashlib.sha256(body).hexdigest()}).encode()
+FORMATS = ("torch", "pickle")
+
+
+def save_artifact(path: str | Path, key: str, payload: Any, fmt: str = "torch") -> None:
+    if fmt not in FORMATS:
+        raise ValueError(f"fmt must be one of {FORMATS} (got {fmt!r})")
+    if fmt == "torch":
+        import torch   # imported here: a pickle artifact must load without it
+        buf = io.BytesIO()
+        torch.save(payload, buf)
+        body = buf.getvalue()
+    else:
+        body = pickle.dumps(payload, protocol=pickle.HIGHEST_PROTOCOL)
+    header = json.dumps({"key": key, "sha256": hashlib.sha256(body).hexdigest(), "format": fmt}).encode()
     atomic_write_bytes(path, MAGIC + struct.pack("<I", len(header)) + header + body)
 
 
@@ -88,10 +102,14 @@ def load_artifact(path: str | Path, key: str) -> Any:
         raise ArtifactError(f"{path}: stale (built from different inputs)")
     if hashlib.sha256(body).hexdigest() != header.get("sha256"):
         raise ArtifactError(f"{path}: corrupted payload (checksum mismatch)")
+    if header.get("format", "torch") == "pickle":
+        return pickle.loads(body)
+    import torch
     return torch.load(io.BytesIO(body), weights_only=False)
 
 
-def load_or_build(path: str | Path, key: str, build: Callable[[], Any], what: str = "artifact") -> Any:
+def load_or_build(path: str | Path, key: str, build: Callable[[], Any], what: str = "artifact",
+                  fmt: str = "torch") -> Any:
     """Return the artifact at ``path`` built from ``key``, building and saving it if needed."""
     path = Path(path)
     try:
@@ -100,5 +118,5 @@ def load_or_build(path: str | Path, key: str, build: Callable[[], Any], what: st
         if path.exists():
             warnings.warn(f"rebuilding {what}: {e}", stacklevel=2)
     payload = build()
-    save_artifact(path, key, payload)
+    save_artifact(path, key, payload, fmt)
     return payload

@@ -346,10 +346,12 @@ def resolve_path(path: str | Path) -> Path:
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | dict | None = None,
-                fast: bool = False) -> Config:
+                fast: bool = False, validate: bool = True) -> Config:
     """Read a YAML config (or defaults when ``path`` is None), apply overrides, validate.
 
     ``fast`` applies :data:`FAST_OVERRIDES` first (explicit ``overrides`` still win).
+    ``validate=False`` only fills the defaults: validation imports the dataset and backbone
+    registries (torch), which a cache lookup such as the explorer page's must not pay for.
     """
     raw: dict = {}
     if fast:
@@ -360,7 +362,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | dict | No
             raise ConfigError(f"config: file not found: {p}")
         raw = _merge(read_yaml(p.read_text(), str(p)) or {}, raw)
     over = overrides if isinstance(overrides, dict) else parse_overrides(overrides)
-    return _from_dict(Config, _merge(raw, over), "").validate()
+    cfg = _from_dict(Config, _merge(raw, over), "")
+    return cfg.validate() if validate else cfg
 
 
 def config_to_dict(cfg: Config) -> dict:

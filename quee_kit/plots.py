@@ -12,24 +12,24 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns
-import torch
 
-from .costs import CostModel, count_ops
+if TYPE_CHECKING:   # torch is imported only by the functions that need it: the explorer page
+    from .costs import CostModel  # imports this module and must start in seconds
 
-__all__ = ["set_theme", "save_figure", "save_table", "cost_label", "ACCURACY_LABEL", "EXIT_LABEL",
+__all__ = ["set_theme", "save_figure", "save_table", "cost_label", "METHOD_STYLES", "method_style", "setting_label",
+           "ACCURACY_LABEL", "EXIT_LABEL",
            "LEVEL_LABEL", "exit_accuracy_plot", "quant_heatmap", "cost_table", "cost_bar_plot",
            "path_cost_hist", "tree_size_table", "flop_check_table"]
 
-ACCURACY_LABEL = "accuracy (fraction correct)"
-EXIT_LABEL = "exit (after block t)"
-LEVEL_LABEL = "precision level (weight bits / activation bits)"
-
-
-def cost_label(ref: str = "w16a16") -> str:
-    return f"cost (normalized BOPs, 1.0 = full model at {ref})"
+# the labels and the method -> colour/marker map live in .styles (no seaborn, no torch: the explorer
+# page imports them and must start in seconds); they are part of this module's interface
+from .styles import (ACCURACY_LABEL, EXIT_LABEL, LEVEL_LABEL, METHOD_STYLES, cost_label,  # noqa: E402,F401
+                     method_style, setting_label)
 
 
 def set_theme() -> None:
@@ -38,8 +38,11 @@ def set_theme() -> None:
                   rc={"figure.dpi": 80, "savefig.dpi": 150, "figure.figsize": (6.4, 4.0)})
 
 
-def save_figure(fig: plt.Figure, out_dir: str | Path, name: str) -> list[Path]:
-    """Write ``out_dir/name.png`` and ``out_dir/name.pdf`` (temp file then rename); returns both paths."""
+def save_figure(fig: plt.Figure, out_dir: str | Path, name: str, setting: str | None = None) -> list[Path]:
+    """Write ``out_dir/name.png`` and ``out_dir/name.pdf`` (temp file then rename); returns both paths.
+    ``setting`` (:func:`setting_label`) is added above the figure, so every saved figure names its study."""
+    if setting:
+        fig.text(0.5, 1.0, setting, ha="center", va="bottom", fontsize="small", color="0.3")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = []
@@ -59,11 +62,6 @@ def save_table(df: pd.DataFrame, out_dir: str | Path, name: str, index: bool = F
     df.to_csv(tmp, index=index, float_format="%.6g")
     os.replace(tmp, path)
     return path
-
-
-def _reference(exits_df: pd.DataFrame) -> str:
-    """The reference level: the one whose deepest exit costs 1.0 (the costliest row)."""
-    return str(exits_df.loc[exits_df.cost.idxmax(), "level"])
 
 
 # ------------------------------------------------------------------------------- figures
@@ -111,7 +109,9 @@ def cost_bar_plot(costs: CostModel) -> plt.Figure:
     """Full-model cost per level, stacked as stem | all blocks | final head."""
     t = cost_table(costs).drop(columns="MACs")
     blocks = t[t.index.str.startswith("block")].sum()
-    df = pd.DataFrame({"stem": t.loc["stem"], "blocks": blocks, "final head": t.loc[f"head{costs.depth}"]})
+    head = t.loc[f"head{costs.depth}"]
+    df = pd.DataFrame({"stem": t.loc["stem"], "blocks": blocks,
+                       f"final head ({head.iloc[0]:.4f}, too thin to see)": head})
     fig, ax = plt.subplots()
     df.plot.barh(stacked=True, ax=ax, width=0.7)
     ax.invert_yaxis()  # reference on top
@@ -143,22 +143,25 @@ def tree_size_table(levels, depth: int, families=("monotone", "free", "uniform")
     return pd.DataFrame(rows)
 
 
-@torch.no_grad()
 def flop_check_table(model, image_shape) -> pd.DataFrame:
     """MACs per part from :func:`~quee_kit.costs.count_ops` vs ``FlopCounterMode`` (2 FLOPs per MAC)."""
+    import torch
     from torch.utils.flop_counter import FlopCounterMode
+
+    from .costs import count_ops
     was_training = model.training
     model.eval()
     h, rows = torch.zeros(1, *image_shape), []
     parts = [("stem", model.stem)] + [(f"{k}{t + 1}", m) for t in range(model.depth)
                                       for k, m in (("block", model.blocks[t]), ("head", model.heads[t]))]
-    for name, part in parts:
-        ops, out = count_ops(part, h)
-        with FlopCounterMode(display=False) as fc:
-            part(h)
-        rows.append({"part": name, "count_ops_macs": ops.macs, "flop_counter_macs": fc.get_total_flops() // 2})
-        if not name.startswith("head"):
-            h = out
+    with torch.no_grad():
+        for name, part in parts:
+            ops, out = count_ops(part, h)
+            with FlopCounterMode(display=False) as fc:
+                part(h)
+            rows.append({"part": name, "count_ops_macs": ops.macs, "flop_counter_macs": fc.get_total_flops() // 2})
+            if not name.startswith("head"):
+                h = out
     model.train(was_training)
     df = pd.DataFrame(rows)
     df["match"] = df.count_ops_macs == df.flop_counter_macs
@@ -171,19 +174,13 @@ import numpy as np  # noqa: E402  (only the result figures below need these)
 from matplotlib.patches import Patch  # noqa: E402
 from matplotlib.ticker import NullFormatter  # noqa: E402
 
-__all__ += ["TEST_ACCURACY_LABEL", "DIFF_LABEL", "BUDGET_LABEL", "method_colors", "accuracy_cost_figure",
+__all__ += ["TEST_ACCURACY_LABEL", "DIFF_LABEL", "BUDGET_LABEL", "accuracy_cost_figure",
             "reliability_diagram", "k_sweep_plot", "noise_sweep_plot", "difficulty_plot", "quality_by_depth_plot"]
 
 TEST_ACCURACY_LABEL = "test accuracy (fraction correct)"
-DIFF_LABEL = "accuracy − best-single (percentage points, test)"
+DIFF_LABEL = "accuracy − best-single\n(percentage points, test)"
 BUDGET_LABEL = "budget (normalized BOPs, 1.0 = full model at w16a16)"
 ERROR_PROB_LABEL = "predicted probability of error ê (exit now)"
-
-
-def method_colors(methods) -> dict:
-    """One fixed colour per method name (same method, same colour in every panel)."""
-    methods = list(dict.fromkeys(methods))
-    return dict(zip(methods, sns.color_palette("colorblind", max(len(methods), 1)) * 2))
 
 
 def accuracy_cost_figure(curves: pd.DataFrame, budgets_df: pd.DataFrame, c_min, c_sat, methods,
@@ -200,18 +197,15 @@ def accuracy_cost_figure(curves: pd.DataFrame, budgets_df: pd.DataFrame, c_min, 
     pooled = budgets_df[budgets_df.seed == "all"]
     if diff_methods is None:
         diff_methods = [m for m in pooled.method.unique() if m.startswith("quee")]
-    colors = method_colors(methods)
-    extra = [m for m in diff_methods if m not in colors]        # ablations: a second palette, no repeats
-    colors.update(zip(extra, sns.color_palette("Dark2", max(len(extra), 1))))
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(13.0, 4.8), gridspec_kw={"width_ratios": [1.25, 1]})
     for m in methods:
         g = curves[curves.method == m].groupby("budget").agg(
             cost=("cost", "mean"), acc=("accuracy", "mean"), lo=("accuracy", "min"), hi=("accuracy", "max"),
             seeds=("accuracy", "size")).sort_index()
-        ls = "--" if m.startswith("oracle") else "-"
-        ax.plot(g.cost, g.acc, ls=ls, color=colors[m], label=m, lw=2.2 if m == "quee" else 1.5)
+        st = method_style(m)
+        ax.plot(g.cost, g.acc, **st, ms=4, label=m, lw=2.2 if m == "quee" else 1.5)
         if g.seeds.max() > 1:
-            ax.fill_between(g.cost, g.lo, g.hi, color=colors[m], alpha=0.18, lw=0)
+            ax.fill_between(g.cost, g.lo, g.hi, color=st["color"], alpha=0.18, lw=0)
     for x, name, ls in ((float(np.mean(c_min)), "$c_{min}$", ":"), (float(np.mean(c_sat)), "$c_{sat}$", "-.")):
         ax.axvline(x, color="0.35", ls=ls, lw=1.2)
         ax.annotate(f"{name} = {x:.3g}", (x, 0.02), xycoords=("data", "axes fraction"), rotation=90,
@@ -225,7 +219,6 @@ def accuracy_cost_figure(curves: pd.DataFrame, budgets_df: pd.DataFrame, c_min, 
     band = "band: min–max over seeds" if n_seeds > 1 else "one seed"
     ax.set(xlabel=cost_label(ref), ylabel=TEST_ACCURACY_LABEL,
            title=f"Accuracy vs cost under the budget rule ({band})")
-    ax.legend(fontsize="small", loc="lower right")
     budgets = sorted(pooled.budget.unique())
     per_seed = budgets_df[budgets_df.seed != "all"]
     feasible = (per_seed.groupby(["method", "budget"]).feasible.all() if "feasible" in per_seed else None)
@@ -236,12 +229,13 @@ def accuracy_cost_figure(curves: pd.DataFrame, budgets_df: pd.DataFrame, c_min, 
         x = np.arange(len(budgets)) - 0.4 + width * (j + 0.5)
         y = 100 * d.diff_vs_best_single.to_numpy()
         yerr = [y - 100 * d.diff_lo.to_numpy(), 100 * d.diff_hi.to_numpy() - y]
-        bx.errorbar(x, y, yerr=yerr, fmt="o", ms=5, capsize=3, color=colors[m], label=m)
+        st = method_style(m)
+        bx.errorbar(x, y, yerr=yerr, fmt=st["marker"], ms=5, capsize=3, color=st["color"], label=m)
         if feasible is not None:
             bad = ~np.array([bool(feasible.get((m, b), True)) for b in budgets])
             if bad.any():  # hollow: the method cannot meet this budget on calib (its cheapest knob is shown)
                 any_infeasible = True
-                bx.plot(x[bad], y[bad], "o", ms=5, mfc="white", mec=colors[m], zorder=5)
+                bx.plot(x[bad], y[bad], st["marker"], ms=5, mfc="white", mec=st["color"], zorder=5)
     bx.axhline(0, color="0.2", lw=1)
     if any_infeasible:
         bx.annotate("hollow: budget infeasible on calib", (0.01, 0.01), xycoords="axes fraction",
@@ -249,9 +243,20 @@ def accuracy_cost_figure(curves: pd.DataFrame, budgets_df: pd.DataFrame, c_min, 
     bx.set_xticks(np.arange(len(budgets)), [f"{b:g}" for b in budgets])
     bx.set(xlabel=BUDGET_LABEL, ylabel=DIFF_LABEL,
            title=f"Paired difference vs best-single, 95% bootstrap CI ({n_seeds} seed{'s' * (n_seeds > 1)})")
-    bx.legend(fontsize="small")
-    fig.tight_layout()
+    _legend_below(fig, (ax, bx), ncol=7)   # one legend for both panels (same colour and marker per method)
     return fig
+
+
+def _legend_below(fig: plt.Figure, axes, ncol: int) -> None:
+    """One legend (every label of ``axes`` once) under the panels, off every data point."""
+    seen = {}
+    for ax in ([axes] if isinstance(axes, plt.Axes) else axes):
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            seen.setdefault(lab, h)
+    handles, labels = list(seen.values()), list(seen)
+    rows = -(-len(labels) // ncol)
+    fig.tight_layout(rect=(0, 0.045 * rows + 0.03, 1, 1))
+    fig.legend(handles, labels, loc="lower center", ncol=ncol, fontsize="small", frameon=False)
 
 
 def reliability_diagram(p, err, n_bins: int = 15, label: str = "predictor", ax=None) -> plt.Figure:
@@ -310,10 +315,10 @@ def k_sweep_plot(df: pd.DataFrame) -> plt.Figure:
             ax.axhline(sweep.auroc_maxprob.iloc[0], ls=":", color="0.3", label="1 − max prob")
         ax.set_xscale("log", base=2)
         ax.set_xticks(sweep.K, [f"{k:g}" for k in sweep.K])
-        ax.set(xlabel="K (k-means cells per depth)", ylabel=ylabel)
-    axes[2].legend(fontsize="small")
+        zoomed = bool(ax.get_ylim()[0] > 0)                       # say so when the axis does not start at 0
+        ax.set(xlabel="K (k-means cells per depth)", ylabel=ylabel + ("\n(zoomed: axis not from 0)" * zoomed))
     fig.suptitle("Discretized targets: number of cells K (test split)")
-    fig.tight_layout()
+    _legend_below(fig, axes[2], ncol=4)
     return fig
 
 
@@ -334,12 +339,11 @@ def noise_sweep_plot(df: pd.DataFrame) -> plt.Figure:
     ax.axhline(0, color="0.2", lw=1)
     ax.set(xlabel="predictor noise σ (logit ê + σ·N(0,1))", ylabel=DIFF_LABEL,
            title="QuEE with noisier predictors vs best-single")
-    ax.legend(fontsize="small", ncol=2)
     q = df.groupby("sigma")[["auroc", "brier"]].first().reset_index()
     bx.plot(q.sigma, q.auroc, marker="o", color="C0")
     bx.set(xlabel="predictor noise σ (logit ê + σ·N(0,1))", ylabel="AUROC of error detection (test)",
            title="Predictor quality")
-    fig.tight_layout()
+    _legend_below(fig, ax, ncol=len(budgets))
     return fig
 
 
@@ -354,25 +358,21 @@ def difficulty_plot(df: pd.DataFrame) -> plt.Figure:
     series = [("best-single", first.accuracy_best_single, first.mean_cost_best_single)]
     series += [(m, d.accuracy_method, d.mean_cost_method)
                for m, d in ((m, df[df.method == m].sort_values("group")) for m in methods)]
-    colors = method_colors([s[0] for s in series])
     labels = [f"{g}\n[{lo:.2f}, {hi:.2f}]" for g, lo, hi in zip(first.group, first.maxprob_lo, first.maxprob_hi)]
     x = first.group.to_numpy()
     fig, axes = plt.subplots(1, 2, figsize=(12.0, 4.4))
     for name, acc, cost in series:
-        ls = "--" if name.startswith("oracle") else "-"
         for ax, y in zip(axes, (acc, cost)):
-            ax.plot(x, y.to_numpy(), marker="o", ls=ls, color=colors[name], label=name,
-                    lw=2.2 if name == "quee" else 1.5)
+            ax.plot(x, y.to_numpy(), **method_style(name), label=name, lw=2.2 if name == "quee" else 1.5)
     xlabel = "difficulty group (1 = easiest)\n[min, max] max prob of exit 1 at the reference level"
     budget = float(first.budget.iloc[0])
     n = int(first.n.sum())
     axes[0].set(xlabel=xlabel, ylabel=TEST_ACCURACY_LABEL, title=f"Accuracy per group, budget {budget:g} ({n} test samples)")
-    axes[1].set(xlabel=xlabel, ylabel="mean cost per sample\n(normalized BOPs, 1.0 = full model at w16a16)",
-                title="Where the compute goes")
+    axes[1].set(xlabel=xlabel, ylabel="mean cost per sample\n(normalized BOPs)",   # short: no overflow
+                title="Where the compute goes (cost 1.0 = full model at w16a16)")
     for ax in axes:
         ax.set_xticks(x, labels)
-    axes[0].legend(fontsize="small")
-    fig.tight_layout()
+    _legend_below(fig, axes[0], ncol=len(series))
     return fig
 
 
@@ -382,11 +382,11 @@ def quality_by_depth_plot(quality: pd.DataFrame, split: str = "test") -> plt.Fig
     (rows of ``split`` with a numeric ``depth``; several seeds are averaged)."""
     q = quality[(quality.split == split) & quality.depth.str.isdigit()].assign(depth=lambda d: d.depth.astype(int))
     q = q.groupby(["variant", "depth"], as_index=False)[["auroc", "auroc_maxprob", "ece"]].mean()
-    colors = method_colors(q.variant)
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(11.0, 3.8))
     for v, g in q.groupby("variant", sort=False):
-        a1.plot(g.depth, g.auroc, marker="o", color=colors[v], label=v)
-        a2.plot(g.depth, g.ece, marker="o", color=colors[v], label=v)
+        st = method_style(v)
+        a1.plot(g.depth, g.auroc, marker=st["marker"], color=st["color"], label=v)
+        a2.plot(g.depth, g.ece, marker=st["marker"], color=st["color"], label=v)
     mp = q.groupby("depth").auroc_maxprob.mean()
     a1.plot(mp.index, mp.values, ls=":", color="0.3", label="1 − max prob")
     a1.set(xlabel="decision depth t (after block t)", ylabel=f"AUROC of error detection ({split})")

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .budget_rule import select_for_budget  # re-exported: the rule is shared, torch-free
 from .paths import PathCache
 from .predictors import OptionSpace
 
@@ -125,19 +126,6 @@ def simulate(err_hat: np.ndarray, cache: PathCache, opts: OptionSpace, lam: floa
 def lambda_grid(n: int) -> np.ndarray:
     """λ = 0 and ``n - 1`` log-spaced values in [1e-3, 1e4] (cost is a step function of λ)."""
     return np.concatenate([[0.0], np.logspace(-3, 4, n - 1)])
-
-
-def select_for_budget(costs: np.ndarray, accs: np.ndarray, budget: float) -> tuple[int, bool]:
-    """The rule every method uses for its knob: best calib accuracy with calib cost <= budget
-    (ties: lower cost). Returns (index, feasible); infeasible budgets get the cheapest knob."""
-    if budget <= 0:
-        raise ValueError(f"budget must be > 0 (got {budget})")
-    costs, accs = np.asarray(costs), np.asarray(accs)
-    ok = np.flatnonzero(costs <= budget + 1e-12)
-    if not len(ok):
-        return int(costs.argmin()), False
-    best = ok[np.lexsort((costs[ok], -accs[ok]))[0]]
-    return int(best), True
 
 
 class QueePolicy:

@@ -57,8 +57,9 @@ def test_accuracy_cost_figure(curves, budgets_df):
     assert xs == pytest.approx([0.0115, 0.2])                # c_min (mean over seeds) and c_sat
     assert len(left.collections) == len(METHODS)             # one band per method (3 seeds)
     # right panel: default diff methods are quee and its ablations, in percentage points
-    legend = [t.get_text() for t in right.get_legend().get_texts()]
-    assert legend == ["quee", "quee-raw"]
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]   # one legend under both panels
+    assert legend == [*METHODS, "quee-raw"]
+    assert left.get_legend() is None and right.get_legend() is None   # no legend on the data
     bars = {c.get_label(): c for c in right.containers}       # one error-bar series per method
     assert set(bars) == {"quee", "quee-raw"}
     assert np.asarray(bars["quee"].lines[0].get_ydata(), float) == pytest.approx([0.4] * 3)
@@ -127,7 +128,7 @@ def test_difficulty_plot():
     assert "normalized BOPs" in cost_ax.get_ylabel()
     acc = {l.get_label(): list(l.get_ydata()) for l in acc_ax.get_lines()}
     assert acc["quee"] == [0.99, 0.9, 0.8, 0.55] and acc["best-single"] == [0.99, 0.88, 0.75, 0.5]
-    assert [t.get_text() for t in acc_ax.get_legend().get_texts()] == ["best-single", "quee", "oracle"]
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["best-single", "quee", "oracle"]
 
 
 def test_quality_by_depth_plot(plot_theme):

@@ -1,0 +1,236 @@
+"""What the explorer shows, stored as one content-hashed artifact, so that the page starts in seconds.
+
+:class:`ExplorerData` holds, for one study (config + seed): every method's knob table
+(``Study.points``: cost and accuracy on calib and test per knob) with the final test node of every
+sample under every knob, and the per-sample arrays the panels need (tree depth/level per node, test
+correctness and max prob per node, the predicted error of exiting, the test images). It is built
+once from a :class:`~quee_kit.evaluate.Study` and saved through :func:`quee_kit.artifacts.load_or_build`
+as a pickle payload, so loading it imports neither torch nor the study's modules. Its key hashes
+the whole config, the data file of ``npz:`` datasets and the source of the modules that compute
+the points (a changed method recomputes them). A level subset other than "all levels" needs the
+live study (:mod:`quee_kit.explorer.restrict`); it is loaded on first use.
+
+    python -m quee_kit.explorer --config configs/mnist10k.yaml [--fast] [--seed 0]   # build it
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..artifacts import ArtifactError, content_hash, load_artifact, load_or_build
+from ..config import PROJECT_ROOT, load_config
+from .state import Memo
+
+__all__ = ["ExplorerData", "MethodTable", "build_explorer_data", "load_explorer_data", "explorer_artifact",
+           "FORMAT"]
+
+FORMAT = 1   # bump when the stored fields change
+_NOT_POINTS = {"plots.py", "styles.py", "reproduce.py", "cli.py", "__main__.py", "__init__.py"}  # no numbers
+
+
+@dataclass
+class MethodTable:
+    """One method's knobs within a level set. ``points``: ``entry, lambda, cost_calib, acc_calib,
+    cost_test, acc_test`` per knob; ``nodes``: (n_knobs, N) final test node per knob and sample, or
+    None when ``method`` (a live method object) computes them on demand."""
+    name: str
+    points: pd.DataFrame
+    knobs: list
+    has_lambda: bool          # λ is a knob (QuEE variants, oracles)
+    has_entry: bool           # λ mode also picks the entry level (QuEE variants)
+    err_key: str | None       # which predictor's ê the examples show (None: 1 - max prob)
+    nodes: np.ndarray | None = None
+    method: object = None
+    _index: dict = field(default=None, repr=False)
+    _memo: Memo = field(default=None, repr=False)
+
+    def knob_index(self, knob) -> int:
+        if self._index is None:
+            self._index = {tuple(k): i for i, k in enumerate(self.knobs)}
+        if tuple(knob) not in self._index:
+            raise ValueError(f"{self.name}: no knob {knob} in this level set")
+        return self._index[tuple(knob)]
+
+    def describe(self, knob) -> dict:
+        row = self.points.iloc[self.knob_index(knob)]
+        return {"entry": row["entry"], "lambda": row["lambda"]}
+
+    def test_nodes(self, i: int) -> np.ndarray:
+        if self.nodes is not None:
+            return self.nodes[i].astype(np.int64)
+        if self._memo is None:
+            self._memo = Memo(512)
+        return self._memo.get(i, lambda: np.asarray(self.method.outcome("test", self.knobs[i]).node))
+
+    def __getstate__(self):
+        return {**self.__dict__, "method": None, "_index": None, "_memo": None}
+
+
+@dataclass
+class ExplorerData:
+    """Everything the explorer shows for one study (test split). Arrays: ``depth``/``level``
+    (n_nodes,) of the path tree (depth 1-based, level index 0 = reference), ``exit_option``
+    (n_nodes,), ``correct`` (n_nodes, N) bool, ``max_prob`` (n_nodes, N), ``err_exit[key]``
+    (n_nodes, N) predicted error of exiting at each node (1 - max prob at the last exit),
+    ``images`` (N, C, H, W) uint8."""
+    setting: str
+    fast: bool
+    seed: int
+    config: str
+    overrides: list
+    level_names: list
+    depth: np.ndarray
+    level: np.ndarray
+    exit_option: np.ndarray
+    correct: np.ndarray
+    max_prob: np.ndarray
+    err_exit: dict
+    images: np.ndarray
+    c_min: float
+    c_sat: float
+    ref_acc: float
+    lambdas: np.ndarray
+    methods: dict
+    build_seconds: float = 0.0
+    note: str = ""
+    _study: object = field(default=None, repr=False)
+
+    @property
+    def n_test(self) -> int:
+        return int(self.correct.shape[1])
+
+    def table(self, method: str, level_set: tuple[int, ...]) -> MethodTable:
+        """The method's table within ``level_set`` (level indices); subsets use the live study."""
+        if tuple(level_set) == tuple(range(len(self.level_names))):
+            return self.methods[method]
+        from .restrict import restricted_table
+        return restricted_table(self.study(), method, tuple(level_set), self.methods[method])
+
+    @property
+    def study_loaded(self) -> bool:
+        return self._study is not None
+
+    def study(self):
+        """The live :class:`~quee_kit.evaluate.Study` (loaded from the cache on first use: seconds to minutes)."""
+        if self._study is None:
+            from ..evaluate import run_study
+            cfg = load_config(self.config, [*self.overrides, f"seed={self.seed}"], fast=self.fast)
+            self._study = run_study(cfg, progress=False)
+        return self._study
+
+    def __getstate__(self):
+        return {**self.__dict__, "_study": None, "note": ""}
+
+
+def _images_uint8(x) -> np.ndarray:
+    x = np.asarray(x.numpy() if hasattr(x, "numpy") else x, dtype=np.float32)
+    lo, hi = float(x.min()), float(x.max())
+    return np.round((x - lo) / max(hi - lo, 1e-12) * 255).astype(np.uint8)
+
+
+def build_explorer_data(study, fast: bool, config: str, overrides=()) -> ExplorerData:
+    """Every method's knob table with its test nodes, from a live study (seconds: outcomes are re-run)."""
+    from ..baselines import Oracle
+    from ..evaluate import c_min_sat
+    from ..styles import setting_label
+    from ..policy import QueePolicy
+    t0 = time.perf_counter()
+    prep, tree = study.prep, study.prep.tree
+    test = prep.caches["test"]
+    max_prob = test.features[..., 0].numpy().astype(np.float32)
+    n_nodes, n = max_prob.shape
+    exit_option = np.asarray(study.opts.exit_option)
+    err_exit, err_keys, source = {}, {}, {}
+    for name, p in study.predictors.items():   # variants sharing a predictor share one array
+        key = next((k for k, q in source.items() if q is p), None)
+        if key is None:
+            key, source[name] = name, p
+            e = p["test"][np.arange(n_nodes)[:, None], np.arange(n)[None, :], exit_option[:, None]]
+            err_exit[name] = np.where(np.isfinite(e), e, 1.0 - max_prob).astype(np.float32)
+        err_keys[name] = key
+    default_err = err_keys.get("quee")
+    dtype = np.int16 if n_nodes < 2 ** 15 else np.int32
+    methods = {}
+    for name, m in study.methods.items():
+        outs = m.outcomes("test") if hasattr(m, "outcomes") else [m.outcome("test", k) for k in m.knobs]
+        is_quee = isinstance(m, QueePolicy)
+        methods[name] = MethodTable(
+            name, study.points[name].reset_index(drop=True), [tuple(k) for k in m.knobs],
+            has_lambda=is_quee or isinstance(m, Oracle), has_entry=is_quee,
+            err_key=err_keys.get(name, default_err) if is_quee else default_err,
+            nodes=np.stack([np.asarray(o.node) for o in outs]).astype(dtype))
+    c_min, c_sat = c_min_sat(study)
+    cfg = prep.cfg
+    return ExplorerData(
+        setting=setting_label(fast, [cfg.seed], n, len(prep.data.train)), fast=fast, seed=cfg.seed,
+        config=str(config), overrides=list(overrides), level_names=[lv.name for lv in tree.levels],
+        depth=np.asarray(tree.depth), level=np.asarray(tree.level), exit_option=exit_option,
+        correct=np.asarray(test.correct_np, dtype=bool), max_prob=max_prob, err_exit=err_exit,
+        images=_images_uint8(prep.data.test.x), c_min=c_min, c_sat=c_sat,
+        ref_acc=float(study.points["static-quant"]["acc_test"].iloc[0]),
+        lambdas=np.asarray(sorted({k[-1] for k in study.methods["oracle"].knobs})), methods=methods,
+        build_seconds=time.perf_counter() - t0, _study=study)
+
+
+def _source_digest() -> str:
+    """sha256 of the modules that compute the points (not the figures, CLI or notebooks runner)."""
+    h = hashlib.sha256()
+    pkg = Path(__file__).resolve().parents[1]
+    for f in sorted(pkg.glob("*.py")) + [Path(__file__).resolve()]:
+        if f.name not in _NOT_POINTS or f.parent != pkg:
+            h.update(f.name.encode())
+            h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+def explorer_artifact(cfg) -> tuple[Path, str]:
+    """(path, key) of the explorer artifact of a config (its ``seed`` included)."""
+    data = cfg.data.name
+    if data.startswith("npz:"):   # a user's file: its bytes are part of what the points were built from
+        data = hashlib.sha256(Path(data[4:]).expanduser().read_bytes()).hexdigest()
+    key = content_hash("explorer", FORMAT, dataclasses.asdict(cfg), data, _source_digest())
+    root = Path(cfg.cache_dir)
+    root = root if root.is_absolute() else PROJECT_ROOT / root   # the rule of quee_kit.pipeline
+    return root / f"explorer-{key[:16]}.pkl", key
+
+
+def load_explorer_data(config: str = "configs/mnist10k.yaml", fast: bool | None = None, seed: int = 0,
+                       overrides=(), build: bool = True, progress: bool = True) -> ExplorerData:
+    """The explorer's data for a study. ``fast=None``: the full study when its artifact exists, else the
+    fast one (``note`` then says how to get the full one). A missing artifact is built (needs the
+    study: loads or trains it) when ``build``, else :class:`~quee_kit.artifacts.ArtifactError`."""
+    def locate(f: bool):
+        return explorer_artifact(load_config(config, [*overrides, f"seed={seed}"], fast=f, validate=False))
+
+    note = ""
+    if fast is None:
+        path, key = locate(False)
+        try:
+            data = load_artifact(path, key)
+            data.note = ""
+            return data
+        except ArtifactError:
+            fast = True
+            note = ("fast setting: the full study's explorer data is not built yet; build it with "
+                    "`python -m quee_kit.explorer --config configs/mnist10k.yaml` (minutes once) "
+                    "or open this notebook with fast = False")
+    path, key = locate(fast)
+    if not build:
+        data = load_artifact(path, key)
+    else:
+        def make():
+            from ..evaluate import run_study
+            if progress:
+                print(f"building the explorer data for the {'fast' if fast else 'full'} study (once; "
+                      f"minutes when the model is not trained yet)…", flush=True)
+            cfg = load_config(config, [*overrides, f"seed={seed}"], fast=fast)
+            return build_explorer_data(run_study(cfg, progress=progress), fast, config, overrides)
+        data = load_or_build(path, key, make, what="explorer data", fmt="pickle")
+    data.note = note
+    return data
