@@ -114,13 +114,7 @@ class BudgetExplorer:
         ``level_set`` is a preset name or a tuple of level indices; ``entry`` a level name (λ mode).
         """
         t0 = time.perf_counter()
-        s = self.state
-        if method is not None:
-            s = s.replace(method=method)
-        if level_set is not None:
-            s = s.replace(level_set=self.model.level_set_name(level_set))
-        if budget is not None:
-            s = s.replace(budget=float(budget), mode="budget")
+        s = self._with(self.state, method, level_set, budget)
         if mode == "lambda" and s.mode == "budget" and lam is None:
             s = self.model.enter_lambda_mode(s)
         elif mode is not None:
@@ -193,17 +187,21 @@ class BudgetExplorer:
         self._fig.set_pointer(view)
         return self._fig.render_png(layer_px)
 
-    def snapshot(self, budget: float | None = None, method: str | None = None, level_set=None,
-                 dpi: int = DPI) -> Figure:
-        """A plain matplotlib Figure (for :func:`quee_kit.plots.save_figure`) of the current state, or
-        of the budget rule at ``budget`` when given; the widget itself is left unchanged."""
-        s = self.state
+    def _with(self, s, method, level_set, budget):
+        """``s`` with the given method, level set and budget (budget mode); ``None`` keeps the field."""
         if method is not None:
             s = s.replace(method=method)
         if level_set is not None:
             s = s.replace(level_set=self.model.level_set_name(level_set))
         if budget is not None:
             s = s.replace(budget=float(budget), mode="budget")
+        return s
+
+    def snapshot(self, budget: float | None = None, method: str | None = None, level_set=None,
+                 dpi: int = DPI) -> Figure:
+        """A plain matplotlib Figure (for :func:`quee_kit.plots.save_figure`) of the current state, or
+        of the budget rule at ``budget`` when given; the widget itself is left unchanged."""
+        s = self._with(self.state, method, level_set, budget)
         view = self.model.resolve(self.model.normalize(s))
         fig = ExplorerFigure(self.data.level_names, int(self.data.depth.max()), self._images, self.k,
                              animated=False, dpi=dpi)
