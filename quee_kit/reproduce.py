@@ -61,7 +61,7 @@ def reproduce(config: str | Path, out_dir: str | Path, fast: bool = False, overr
     import papermill as pm
     out = Path(out_dir).resolve()
     notebooks = [nb for nb in notebook_paths(notebooks_dir) if only is None or nb.stem in only]
-    per_notebook = _notebook_params(params_file, notebooks)
+    per_notebook = _notebook_params(params_file, notebook_paths(notebooks_dir))  # every stem is known
     common = {"config": str(resolve_path(config).resolve()), "fast": bool(fast), "out_dir": str(out),
               "overrides": list(overrides or [])}
     (out / "notebooks").mkdir(parents=True, exist_ok=True)

@@ -21,7 +21,9 @@ def _write_notebook(path, *sources):
 
 
 def test_notebook_04_writes_figures_and_tables(tmp_path):
-    assert reproduce(CONFIG, tmp_path, fast=True, only=["04_path_cache_and_costs"], progress=False) == 0
+    # the full run's params file names other notebooks: running one notebook must still accept it
+    assert reproduce(CONFIG, tmp_path, fast=True, only=["04_path_cache_and_costs"], progress=False,
+                     params_file="configs/reproduce_params.yaml") == 0
     for ext, magic in (("png", b"\x89PNG"), ("pdf", b"%PDF")):
         data = (tmp_path / "figures" / f"04_path_cost_hist.{ext}").read_bytes()
         assert len(data) > 1000 and data.startswith(magic)
