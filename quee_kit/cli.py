@@ -37,7 +37,8 @@ def cmd_cache(args) -> int:
         if not is_main():
             return 0
     df = exits_table(prep)
-    df.to_csv(out / "exits.csv", index=False, float_format="%.6g")
+    from .artifacts import atomic_write_bytes
+    atomic_write_bytes(out / "exits.csv", df.to_csv(index=False, float_format="%.6g").encode())
     stats = {"tree_nodes": len(prep.tree), "family": prep.tree.family,
              "levels": [l.name for l in prep.levels], "depth": prep.tree.L,
              "splits": {s: c.stats for s, c in prep.caches.items()},
