@@ -1,4 +1,4 @@
-"""Baselines and bounds on the same path cache (SPEC §2.6).
+"""Baselines and bounds on the same path cache (README, "What the kit computes").
 
 Each method exposes ``knobs`` (its own parameter grid), ``outcome(split, knob)`` and
 ``describe(knob)``; the budget rule (:func:`quee_kit.policy.select_for_budget`) picks a knob

@@ -1,6 +1,6 @@
 """MACs per op and BOPs (bit operations) per level; normalized path costs.
 
-Convention (SPEC §2.2, the BOPs of e.g. van Baalen et al. 2020, "Bayesian Bits"):
+Convention (the BOPs of e.g. van Baalen et al. 2020, "Bayesian Bits"):
 ``BOPs = MACs x w_bits x a_bits`` for a quantized Linear/Conv, ``MACs x a_bits x a_bits``
 for an attention matmul run at ``a_bits`` (``ref x ref`` when it runs in float), and one
 op per element of every norm, activation and softmax at the reference precision

@@ -25,7 +25,7 @@ __all__ = ["FAMILIES", "PathTree", "PathCache", "build_path_cache", "softmax_fea
 
 FAMILIES = ("monotone", "free", "uniform")
 
-# Compact per-node features (SPEC §2.4), in this column order.
+# Compact per-node features (README, "What the kit computes": Features), in this column order.
 FEATURE_NAMES = ["max_prob", "margin", "entropy", "p2", "p3", "log_odds", "logit_margin", "depth", "level",
                  "prev_max_prob", "agree_prev"]
 HISTORY_FEATURES = ("prev_max_prob", "agree_prev")

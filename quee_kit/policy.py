@@ -19,7 +19,7 @@ from .predictors import OptionSpace
 __all__ = ["Outcome", "make_outcome", "call_needed", "simulate", "simulate_many", "option_mask", "lambda_grid", "select_for_budget",
            "QueePolicy", "VARIANTS"]
 
-# Option restrictions of the QuEE ablations (SPEC §2.6).
+# Option restrictions of the QuEE ablations (quee-exit-only, quee-quant-only; README glossary).
 VARIANTS = ("all", "exit-only", "quant-only")
 
 
