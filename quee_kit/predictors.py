@@ -103,27 +103,32 @@ def feature_columns(history: bool = True) -> list[int]:
 @dataclass
 class DecisionRows:
     """One row per (decision node, sample), node-major. x: (R, F) every feature column; wrong: (R, O)
-    0/1 true errors of every option, NaN where invalid; depth, level, node, sample: (R,) ints."""
+    0/1 true errors of every option, NaN where invalid (None when not asked for); depth, level, node,
+    sample: (R,) ints."""
     x: np.ndarray
-    wrong: np.ndarray
+    wrong: np.ndarray | None
     depth: np.ndarray
     level: np.ndarray
     node: np.ndarray
     sample: np.ndarray
 
 
-def decision_rows(cache: PathCache, opts: OptionSpace, samples: np.ndarray, nodes: np.ndarray | None = None
-                  ) -> DecisionRows:
-    """Rows of ``samples`` at ``nodes`` (default: every decision node, depth < L)."""
+def decision_rows(cache: PathCache, opts: OptionSpace, samples: np.ndarray, nodes: np.ndarray | None = None,
+                  errors: bool = True) -> DecisionRows:
+    """Rows of ``samples`` at ``nodes`` (default: every decision node, depth < L); ``errors=False``
+    leaves ``wrong`` None (prediction needs only the features)."""
     tree = opts.tree
     nodes = np.flatnonzero(tree.depth < tree.L) if nodes is None else np.asarray(nodes)
     x = cache.features[nodes][:, samples].reshape(-1, len(FEATURE_NAMES)).numpy()
-    tgt = opts.target[nodes]                                                  # (nn, O)
-    wrong = (~cache.correct).numpy()[np.where(tgt >= 0, tgt, 0)][:, :, samples]  # (nn, O, S)
-    wrong = np.where((tgt >= 0)[:, :, None], wrong, np.nan).astype(np.float32)
+    wrong = None
+    if errors:
+        tgt = opts.target[nodes]                                                  # (nn, O)
+        wrong = (~cache.correct).numpy()[np.where(tgt >= 0, tgt, 0)][:, :, samples]  # (nn, O, S)
+        wrong = np.where((tgt >= 0)[:, :, None], wrong, np.nan).astype(np.float32)
+        wrong = wrong.transpose(0, 2, 1).reshape(-1, opts.n_options)
     S = len(samples)
-    return DecisionRows(x, wrong.transpose(0, 2, 1).reshape(-1, opts.n_options), np.repeat(tree.depth[nodes], S),
-                        np.repeat(tree.level[nodes], S), np.repeat(nodes, S), np.tile(np.asarray(samples), len(nodes)))
+    return DecisionRows(x, wrong, np.repeat(tree.depth[nodes], S), np.repeat(tree.level[nodes], S),
+                        np.repeat(nodes, S), np.tile(np.asarray(samples), len(nodes)))
 
 
 def discretized_targets(Z: np.ndarray, wrong: np.ndarray, group: np.ndarray, scheme: str, K: int = 8,
@@ -316,7 +321,7 @@ def fit_predictor(cache: PathCache, opts: OptionSpace, cfg, samples: np.ndarray,
 
 def predict_nodes(predictor, cache: PathCache, opts: OptionSpace, samples: np.ndarray) -> np.ndarray:
     """``err_hat`` of ``samples`` at every node: (n_nodes, len(samples), O), NaN at invalid options and leaves."""
-    rows = decision_rows(cache, opts, samples)
+    rows = decision_rows(cache, opts, samples, errors=False)
     out = np.full((len(opts.tree), len(samples), opts.n_options), np.nan, dtype=np.float32)
     nodes = np.unique(rows.node)
     out[nodes] = predictor.predict_rows(rows.x, rows.depth, rows.node).reshape(len(nodes), len(samples), -1)
