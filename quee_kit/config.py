@@ -134,6 +134,15 @@ class QuantConfig:
     clip_percentile: float | None = None  # e.g. 99.9 clips activations at that percentile of |x| (per sample)
     quantize_attention: bool = True       # attention matmuls at a_bits (and costed so) or float (costed at reference)
     ref_dtype: str = "float32"            # the float reference level runs in float32 | bfloat16 (costed at its bits either way)
+    backend: str = "fake"                 # how quantized blocks compute: fake (float32) | compiled | int (int8 GEMMs) | int-compiled
+
+    def key(self) -> dict:
+        """These fields for artifact keys; ``backend`` only where it is not the original ``fake``, so
+        artifacts built before backends existed stay valid."""
+        d = dataclasses.asdict(self)
+        if d["backend"] == "fake":
+            del d["backend"]
+        return d
 
     def validate(self, p: str) -> None:
         from .quant import parse_level
@@ -148,6 +157,8 @@ class QuantConfig:
             _fail(f"{p}.levels", "a list without repeats", self.levels)
         if self.ref_dtype not in ("float32", "bfloat16"):
             _fail(f"{p}.ref_dtype", "'float32' or 'bfloat16'", self.ref_dtype)
+        if self.backend not in ("fake", "compiled", "int", "int-compiled"):
+            _fail(f"{p}.backend", "'fake', 'compiled', 'int' or 'int-compiled'", self.backend)
         if self.act_granularity not in ("tensor", "token"):
             _fail(f"{p}.act_granularity", "'tensor' or 'token'", self.act_granularity)
         if self.clip_percentile is not None and not (50.0 < self.clip_percentile <= 100.0):

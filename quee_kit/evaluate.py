@@ -119,7 +119,7 @@ def _fit_variant(prep: Prepared, opts: OptionSpace, pcfg, seed: int, progress: b
     cached as an artifact; their calib (out-of-fold) and test estimates and the cost of one call."""
     key = content_hash("predictors", PREDICTOR_FIT_VERSION, prep.model_hash, prep.data.digest,
                        [l.name for l in prep.levels], prep.tree.family, dataclasses.asdict(pcfg), seed,
-                       dataclasses.asdict(prep.cfg.quant), FEATURE_NAMES)  # a change of features makes old ones stale
+                       prep.cfg.quant.key(), FEATURE_NAMES)  # a change of features makes old ones stale
     path = _cache_dir(prep.cfg) / f"predictors-{key[:16]}.pt"
 
     def build():

@@ -17,6 +17,7 @@ import torch
 
 from . import distributed
 from .artifacts import content_hash, load_or_build, tensor_digest
+from .backends import to_backend
 from .config import PROJECT_ROOT, Config
 from .costs import CostModel
 from .data import Dataset, load_dataset
@@ -127,8 +128,10 @@ def prepare(cfg: Config, splits: tuple[str, ...] = ("calib", "test"), progress: 
     costs = CostModel(model.cpu(), data.image_shape, levels, levels[0], q.quantize_attention)
     model.to(cfg.device)
     tree = PathTree(levels, model.depth, cfg.paths.family)
-    qblocks = {i: [apply_level(b, lv, q.act_granularity, q.clip_percentile, q.quantize_attention)
-                   for b in model.blocks] for i, lv in enumerate(levels)}
+    # Quantized once, here: the weights are rounded ahead of time; the path cache and the engine both run
+    # these blocks, so they compute with the same backend.
+    qblocks = {i: [to_backend(apply_level(b, lv, q.act_granularity, q.clip_percentile, q.quantize_attention),
+                              q.backend) for b in model.blocks] for i, lv in enumerate(levels)}
     if q.ref_dtype != "float32":  # float levels (the reference) run in that dtype
         for i, lv in enumerate(levels):
             if min(lv.w_bits, lv.a_bits) >= FLOAT_BITS:
@@ -149,7 +152,8 @@ def load_cache(prep: Prepared, split: str, progress: bool = True) -> PathCache |
     cfg, q = prep.cfg, prep.cfg.quant
     key = content_hash("cache", prep.data.digest, split, prep.model_hash, [l.name for l in prep.levels],
                        cfg.paths.family, q.act_granularity, q.clip_percentile, q.quantize_attention,
-                       *([q.ref_dtype] if q.ref_dtype != "float32" else []))  # default keys unchanged
+                       *([q.ref_dtype] if q.ref_dtype != "float32" else []),  # default keys unchanged
+                       *([q.backend] if q.backend != "fake" else []))
     sp = prep.data.split(split)
 
     def build():

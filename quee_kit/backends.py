@@ -1,0 +1,147 @@
+"""How a quantized block is computed: ``fake`` (float32 fake quantization, the reference), ``compiled``
+(the same graph through ``torch.compile``), ``int`` (integer GEMMs) or ``int-compiled`` (integer GEMMs,
+with the quantize and rescale arithmetic around them fused by ``torch.compile``).
+
+A backend never changes *what* a level computes, only *how*: the same per-channel weight scales,
+the same per-sample (or per-token) activation scales, the same rounding and clipping. So the
+path cache and the dynamic engine, built from the same blocks, agree exactly, and the backends agree
+with each other up to float rounding (which a low level's activation rounding can then amplify into
+an occasional one-step difference of a quantized value).
+
+``int``: every quantized ``Linear`` whose weight and activation both have at most 8 bits runs as
+``int8 x int8 -> int32`` with ``torch._int_mm`` (VNNI on x86 CPUs with AVX512-VNNI/AVX-VNNI, IMMA
+tensor cores on CUDA): the activation is rounded to integers with its own scale per sample or
+per token, the weight is rounded once, ahead of time, per output channel, and the int32 product is
+rescaled by both. 3- and 4-bit values travel in int8 (no packed-int4 kernel runs here). The
+attention matmuls stay fake-quantized in float: ``att @ v`` contracts over tokens, whose scales differ
+token to token, so it has no exact integer form with per-token scales.
+
+``compiled``, ``int-compiled``: each quantized block is wrapped in ``torch.compile`` (dynamic shapes,
+compiled on first use and kept; blocks of the same shape share the compiled code), so the elementwise
+quantize/dequantize arithmetic is fused into few passes; where no compiler works, the block falls back to
+eager (``fake`` or ``int``) with one warning. Float blocks stay eager in every backend.
+"""
+from __future__ import annotations
+
+import copy
+import warnings
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .quant import ActQuant, QuantLinear
+
+__all__ = ["BACKENDS", "IntLinear", "CompiledBlock", "to_backend", "int_mm_available", "act_scale"]
+
+BACKENDS = ("fake", "compiled", "int", "int-compiled")
+INT_MAX_BITS = 8  # values of at most this many bits fit int8 operands
+
+
+def _qmax(bits: int) -> int:
+    return 2 ** (bits - 1) - 1
+
+
+def act_scale(x2d: torch.Tensor, act: ActQuant, rows_per_sample: int) -> torch.Tensor:
+    """The scale of each row of ``x2d`` (R, K), (R, 1), exactly as :func:`quee_kit.quant.fake_quant_act`
+    computes it: per token (one per row) or per sample (one per ``rows_per_sample`` rows)."""
+    groups = x2d if act.granularity == "token" else x2d.reshape(-1, rows_per_sample * x2d.shape[1])
+    if act.clip_percentile is None or act.clip_percentile >= 100:
+        amax = groups.abs().amax(1)
+    else:
+        amax = torch.quantile(groups.abs(), act.clip_percentile / 100.0, dim=1)
+    scale = amax.clamp_min(1e-12) / _qmax(act.bits)
+    if act.granularity == "tensor":
+        scale = scale.repeat_interleave(rows_per_sample)
+    return scale[:, None]
+
+
+def int_mm_available(device: torch.device | str = "cpu") -> bool:
+    """Whether ``torch._int_mm`` runs on ``device`` (it is a private PyTorch op: check, don't assume)."""
+    try:
+        a = torch.ones(32, 32, dtype=torch.int8, device=device)
+        return bool((torch._int_mm(a, a) == 32).all())
+    except (RuntimeError, AttributeError, NotImplementedError):
+        return False
+
+
+class IntLinear(nn.Module):
+    """A :class:`~quee_kit.quant.QuantLinear` computed with integer operands.
+
+    ``weight_int``: (out, in) int8 values, rounded once from the float weight with its per-channel
+    ``weight_scale`` (out,); forward: round the input with its own scales, ``_int_mm``, rescale, add bias.
+    """
+
+    def __init__(self, layer: QuantLinear):
+        super().__init__()
+        w = layer.weight  # already fake-quantized: integers times its per-channel scale
+        scale = (w.abs().amax(1).clamp_min(1e-12) / _qmax(layer.w_bits))
+        self.register_buffer("weight_int", torch.round(w / scale[:, None]).to(torch.int8))
+        self.register_buffer("weight_scale", scale)
+        self.register_buffer("bias", layer.bias)
+        self.act = layer.act
+        self.in_features, self.out_features = layer.in_features, layer.out_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        lead = x.shape[:-1]
+        x2 = x.reshape(-1, x.shape[-1])
+        rows_per_sample = x2.shape[0] // x.shape[0] if x.dim() > 1 else 1
+        scale = act_scale(x2, self.act, rows_per_sample)
+        q = _qmax(self.act.bits)
+        # x / scale as fake quantization divides (not x * (1/scale)), so the integers are the same
+        xq = torch.div(x2, scale).round_().clamp_(-q, q).to(torch.int8)
+        m = xq.shape[0]
+        if xq.is_cuda and m <= 16:  # the CUDA kernel wants more than 16 rows: pad with zero rows
+            xq = F.pad(xq, (0, 0, 0, 17 - m))
+        acc = torch._int_mm(xq, self.weight_int.t())[:m]
+        out = acc.to(x.dtype).mul_(scale)
+        out = torch.addcmul(self.bias, out, self.weight_scale) if self.bias is not None else out.mul_(self.weight_scale)
+        return out.reshape(*lead, self.out_features)
+
+
+class CompiledBlock(nn.Module):
+    """``block`` through ``torch.compile`` (compiled on first call), eager where compiling fails."""
+
+    def __init__(self, block: nn.Module):
+        super().__init__()
+        self.block = block
+        self.compiled = None
+        self.failed = False
+
+    def forward(self, x):
+        if self.failed:
+            return self.block(x)
+        if self.compiled is None:
+            self.compiled = torch.compile(self.block, dynamic=True)
+        try:
+            return self.compiled(x)
+        except Exception as e:  # no C++ compiler, unsupported platform: same numbers, eager speed
+            warnings.warn(f"quant.backend=compiled: torch.compile failed ({type(e).__name__}); running eager")
+            self.failed = True
+            return self.block(x)
+
+
+def to_backend(block: nn.Module, backend: str) -> nn.Module:
+    """``block`` (a level's block from :func:`quee_kit.quant.apply_level`) computed by ``backend``.
+
+    ``fake`` returns it unchanged; ``int`` returns a copy whose eligible :class:`QuantLinear` layers are
+    :class:`IntLinear`; the ``-compiled`` forms wrap the result in :class:`CompiledBlock`. A float block (no
+    quantized layer) is returned unchanged by every backend.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"quant.backend must be one of {', '.join(BACKENDS)} (got {backend!r})")
+    if backend == "fake" or not any(isinstance(m, QuantLinear) for m in block.modules()):
+        return block
+    out = block
+    if backend.startswith("int"):
+        out = copy.deepcopy(block)
+
+        def swap(mod: nn.Module):
+            for name, child in mod.named_children():
+                if isinstance(child, QuantLinear) and max(child.w_bits, child.act.bits) <= INT_MAX_BITS:
+                    setattr(mod, name, IntLinear(child))
+                else:
+                    swap(child)
+
+        swap(out)
+    return CompiledBlock(out) if backend.endswith("compiled") else out
