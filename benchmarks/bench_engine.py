@@ -1,61 +1,164 @@
-"""Wall-clock of the dynamic engine against the full model at the reference level.
+"""Wall-clock of the dynamic engine and of the full model at each level, per quantization backend.
 
-For each default budget, the QuEE rule chosen on calib runs on the test split in batches of 256
-with :class:`quee_kit.engine.DynamicModel`; the baseline is the float backbone, all blocks, final
-head only. Prints mean BOPs cost, blocks actually run and microseconds per sample:
+For every backend (``quant.backend``: fake, compiled, int, int-compiled) the study is built with that
+backend (path caches and predictors), so the engine runs the same blocks as the cache it was tuned on.
+Timed, in microseconds per test sample at batch sizes 1, 32 and 256 (best of ``--repeats`` passes):
 
-    python benchmarks/bench_engine.py [--config configs/mnist10k.yaml] [--fast]
+* ``full``: stem, every block at one level, the last head; the float model (``w16a16``) is the baseline;
+* ``engine``: QuEE's :class:`~quee_kit.engine.DynamicModel` at each default budget (entry and λ chosen
+  on calib), after checking that it exits every test sample at the node the cache simulation says.
+
+Writes ``OUT/engine.csv`` (``backend,mode,budget,batch_size,us_per_sample,speedup_vs_float_full`` and
+then ``level,blocks_per_sample,cost_bops``) and prints a markdown table; ``--profile`` adds a
+``torch.profiler`` breakdown of the engine at budget 0.05 (best backend) to ``OUT/engine_profile.txt``::
+
+    python benchmarks/bench_engine.py --out results/bench
+    python benchmarks/bench_engine.py --out results/bench-cuda --device cuda --set quant.ref_dtype=bfloat16
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import io
+import platform
 import time
+from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import torch
 
+from quee_kit.artifacts import atomic_write_bytes
+from quee_kit.backends import BACKENDS
 from quee_kit.config import load_config
 from quee_kit.evaluate import run_study
+from quee_kit.policy import simulate
+
+COLUMNS = ["backend", "mode", "budget", "batch_size", "us_per_sample", "speedup_vs_float_full", "level",
+           "blocks_per_sample", "cost_bops"]
 
 
-def _time(fn, x, batch: int = 256, repeats: int = 3) -> float:
+def per_sample_us(fn, x: torch.Tensor, batch: int, repeats: int) -> float:
+    """Best of ``repeats`` passes over ``x`` in batches of ``batch``, µs per sample (device synchronized)."""
+    sync = torch.cuda.synchronize if x.is_cuda else (lambda: None)
+    fn(x[:batch])  # warm-up: compiled blocks compile here, CUDA kernels load
     best = float("inf")
     for _ in range(repeats):
+        sync()
         t = time.perf_counter()
         for s in range(0, len(x), batch):
             fn(x[s:s + batch])
+        sync()
         best = min(best, time.perf_counter() - t)
     return best / len(x) * 1e6
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--config", default="configs/mnist10k.yaml")
-    ap.add_argument("--fast", action="store_true")
-    args = ap.parse_args()
-    cfg = load_config(args.config, fast=args.fast)
-    study = run_study(cfg, progress=False)
-    prep = study.prep
-    x = prep.data.test.x
-    model = prep.model
-
+def full_model(model, blocks):
     @torch.no_grad()
-    def full(xb):
+    def run(xb):
         h = model.stem(xb)
-        for b in model.blocks:
+        for b in blocks:
             h = b(h)
         return model.heads[-1](h)
+    return run
 
-    base = _time(full, x)
-    print(f"torch threads: {torch.get_num_threads()}; test samples: {len(x)}")
-    print("| budget | method | test cost (BOPs) | blocks run / sample | µs / sample | vs full float model |")
-    print("|---|---|---|---|---|---|")
-    print(f"| — | full model, w16a16 | 1.000 | {model.depth:.2f} | {base:.1f} | 1.00× |")
-    for b in cfg.eval.budgets:
-        eng = study.engine("quee", b)
-        r = eng(x)
-        us = _time(eng, x)
-        print(f"| {b} | quee (entry {prep.levels[eng.entry].name}, λ={eng.lam:.3g}) | {r.cost.mean():.4f} | "
-              f"{r.blocks_run / len(x):.2f} | {us:.1f} | {us / base:.2f}× |")
+
+def check_engine(study, eng, budget: float) -> int:
+    """Samples whose engine exit differs from the cache simulation's (0 when the engine is exact)."""
+    prep, p, m = study.prep, study.predictors["quee"], study.methods["quee"]
+    sim = simulate(p["test"], prep.caches["test"], study.opts, eng.lam, eng.entry, m.mask, m.call_cost)
+    res = [eng(prep.data.test.x[s:s + 256]) for s in range(0, len(prep.data.test.x), 256)]
+    return int((np.concatenate([r.node for r in res]) != sim.node).sum())
+
+
+def profile_engine(eng, x: torch.Tensor, batch: int) -> str:
+    from torch.profiler import ProfilerActivity, profile
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if x.is_cuda else [])
+    with profile(activities=acts) as prof:
+        for s in range(0, len(x), batch):
+            eng(x[s:s + batch])
+    return prof.key_averages().table(sort_by="cpu_time_total", row_limit=25)
+
+
+def markdown(table: pd.DataFrame) -> str:
+    """A pivot table as a markdown table (index levels first)."""
+    head = list(table.index.names) + [f"batch {c}" for c in table.columns]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join([*map(str, i), *map(str, r)]) + " |" for i, r in zip(table.index, table.values)]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--config", default="configs/mnist10k.yaml")
+    ap.add_argument("--fast", action="store_true")
+    ap.add_argument("--out", default="results/bench")
+    ap.add_argument("--device", default=None, help="cpu | cuda (default: the config's)")
+    ap.add_argument("--set", action="append", default=[], help="config override, as for quee-kit run")
+    ap.add_argument("--backends", default=",".join(BACKENDS))
+    ap.add_argument("--batch-sizes", default="1,32,256")
+    ap.add_argument("--batch1-samples", type=int, default=256, help="test samples timed at batch size 1")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--profile", action="store_true")
+    args = ap.parse_args()
+    overrides = list(args.set) + ([f"device={args.device}"] if args.device else [])
+    base = load_config(args.config, overrides, fast=args.fast)
+    backends = args.backends.split(",")
+    for b in backends:
+        if b not in BACKENDS:
+            raise SystemExit(f"--backends: {b!r} is not one of {', '.join(BACKENDS)}")
+    sizes = [int(s) for s in args.batch_sizes.split(",")]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows, float_us, engines = [], {}, {}
+    for backend in backends:
+        cfg = dataclasses.replace(base, quant=dataclasses.replace(base.quant, backend=backend))
+        t0 = time.perf_counter()
+        study = run_study(cfg, progress=False, variants={"quee": ({}, "all")})
+        prep = study.prep
+        dev = next(prep.model.parameters()).device
+        x = prep.data.test.x.to(dev)
+        print(f"{backend}: study ready in {time.perf_counter() - t0:.0f} s", flush=True)
+        for q, lv in enumerate(prep.levels):
+            run = full_model(prep.model, prep.qblocks[q])
+            for bs in sizes:
+                us = per_sample_us(run, x[:args.batch1_samples] if bs == 1 else x, bs, args.repeats)
+                if q == 0 and bs not in float_us:
+                    float_us[bs] = us  # the float model (blocks stay float under every backend)
+                rows.append(dict(backend=backend, mode="full", budget=None, batch_size=bs, us_per_sample=us,
+                                 level=lv.name, blocks_per_sample=prep.model.depth, cost_bops=None))
+        for budget in cfg.eval.budgets:
+            eng = study.engine("quee", budget)
+            mismatches = check_engine(study, eng, budget)
+            if mismatches:
+                raise SystemExit(f"{backend} at budget {budget}: the engine differs from the cache simulation "
+                                 f"on {mismatches} test samples")
+            r = eng(x)
+            engines[(backend, budget)] = eng
+            for bs in sizes:
+                us = per_sample_us(eng, x[:args.batch1_samples] if bs == 1 else x, bs, args.repeats)
+                rows.append(dict(backend=backend, mode="engine", budget=budget, batch_size=bs, us_per_sample=us,
+                                 level=None, blocks_per_sample=r.blocks_run / len(x), cost_bops=r.cost.mean()))
+    df = pd.DataFrame(rows)
+    df["speedup_vs_float_full"] = [float_us[bs] / us for bs, us in zip(df.batch_size, df.us_per_sample)]
+    atomic_write_bytes(out / "engine.csv", df[COLUMNS].to_csv(index=False, float_format="%.4g").encode())
+    machine = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+    if x.is_cuda:
+        machine = f"{torch.cuda.get_device_name()}, torch {torch.__version__}"
+    print(f"\n{machine}; µs per sample (speed-up vs the float full model at the same batch size)\n")
+    wide = df.assign(cell=[f"{u:.1f} ({s:.2f}×)" for u, s in zip(df.us_per_sample, df.speedup_vs_float_full)],
+                     what=[f"full {l}" if m == "full" else f"engine @ {b:g}" for m, l, b in
+                           zip(df["mode"], df.level, df.budget.fillna(0))])
+    table = wide.pivot_table(index=["backend", "what"], columns="batch_size", values="cell", aggfunc="first",
+                             sort=False)
+    print(markdown(table))
+    if args.profile:
+        eng05 = df[(df["mode"] == "engine") & (df.budget == 0.05) & (df.batch_size == max(sizes))]
+        best = eng05.sort_values("us_per_sample").iloc[0].backend
+        text = profile_engine(engines[(best, 0.05)], x, max(sizes))
+        atomic_write_bytes(out / "engine_profile.txt", f"backend {best}, budget 0.05\n{text}".encode())
+        print(f"\nprofile of the engine at budget 0.05 ({best}):\n{text}")
+    print(f"\nwrote {out / 'engine.csv'}")
 
 
 if __name__ == "__main__":

@@ -4,8 +4,10 @@ Samples are grouped by the level of their next block; each group's block runs on
 level; samples that exit leave the batch. Predictions and per-sample costs equal what the
 path-cache simulation (:func:`quee_kit.policy.simulate`) says for the same inputs.
 
-Fake quantization computes in float32, so this engine saves wall-clock time only through the
-blocks it skips (early exits), not through lower precision: that needs integer kernels.
+With ``quant.backend: fake`` the quantized blocks compute in float32, so the engine saves time only
+through the blocks it skips; the ``int`` and ``int-compiled`` backends make low-precision blocks cheaper
+than float ones too (README, "Wall-clock"). ``torch.profiler`` sees the engine's parts as
+``engine.blocks``, ``engine.heads``, ``engine.decide`` (with ``engine.predictor``) and ``engine.regroup``.
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch import nn
+from torch.profiler import record_function
 
 from .costs import CostModel
 from .models import EarlyExitModel
@@ -54,6 +57,8 @@ class DynamicModel(nn.Module):
         # nodes where err_hat can change the decision (as in the cache simulation)
         self.calls_at = call_needed(opts, self.mask, call_cost, [self.lam])[0]
         self.tree = opts.tree
+        # block_cost[t, q]: normalized cost of block t (0-based) at level q
+        self.block_cost = np.array([[costs.block(t, lv) for lv in self.tree.levels] for t in range(self.tree.L)])
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> DynamicResult:
@@ -64,43 +69,55 @@ class DynamicModel(nn.Module):
         idx = np.arange(N)                                   # samples still in the batch
         node = np.full(N, tree.entry[self.entry])
         dev = next(self.model.parameters()).device            # backbone on the GPU, predictors on the CPU
-        h = self.qblocks[self.entry][0](self.model.stem(x.to(dev)))
+        with record_function("engine.blocks"):
+            h = self.qblocks[self.entry][0](self.model.stem(x.to(dev)))
         # Costs are accumulated from what actually runs: stem, each block at its level, each head,
         # each predictor call.
         cost += self.costs.stem + self.costs.block(0, tree.levels[self.entry])
         blocks_run, prev_logits = N, None
         for t in range(1, tree.L + 1):
-            logits = self.model.heads[t - 1](h).float().cpu()
+            with record_function("engine.heads"):
+                logits = self.model.heads[t - 1](h).float().cpu()
             cost[idx] += self.costs.head(t - 1)
-            feats = compact_features(logits, prev_logits, t, torch.as_tensor(tree.level[node]).float(),
-                                     tree.L, len(tree.levels))
-            if t == tree.L:
-                go = np.zeros(len(idx), bool)
-            else:
-                # err_hat only where it can change the choice (elsewhere 0 gives the same argmin)
-                call = self.calls_at[node]
-                err_hat = np.zeros((len(idx), opts.n_options), dtype=np.float32)
-                if call.any():
-                    err_hat[call] = self.predictor.predict_rows(feats[call].numpy(), np.full(int(call.sum()), t),
-                                                                node[call])
-                score = np.where(self.mask[node], err_hat + self.lam * self.delta[node], np.inf)
-                nxt = opts.next_node[node, score.argmin(1)]
-                cost[idx[call]] += self.call_cost
-                go = nxt >= 0
-            done = ~go
-            pred[idx[done]] = logits[done].argmax(-1)
-            final[idx[done]] = node[done]
+            with record_function("engine.decide"):
+                if t == tree.L:
+                    go = np.zeros(len(idx), bool)
+                else:
+                    nxt = self._decide(logits, prev_logits, t, node)
+                    cost[idx[self.calls_at[node]]] += self.call_cost
+                    go = nxt >= 0
+                done = ~go
+                pred[idx[done]] = logits[done].argmax(-1)
+                final[idx[done]] = node[done]
             if not go.any():
                 break
-            keep = torch.as_tensor(go)
-            idx, node, h, prev_logits = idx[go], nxt[go], h[keep.to(dev)], logits[keep]
-            # Group the remaining samples by the level of their next block; run it once per group.
-            nh = torch.empty_like(h)
-            for q in np.unique(tree.level[node]):
-                g = torch.as_tensor(tree.level[node] == q)
-                gd = g.to(dev)
-                nh[gd] = self.qblocks[int(q)][t](h[gd])
-                blocks_run += int(g.sum())
-                cost[idx[g.numpy()]] += self.costs.block(t, tree.levels[int(q)])
-            h = nh
+            with record_function("engine.regroup"):
+                # The remaining samples, sorted by the level of their next block: one gather, then each
+                # level's group is a contiguous slice that runs its block once.
+                keep = np.flatnonzero(go)
+                keep = keep[np.argsort(tree.level[nxt[keep]], kind="stable")]
+                idx, node = idx[keep], nxt[keep]
+                kt = torch.as_tensor(keep)
+                h, prev_logits = h[kt.to(dev)], logits[kt]
+                levels, counts = np.unique(tree.level[node], return_counts=True)
+            with record_function("engine.blocks"):
+                parts = [self.qblocks[int(q)][t](part)
+                         for q, part in zip(levels, torch.split(h, counts.tolist()))]
+                h = parts[0] if len(parts) == 1 else torch.cat(parts)
+            blocks_run += len(idx)
+            cost[idx] += self.block_cost[t, tree.level[node]]
         return DynamicResult(pred, cost, final, blocks_run)
+
+    def _decide(self, logits: torch.Tensor, prev_logits, t: int, node: np.ndarray) -> np.ndarray:
+        """The next node of each sample (-1: exit now) by the receding-horizon rule; ê is computed only
+        where it can change the choice (elsewhere 0 gives the same argmin)."""
+        tree, opts = self.tree, self.opts
+        call = self.calls_at[node]
+        err_hat = np.zeros((len(node), opts.n_options), dtype=np.float32)
+        if call.any():
+            feats = compact_features(logits[call], None if prev_logits is None else prev_logits[call], t,
+                                     torch.as_tensor(tree.level[node[call]]).float(), tree.L, len(tree.levels))
+            with record_function("engine.predictor"):
+                err_hat[call] = self.predictor.predict_rows(feats.numpy(), np.full(int(call.sum()), t), node[call])
+        score = np.where(self.mask[node], err_hat + self.lam * self.delta[node], np.inf)
+        return opts.next_node[node, score.argmin(1)]
