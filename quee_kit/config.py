@@ -244,6 +244,7 @@ class Config:
     seed: int = 0                  # seed of training and predictors (the data split has its own)
     device: str = "cpu"            # cpu | cuda
     cache_dir: str = ".quee_cache"  # checkpoints, path caches, predictors (content-hashed)
+    jobs: int = 0                  # worker processes for independent single-threaded work (0: one per core); no number depends on it
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     quant: QuantConfig = field(default_factory=QuantConfig)
@@ -252,6 +253,8 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     def validate(self) -> "Config":
+        if self.jobs < 0:
+            _fail("jobs", "an int >= 0 (0: one per core)", self.jobs)
         if self.device not in ("cpu", "cuda") and not self.device.startswith("cuda:"):
             _fail("device", "'cpu', 'cuda' or 'cuda:N'", self.device)
         for f in dataclasses.fields(self):

@@ -12,16 +12,17 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from .artifacts import atomic_write_bytes, content_hash, load_or_build
+from .artifacts import ArtifactError, atomic_write_bytes, content_hash, load_artifact, save_artifact
 from .baselines import BestSingle, ConfidenceExit, Oracle, PerExitConfidence, RandomRouting, StaticQuant
 from .config import Config, ConfigError
 from .paths import FEATURE_NAMES
 from .pipeline import Prepared, _cache_dir, load_data, peak_memory_mb, prepare
+from .parallel import resolve_jobs, run_jobs
 from .policy import QueePolicy, lambda_grid, select_for_budget
 from .predictors import (CrossFitted, OptionSpace, exit_now_rows, fit_cross_fitted, predictor_from_state,
                          predictor_quality, quality_metrics)
 
-__all__ = ["Study", "run_study", "paired_bootstrap", "hierarchical_bootstrap", "quality_table", "run_pipeline", "check_config_against_data",
+__all__ = ["Study", "run_study", "run_studies", "paired_bootstrap", "hierarchical_bootstrap", "quality_table", "run_pipeline", "check_config_against_data",
            "QUEE_VARIANTS", "budget_tables", "curves_table", "c_min_sat", "method_points", "select_points",
            "points_auc"]
 
@@ -111,26 +112,38 @@ class Study:
 
 
 # Bump when the fitting procedure changes, so that predictors fitted the old way are rebuilt.
-PREDICTOR_FIT_VERSION = 2
+PREDICTOR_FIT_VERSION = 3  # 3: every fit on one thread (MLP bits no longer depend on the core count)
 
 
-def _fit_variant(prep: Prepared, opts: OptionSpace, pcfg, seed: int, progress: bool):
-    """Cross-fitted predictors for one predictor config (fold predictors + one refitted on all of calib),
-    cached as an artifact; their calib (out-of-fold) and test estimates and the cost of one call."""
-    key = content_hash("predictors", PREDICTOR_FIT_VERSION, prep.model_hash, prep.data.digest,
-                       [l.name for l in prep.levels], prep.tree.family, dataclasses.asdict(pcfg), seed,
-                       prep.cfg.quant.key(), FEATURE_NAMES)  # a change of features makes old ones stale
-    path = _cache_dir(prep.cfg) / f"predictors-{key[:16]}.pt"
-
-    def build():
-        cf = fit_cross_fitted(prep.caches["calib"], opts, pcfg, seed, progress)
-        return {"folds": [m.state() for m in cf.folds], "final": cf.final.state(), "fold_of": cf.fold_of}
-
-    art = load_or_build(path, key, build, what="predictors")
-    cf = CrossFitted([predictor_from_state(s) for s in art["folds"]], predictor_from_state(art["final"]),
-                     art["fold_of"])
-    return {**cf.predict(prep.caches["calib"], prep.caches["test"], opts), "final": cf.final,
-            "call_cost": prep.costs.call_cost(cf.final.macs)}
+def _fitted_predictors(prep: Prepared, opts: OptionSpace, pcfgs: list, seed: int, progress: bool) -> list[dict]:
+    """Cross-fitted predictors for each predictor config (fold predictors + one refitted on all of calib),
+    each cached as an artifact (the missing ones fitted together, ``cfg.jobs`` processes); their calib
+    (out-of-fold) and test estimates and the cost of one call."""
+    keys = [content_hash("predictors", PREDICTOR_FIT_VERSION, prep.model_hash, prep.data.digest,
+                         [l.name for l in prep.levels], prep.tree.family, dataclasses.asdict(pcfg), seed,
+                         prep.cfg.quant.key(), FEATURE_NAMES)  # a change of features makes old ones stale
+            for pcfg in pcfgs]
+    paths = [_cache_dir(prep.cfg) / f"predictors-{key[:16]}.pt" for key in keys]
+    arts = []
+    for path, key in zip(paths, keys):
+        try:
+            arts.append(load_artifact(path, key))
+        except ArtifactError:
+            arts.append(None)
+    missing = [i for i, a in enumerate(arts) if a is None]
+    if missing:
+        fits = fit_cross_fitted(prep.caches["calib"], opts, [pcfgs[i] for i in missing], seed, progress,
+                                jobs=prep.cfg.jobs)
+        for i, cf in zip(missing, fits):
+            arts[i] = {"folds": [m.state() for m in cf.folds], "final": cf.final.state(), "fold_of": cf.fold_of}
+            save_artifact(paths[i], keys[i], arts[i])
+    out = []
+    for art in arts:
+        cf = CrossFitted([predictor_from_state(s) for s in art["folds"]], predictor_from_state(art["final"]),
+                         art["fold_of"])
+        out.append({**cf.predict(prep.caches["calib"], prep.caches["test"], opts), "final": cf.final,
+                    "call_cost": prep.costs.call_cost(cf.final.macs)})
+    return out
 
 
 def run_study(cfg: Config, progress: bool = True, variants: dict | None = None, prep: Prepared | None = None) -> Study:
@@ -143,12 +156,15 @@ def run_study(cfg: Config, progress: bool = True, variants: dict | None = None, 
     lambdas = lambda_grid(cfg.eval.lambda_grid)
     methods, quality, fitted, predictors = {}, {}, {}, {}
     t1 = time.perf_counter()
-    for name, (pover, variant) in (variants or QUEE_VARIANTS).items():
+    variants = variants or QUEE_VARIANTS
+    pcfgs = {}                                                        # variants with one config share one fit
+    for pover, _ in variants.values():
         pcfg = dataclasses.replace(cfg.predictor, **pover)
-        pkey = json.dumps(dataclasses.asdict(pcfg), sort_keys=True)   # variants with one config share one fit
-        if pkey not in fitted:
-            fitted[pkey] = _fit_variant(prep, opts, pcfg, cfg.seed, progress)
-            fitted[pkey]["quality"] = predictor_quality(fitted[pkey]["test"], caches["test"], opts)
+        pcfgs.setdefault(json.dumps(dataclasses.asdict(pcfg), sort_keys=True), pcfg)
+    for pkey, fit in zip(pcfgs, _fitted_predictors(prep, opts, list(pcfgs.values()), cfg.seed, progress)):
+        fitted[pkey] = {**fit, "quality": predictor_quality(fit["test"], caches["test"], opts)}
+    for name, (pover, variant) in variants.items():
+        pkey = json.dumps(dataclasses.asdict(dataclasses.replace(cfg.predictor, **pover)), sort_keys=True)
         quality[name] = fitted[pkey]["quality"]                       # every name, also a shared fit's
         predictors[name] = fitted[pkey]
         # every call is charged: the cost of one call of the predictor that made the estimates
@@ -172,6 +188,32 @@ def run_study(cfg: Config, progress: bool = True, variants: dict | None = None, 
                                                           disable=not progress, leave=False)}
     timings["evaluate_seconds"] = time.perf_counter() - t2
     return Study(prep, opts, methods, points, quality, predictors, timings)
+
+
+def _warm_seed(shared, seed: int) -> None:
+    cfg, variants = shared
+    cfg = dataclasses.replace(cfg, seed=seed, jobs=1)
+    torch.manual_seed(seed)
+    prep = prepare(cfg, progress=False)
+    opts = OptionSpace(prep.tree, prep.caches["calib"].node_cost)
+    pcfgs = {json.dumps(dataclasses.asdict(p), sort_keys=True): p for p in
+             (dataclasses.replace(cfg.predictor, **pover) for pover, _ in variants.values())}
+    _fitted_predictors(prep, opts, list(pcfgs.values()), seed, progress=False)
+
+
+def run_studies(cfg: Config, seeds, progress: bool = True, variants: dict | None = None) -> list[Study]:
+    """:func:`run_study` for every seed. With several seeds, each seed's model, caches and predictors are
+    first built (where not cached) in ``cfg.jobs`` worker processes, one seed per core: every piece runs
+    on one thread either way, so the studies are the serial ones."""
+    seeds = list(seeds)
+    if len(seeds) > 1 and resolve_jobs(cfg.jobs) > 1:
+        run_jobs(_warm_seed, seeds, cfg.jobs, shared=(cfg, variants or QUEE_VARIANTS),
+                 desc="seeds (models, caches, predictors)" if progress else None)
+    studies = []
+    for seed in tqdm(seeds, desc="seeds", disable=not progress or len(seeds) == 1):
+        torch.manual_seed(seed)
+        studies.append(run_study(dataclasses.replace(cfg, seed=seed), progress, variants))
+    return studies
 
 
 def method_points(method) -> pd.DataFrame:
@@ -306,10 +348,7 @@ def run_pipeline(cfg: Config, out: Path, progress: bool = True) -> dict:
     check_config_against_data(cfg)
     t0 = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
-    studies = []
-    for seed in tqdm(cfg.eval.seeds, desc="seeds", disable=not progress or len(cfg.eval.seeds) == 1):
-        torch.manual_seed(seed)
-        studies.append(run_study(dataclasses.replace(cfg, seed=seed), progress))
+    studies = run_studies(cfg, cfg.eval.seeds, progress)
     budgets, auc = budget_tables(studies, cfg.eval.budgets, cfg.eval.bootstrap, cfg.eval.auc_range)
     curves = curves_table(studies)
     _atomic_csv(curves, out / "curves.csv")

@@ -22,11 +22,12 @@ from .config import PROJECT_ROOT, Config
 from .costs import CostModel
 from .data import Dataset, load_dataset
 from .models import BACKBONES, EarlyExitModel, build_model
+from .parallel import one_thread, resolve_jobs, run_jobs
 from .paths import PathCache, PathTree, _features, build_path_cache
 from .quant import FLOAT_BITS, REF_DTYPES, CastBlock, Level, apply_level, parse_level
 from .train import train_early_exit
 
-__all__ = ["Prepared", "prepare", "sorted_levels", "exits_table", "peak_memory_mb", "load_data"]
+__all__ = ["Prepared", "prepare", "cache_path", "sorted_levels", "exits_table", "peak_memory_mb", "load_data"]
 
 
 def sorted_levels(names: list[str]) -> list[Level]:
@@ -138,9 +139,26 @@ def prepare(cfg: Config, splits: tuple[str, ...] = ("calib", "test"), progress: 
                 qblocks[i] = [CastBlock(b, REF_DTYPES[q.ref_dtype]) for b in qblocks[i]]
     weights = tensor_digest(model.state_dict())
     prep = Prepared(cfg, data, model, levels, costs, tree, qblocks, timings=timings, model_hash=weights)
+    missing = [s for s in splits if not cache_path(prep, s)[1].exists()]
+    if len(missing) > 1 and resolve_jobs(cfg.jobs) > 1 and cfg.device == "cpu" and not distributed.is_active():
+        run_jobs(_build_split_cache, missing, cfg.jobs, shared=cfg)  # one split per core, then loaded below
     for split in splits:
         prep.caches[split] = load_cache(prep, split, progress)
     return prep
+
+
+def _build_split_cache(cfg: Config, split: str) -> None:
+    prepare(dataclasses.replace(cfg, jobs=1), splits=(split,), progress=False)
+
+
+def cache_path(prep: Prepared, split: str) -> tuple[str, Path]:
+    """The key and file of the path cache of ``split`` (keyed by data, weights, levels, family, quant options)."""
+    cfg, q = prep.cfg, prep.cfg.quant
+    key = content_hash("cache", prep.data.digest, split, prep.model_hash, [l.name for l in prep.levels],
+                       cfg.paths.family, q.act_granularity, q.clip_percentile, q.quantize_attention,
+                       *([q.ref_dtype] if q.ref_dtype != "float32" else []),  # default keys unchanged
+                       *([q.backend] if q.backend != "fake" else []))
+    return key, _cache_dir(cfg) / f"cache-{split}-{key[:16]}.pt"
 
 
 def load_cache(prep: Prepared, split: str, progress: bool = True) -> PathCache | None:
@@ -149,22 +167,19 @@ def load_cache(prep: Prepared, split: str, progress: bool = True) -> PathCache |
     Inside a torch.distributed process group (``torchrun``) the samples are sharded across ranks
     (:func:`_load_cache_sharded`): rank 0 gets the cache, the other ranks ``None``.
     """
-    cfg, q = prep.cfg, prep.cfg.quant
-    key = content_hash("cache", prep.data.digest, split, prep.model_hash, [l.name for l in prep.levels],
-                       cfg.paths.family, q.act_granularity, q.clip_percentile, q.quantize_attention,
-                       *([q.ref_dtype] if q.ref_dtype != "float32" else []),  # default keys unchanged
-                       *([q.backend] if q.backend != "fake" else []))
+    cfg = prep.cfg
+    key, path = cache_path(prep, split)
     sp = prep.data.split(split)
 
     def build():
-        c = build_path_cache(prep.model, prep.qblocks, prep.tree, prep.costs, sp.x, sp.y,
-                             cfg.paths.batch_size, cfg.device, progress, desc=f"{split} cache")
+        with one_thread():  # the same bits whatever the core count or the jobs that build it
+            c = build_path_cache(prep.model, prep.qblocks, prep.tree, prep.costs, sp.x, sp.y,
+                                 cfg.paths.batch_size, cfg.device, progress, desc=f"{split} cache")
         c.stats["peak_memory_mb"] = peak_memory_mb()
         c.stats.update(_device_stats(cfg.device))
         return {"logits": c.logits, "y": c.y, "node_cost": c.node_cost, "static_cost": c.static_cost,
                 "stats": c.stats}
 
-    path = _cache_dir(cfg) / f"cache-{split}-{key[:16]}.pt"
     if distributed.is_active():
         payload = _load_cache_sharded(prep, split, path, key, progress)
         if payload is None:

@@ -39,10 +39,10 @@ import torch.nn.functional as F
 from sklearn.cluster import KMeans
 from sklearn.neighbors import NearestNeighbors
 from torch import nn
-from tqdm.auto import tqdm
 
 from .calibrated import BinnedErrorPredictor, PlattErrorPredictor
 from .costs import mlp_macs
+from .parallel import run_jobs
 from .paths import DISCRETE_FEATURES, FEATURE_NAMES, HISTORY_FEATURES, PathCache, PathTree
 
 CALIBRATED = {"binned": BinnedErrorPredictor, "platt": PlattErrorPredictor}
@@ -346,19 +346,35 @@ class CrossFitted:
         return {"calib": oof, "test": predict_nodes(self.final, test, opts, np.arange(test.n))}
 
 
-def fit_cross_fitted(calib: PathCache, opts: OptionSpace, cfg, seed: int = 0, progress: bool = True) -> CrossFitted:
-    """``cfg.folds`` fold predictors on calib plus one refitted on all of calib."""
-    N = calib.n
-    if cfg.kind == "mlp" and cfg.targets == "kmeans" and cfg.K > N * (cfg.folds - 1) // cfg.folds:
-        raise ValueError(f"predictor.K={cfg.K} is larger than a training fold "
-                         f"({N * (cfg.folds - 1) // cfg.folds} calib samples)")
-    fold_of = np.random.default_rng(seed).permutation(N) % cfg.folds
-    fits = []
-    for k in tqdm(range(cfg.folds + 1), desc=f"predictors ({cfg.kind}, {cfg.targets})", disable=not progress,
-                  leave=False):
-        samples = np.flatnonzero(fold_of != k) if k < cfg.folds else np.arange(N)
-        fits.append(fit_predictor(calib, opts, cfg, samples, seed + k))
-    return CrossFitted(fits[:-1], fits[-1], fold_of)
+def _fit_task(shared, task):
+    calib, opts, seed = shared
+    cfg, samples, k = task
+    return fit_predictor(calib, opts, cfg, samples, seed + k).state()
+
+
+def fit_cross_fitted(calib: PathCache, opts: OptionSpace, cfgs, seed: int = 0, progress: bool = True,
+                     jobs: int | None = 1):
+    """``cfg.folds`` fold predictors on calib plus one refitted on all of calib, for one predictor config
+    or a list of them (then a list of :class:`CrossFitted`). Every fit is independent and runs on one
+    thread; ``jobs`` processes share them out (0: one per core) with the same result."""
+    one = not isinstance(cfgs, (list, tuple))
+    cfgs, N = [cfgs] if one else list(cfgs), calib.n
+    tasks, fold_ofs = [], []
+    for cfg in cfgs:
+        if cfg.kind == "mlp" and cfg.targets == "kmeans" and cfg.K > N * (cfg.folds - 1) // cfg.folds:
+            raise ValueError(f"predictor.K={cfg.K} is larger than a training fold "
+                             f"({N * (cfg.folds - 1) // cfg.folds} calib samples)")
+        fold_of = np.random.default_rng(seed).permutation(N) % cfg.folds
+        fold_ofs.append(fold_of)
+        tasks += [(cfg, np.flatnonzero(fold_of != k) if k < cfg.folds else np.arange(N), k)
+                  for k in range(cfg.folds + 1)]
+    states = iter(run_jobs(_fit_task, tasks, jobs, shared=(calib, opts, seed),
+                           desc="predictors" if progress else None))
+    out = []
+    for cfg, fold_of in zip(cfgs, fold_ofs):
+        fits = [predictor_from_state(next(states)) for _ in range(cfg.folds + 1)]
+        out.append(CrossFitted(fits[:-1], fits[-1], fold_of))
+    return out[0] if one else out
 
 
 def exit_now_rows(err_hat: np.ndarray, cache: PathCache, opts: OptionSpace, nodes: np.ndarray | None = None):
