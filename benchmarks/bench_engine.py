@@ -14,7 +14,7 @@ import time
 import torch
 
 from quee_kit.config import load_config
-from quee_kit.evaluate import run_study
+from quee_kit.study import run_study
 
 
 def _time(fn, x, batch: int = 256, repeats: int = 3) -> float:

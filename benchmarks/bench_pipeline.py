@@ -17,7 +17,7 @@ import tempfile
 CHILD = r"""
 import json, sys, time
 from quee_kit.config import load_config
-from quee_kit.pipeline import prepare, peak_memory_mb
+from quee_kit.prepare import prepare, peak_memory_mb
 cfg = load_config(sys.argv[1], [f"cache_dir={sys.argv[2]}"])
 t = time.perf_counter()
 p = prepare(cfg, progress=False)

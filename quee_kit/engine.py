@@ -19,7 +19,7 @@ from .costs import CostModel
 from .models import EarlyExitModel
 from .paths import compact_features
 from .policy import call_needed
-from .predictors import OptionSpace
+from .options import OptionSpace
 
 __all__ = ["DynamicModel", "DynamicResult"]
 

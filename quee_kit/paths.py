@@ -20,7 +20,7 @@ from .costs import CostModel
 from .models import EarlyExitModel
 from .quant import Level
 
-__all__ = ["FAMILIES", "PathTree", "PathCache", "build_path_cache", "softmax_features", "compact_features",
+__all__ = ["FAMILIES", "PathTree", "PathCache", "build_path_cache", "softmax_features", "compact_features", "node_features",
            "FEATURE_NAMES", "HISTORY_FEATURES", "DISCRETE_FEATURES"]
 
 FAMILIES = ("monotone", "free", "uniform")
@@ -93,8 +93,6 @@ class PathTree:
     def nodes_at(self, t: int) -> np.ndarray:
         return np.flatnonzero(self.depth == t)
 
-    def describe(self, node: int) -> str:
-        return "-".join(self.levels[q].name for q in self.paths[node])
 
 
 def softmax_features(logits: torch.Tensor) -> torch.Tensor:
@@ -124,15 +122,19 @@ class PathCache:
     logits: (n_nodes, N, C) float32; y: (N,) int64; node_cost: (n_nodes,) normalized BOPs of
     reaching the node with every head on the way evaluated (what a dynamic policy pays);
     static_cost: (n_nodes,) the same with only the node's own head (a static model exiting there).
-    features: (n_nodes, N, len(FEATURE_NAMES)) float32, see :data:`FEATURE_NAMES`.
+    ``features`` are derived from the logits on first use.
     """
     tree: PathTree
     logits: torch.Tensor
     y: torch.Tensor
     node_cost: np.ndarray
     static_cost: np.ndarray
-    features: torch.Tensor = field(repr=False, default=None)
     stats: dict = field(default_factory=dict)
+
+    @cached_property
+    def features(self) -> torch.Tensor:
+        """(n_nodes, N, len(FEATURE_NAMES)) float32, see :data:`FEATURE_NAMES` (computed once)."""
+        return node_features(self.tree, self.logits)
 
     @cached_property
     def pred(self) -> torch.Tensor:
@@ -179,7 +181,7 @@ def compact_features(logits: torch.Tensor, prev_logits: torch.Tensor | None, dep
     return torch.cat([sm, d.unsqueeze(-1), q.unsqueeze(-1), prev_max.unsqueeze(-1), agree.unsqueeze(-1)], -1)
 
 
-def _features(tree: PathTree, logits: torch.Tensor) -> torch.Tensor:
+def node_features(tree: PathTree, logits: torch.Tensor) -> torch.Tensor:
     """(n_nodes, N, F) features of every node of a cache."""
     out = torch.empty(*logits.shape[:2], len(FEATURE_NAMES))
     nq = len(tree.levels)
@@ -228,8 +230,5 @@ def build_path_cache(model: EarlyExitModel, qblocks: dict[int, list[torch.nn.Mod
     node_cost = np.array([costs.path([tree.levels[q] for q in p]) for p in tree.paths])
     static_cost = np.array([node_cost[i] - sum(costs.head(t) for t in range(len(p) - 1))
                             for i, p in enumerate(tree.paths)])
-    cache = PathCache(tree, logits, y.cpu().long(), node_cost, static_cost)
-    cache.features = _features(tree, logits)
-    cache.stats = {"nodes": n, "samples": N, "seconds": seconds,
-                   "node_samples_per_s": n * N / max(seconds, 1e-9)}
-    return cache
+    return PathCache(tree, logits, y.cpu().long(), node_cost, static_cost,
+                     stats={"nodes": n, "samples": N, "seconds": seconds, "node_samples_per_s": n * N / max(seconds, 1e-9)})

@@ -43,61 +43,30 @@ from tqdm.auto import tqdm
 
 from .calibrated import BinnedErrorPredictor, PlattErrorPredictor
 from .costs import mlp_macs
-from .paths import DISCRETE_FEATURES, FEATURE_NAMES, HISTORY_FEATURES, PathCache, PathTree
+from .options import OptionSpace
+from .paths import DISCRETE_FEATURES, FEATURE_NAMES, HISTORY_FEATURES, PathCache
 
 CALIBRATED = {"binned": BinnedErrorPredictor, "platt": PlattErrorPredictor}
 
-__all__ = ["OptionSpace", "DecisionRows", "decision_rows", "feature_columns", "discretized_targets",
+__all__ = ["DecisionRows", "decision_rows", "feature_columns", "discretized_targets",
            "depth_balanced_weights", "subsample_by_depth", "holdout_by_sample",
-           "ErrorPredictor", "fit_predictor", "predictor_from_state", "fit_cross_fitted", "CrossFitted",
+           "ErrorPredictor", "predictor_macs", "fit_predictor", "predictor_from_state", "fit_cross_fitted", "CrossFitted",
            "predict_nodes", "exit_now_rows", "quality_metrics", "predictor_quality", "expected_calibration_error"]
-
-
-class OptionSpace:
-    """Options at every node of a tree.
-
-    ``target[n, o]``: node reached by option o from node n (-1 if invalid), ``valid`` its mask,
-    ``next_node[n, o]``: the node one block ahead (-1 for exit-now), ``exit_option[n]``,
-    ``block_delta[n, o]``: normalized cost-to-go of the blocks and heads, ``calls[n, o]``: predictor
-    calls on the way; :meth:`delta_cost` adds what those calls cost.
-    """
-
-    def __init__(self, tree: PathTree, node_cost: np.ndarray):
-        nq, L, n = len(tree.levels), tree.L, len(tree)
-        self.n_options, self.n_levels = L * nq, nq
-        self.target = np.full((n, self.n_options), -1, dtype=np.int64)
-        self.next_node = np.full((n, self.n_options), -1, dtype=np.int64)
-        self.exit_option = (tree.depth - 1) * nq + tree.level
-        self.target[np.arange(n), self.exit_option] = np.arange(n)
-        self.calls = np.zeros((n, self.n_options))
-        for node in range(n):
-            t = int(tree.depth[node])
-            for q2 in tree.allowed_next(int(tree.level[node])) if t < L else []:
-                cur = node
-                for m in range(t + 1, L + 1):
-                    cur = tree.child[cur][q2]
-                    o = (m - 1) * nq + q2
-                    self.target[node, o] = cur
-                    self.next_node[node, o] = tree.child[node][q2]
-                    self.calls[node, o] = (m - t) if m < L else (m - t - 1)  # decisions on the way
-        self.valid = self.target >= 0
-        tgt = np.where(self.valid, self.target, 0)
-        self.block_delta = np.where(self.valid, node_cost[tgt] - node_cost[:, None], 0.0)  # invalid: masked
-        self.tree = tree
-
-    def delta_cost(self, call_cost: float = 0.0) -> np.ndarray:
-        """(n_nodes, O) normalized cost-to-go of every option, predictor calls at ``call_cost`` each."""
-        return self.block_delta + self.calls * call_cost
-
-    def option_level(self, o: np.ndarray) -> np.ndarray:
-        return o % self.n_levels
-
-    def option_exit(self, o: np.ndarray) -> np.ndarray:
-        return o // self.n_levels + 1
 
 
 def feature_columns(history: bool = True) -> list[int]:
     return [i for i, f in enumerate(FEATURE_NAMES) if history or f not in HISTORY_FEATURES]
+
+
+def predictor_macs(cfg, n_options: int) -> int:
+    """MACs of one call of the predictor a :class:`~quee_kit.config.PredictorConfig` fits, known before
+    fitting: the MLP's layers (one MLP runs per call, shared or not), ``bins - 1`` comparisons of
+    ``binned``, one multiply-add per option of ``platt``."""
+    if cfg.kind == "binned":
+        return cfg.bins - 1
+    if cfg.kind == "platt":
+        return n_options
+    return mlp_macs([len(feature_columns(cfg.history))] + [cfg.hidden] * cfg.layers + [n_options])
 
 
 @dataclass

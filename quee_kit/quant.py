@@ -24,10 +24,16 @@ FLOAT_BITS = 16  # bits >= this run in float32 (costed at their nominal bits)
 _LEVEL_RE = re.compile(r"^w(\d+)a(\d+)$")
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True)
 class Level:
+    """One precision level: weights at ``w_bits`` (per output channel), activations at ``a_bits`` with
+    one scale per sample (``granularity="tensor"``) or per token (``"token"``), optionally clipped at
+    the ``clip_percentile`` of |x| per sample. Everything that defines the level's numbers is here, so
+    a level (``dataclasses.asdict``) is its own cache key."""
     w_bits: int
     a_bits: int
+    granularity: str = "token"
+    clip_percentile: float | None = None
 
     @property
     def name(self) -> str:
@@ -37,8 +43,8 @@ class Level:
         return self.name
 
 
-def parse_level(s: str | Level) -> Level:
-    """``'w4a8'`` -> ``Level(4, 8)``; bits must be in [2, 32]."""
+def parse_level(s: str | Level, granularity: str = "token", clip_percentile: float | None = None) -> Level:
+    """``'w4a8'`` -> ``Level(4, 8, granularity, clip_percentile)``; bits must be in [2, 32]."""
     if isinstance(s, Level):
         return s
     m = _LEVEL_RE.match(str(s).strip())
@@ -47,7 +53,7 @@ def parse_level(s: str | Level) -> Level:
     w, a = int(m.group(1)), int(m.group(2))
     if not (2 <= w <= 32 and 2 <= a <= 32):
         raise ValueError(f"level {s!r}: bits must be between 2 and 32")
-    return Level(w, a)
+    return Level(w, a, granularity, clip_percentile)
 
 
 def _qmax(bits: int) -> int:
@@ -136,9 +142,9 @@ class QuantConv2d(nn.Module):
         return self.conv(self.act(x))
 
 
-def apply_level(block: nn.Module, level: Level | str, granularity: str = "tensor",
-                clip_percentile: float | None = None, quantize_attention: bool = True) -> nn.Module:
-    """Return a quantized copy of ``block`` at ``level`` (the original is untouched).
+def apply_level(block: nn.Module, level: Level | str, quantize_attention: bool = True) -> nn.Module:
+    """Return a quantized copy of ``block`` at ``level`` (the original is untouched; a name is parsed
+    with :func:`parse_level`'s defaults).
 
     Every ``nn.Linear``/``nn.Conv2d`` inside is replaced; modules exposing
     ``matmul_quant`` (e.g. the ViT attention) get the activation quantizer for their
@@ -146,7 +152,7 @@ def apply_level(block: nn.Module, level: Level | str, granularity: str = "tensor
     widths >= 16 returns a plain copy (float reference).
     """
     level = parse_level(level)
-    act = ActQuant(level.a_bits, granularity, clip_percentile)
+    act = ActQuant(level.a_bits, level.granularity, level.clip_percentile)
     out = copy.deepcopy(block).eval()
 
     def swap(mod: nn.Module):

@@ -6,7 +6,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from quee_kit.config import ModelConfig
 from quee_kit.costs import CostModel, OpCounts, count_ops, level_bops
 from quee_kit.models import BACKBONES, build_model
-from quee_kit.pipeline import sorted_levels
+from quee_kit.prepare import sorted_levels
 
 LEVELS = sorted_levels(["w16a16", "w8a8", "w4a8", "w3a8", "w4a4"])
 

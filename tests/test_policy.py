@@ -7,16 +7,11 @@ import torch
 
 from quee_kit.config import ConfigError, load_config
 from quee_kit.engine import DynamicModel
-from quee_kit.evaluate import check_config_against_data, paired_bootstrap, run_study, select_points
+from quee_kit.evaluate import paired_bootstrap
+from quee_kit.study import check_config_against_data, select_points
 from quee_kit.policy import option_mask, select_for_budget, simulate, simulate_many
-from quee_kit.predictors import OptionSpace, discretized_targets
-
-
-@pytest.fixture(scope="session")
-def study(digits_cfg, digits_prep):
-    cfg = dataclasses.replace(digits_cfg, predictor=dataclasses.replace(digits_cfg.predictor, folds=3, epochs=15),
-                              eval=dataclasses.replace(digits_cfg.eval, lambda_grid=40))
-    return run_study(cfg, progress=False, prep=digits_prep)
+from quee_kit.options import OptionSpace
+from quee_kit.predictors import discretized_targets
 
 
 def test_option_space_structure(digits_prep):
@@ -168,7 +163,7 @@ def test_every_test_decision_is_one_call_of_the_refitted_predictor(study):
         np.testing.assert_array_equal(fitted["test"], predict_nodes(final, study.prep.caches["test"], study.opts,
                                                                     np.arange(study.prep.caches["test"].n)))
     kinds = {n: study.predictors[n]["final"].kind for n in ("quee", "quee-binned", "quee-mlp")}
-    assert kinds == {"quee": study.prep.cfg.predictor.kind, "quee-binned": "binned", "quee-mlp": "mlp"}
+    assert kinds == {"quee": study.cfg.predictor.kind, "quee-binned": "binned", "quee-mlp": "mlp"}
     # a per-node calibration call (a few comparisons or multiply-adds) is far cheaper than an MLP call
     for name in ("quee-binned", "quee"):
         assert study.methods[name].call_cost < study.methods["quee-mlp"].call_cost / 20

@@ -12,10 +12,10 @@ import pytest
 
 from quee_kit.artifacts import ArtifactError, save_artifact
 from quee_kit.config import load_config
-from quee_kit.evaluate import run_study
+from quee_kit.methods import scalar_knob
+from quee_kit.study import method_points
 from quee_kit.explorer import ExplorerModel, OperatingPoint, build_explorer_data, load_explorer_data
 from quee_kit.explorer.points import explorer_artifact
-from quee_kit.explorer.restrict import knob_points, restrict_method
 from quee_kit.explorer.state import (budget_curve, examples_per_exit, exit_errors, exit_level_counts,
                                      level_set_presets)
 from quee_kit.plots import method_style
@@ -27,13 +27,6 @@ from quee_kit.explorer.widgets import BudgetExplorer  # noqa: E402
 METHODS = ["quee", "quee-exit-only", "quee-quant-only", "static-quant", "ee-confidence", "ee-confidence@q",
            "ee-confidence-perexit", "best-single", "random", "oracle", "oracle-uniform"]
 OVERRIDES = ["model.epochs=15", "predictor.folds=3", "predictor.epochs=15", "eval.lambda_grid=40"]
-
-
-@pytest.fixture(scope="session")
-def study(digits_cfg, digits_prep):
-    # the same settings as tests/test_policy.py, so the cross-fitted predictors are shared
-    cfg = load_config("configs/digits.yaml", [f"cache_dir={digits_cfg.cache_dir}", *OVERRIDES])
-    return run_study(cfg, progress=False, prep=digits_prep)
 
 
 @pytest.fixture(scope="session")
@@ -63,7 +56,9 @@ def test_budget_mode_equals_at_budget(study, explorer, method):
         assert r["knob"] == knob and r["feasible"] == ok and r["entry"] == desc["entry"]
         assert r["accuracy"] == out.accuracy and r["cost"] == out.mean_cost
         np.testing.assert_array_equal(r["node"], out.node)
-        np.testing.assert_equal(r["lambda"], float(desc["lambda"]))
+        name = scalar_knob(study.methods[method])
+        assert r["knob_name"] == name
+        np.testing.assert_equal(r["knob_value"], float(desc[name]) if name in desc else np.nan)
         html = explorer.readout.value     # the readout text the browser test reads
         assert f"accuracy: {out.accuracy:.4f}" in html and f"cost: {out.mean_cost:.4f}" in html
 
@@ -204,7 +199,7 @@ def test_level_set_points_and_restriction(study, explorer):
     full = next(iter(presets))
     assert presets[full] == tuple(range(len(tree.levels))) and all(0 in qs for qs in presets.values())
     # restricting to every level changes nothing: recomputed points equal the study's
-    p = knob_points(restrict_method(study.methods["quee"], presets[full]))
+    p = method_points(study.methods["quee"].restrict(presets[full]))
     cols = ["cost_calib", "acc_calib", "cost_test", "acc_test"]
     np.testing.assert_array_equal(p[cols].to_numpy(), study.points["quee"][cols].to_numpy())
     assert model.table("quee", full).points is explorer.data.methods["quee"].points
@@ -219,7 +214,7 @@ def test_level_set_points_and_restriction(study, explorer):
     r = explorer.update(level_set=(0, 1), budget=0.3)                  # an ad-hoc tuple becomes a named set
     assert r["levels"] == [tree.levels[0].name, tree.levels[1].name]
     with pytest.raises(ValueError, match="no knob"):
-        restrict_method(study.methods["ee-confidence"], (1,))
+        study.methods["ee-confidence"].restrict((1,))
 
 
 def test_budget_curve_is_the_budget_rule(study, explorer):

@@ -226,8 +226,8 @@ class ExplorerModel:
 
     # ------------------------------------------------------------------- the numbers
     def resolve(self, p: OperatingPoint) -> dict:
-        """Everything shown for a (normalized) point; memoized. Keys: method, mode, budget, lambda,
-        entry, knob, knob_index, has_lambda, has_entry, feasible (None in λ mode), accuracy, cost (test,
+        """Everything shown for a (normalized) point; memoized. Keys: method, mode, budget, lambda (NaN for a
+        method without λ), knob_name and knob_value (its continuous knob: λ, τ, r, p; None/NaN without), entry, knob, knob_index, has_lambda, has_entry, feasible (None in λ mode), accuracy, cost (test,
         normalized BOPs), level_set, levels, n, setting, color, node ((N,) final node per test sample)."""
         p = self.normalize(p)
         return self._views.get(p, lambda: self._resolve(p))
@@ -243,7 +243,9 @@ class ExplorerModel:
         knob = tab.knobs[i]
         desc = tab.describe(knob)
         row = tab.points.iloc[i]
-        return {"method": p.method, "mode": p.mode, "budget": p.budget, "lambda": float(desc["lambda"]),
+        value = float(desc["value"])
+        return {"method": p.method, "mode": p.mode, "budget": p.budget,
+                "lambda": value if tab.has_lambda else float("nan"), "knob_name": tab.knob_name, "knob_value": value,
                 "entry": str(desc["entry"]), "knob": knob, "knob_index": int(i), "has_lambda": tab.has_lambda,
                 "has_entry": tab.has_entry, "feasible": feasible, "accuracy": float(row["acc_test"]),
                 "cost": float(row["cost_test"]), "level_set": p.level_set,

@@ -22,6 +22,8 @@ from .state import ExplorerModel, Memo, budget_curve, examples_per_exit, exit_le
 
 __all__ = ["BudgetExplorer"]
 
+KNOB_SYMBOLS = {"lambda": "λ", "tau": "τ"}   # how the readout writes a method's continuous knob
+
 _TIPS = {"mode": "drive the operating point by a budget (the budget rule picks the knob) or by λ directly",
          "method": "QuEE, its ablations, the baselines and the bounds",
          "levels": "restrict every method to these precision levels",
@@ -217,7 +219,9 @@ class BudgetExplorer:
             feas = ("feasible" if v["feasible"] else
                     '<b class="quee-infeasible">infeasible on calib: cheapest knob shown (hollow star)</b>')
             where = f'<span class="quee-budget">budget: {v["budget"]:.4f}</span> ({feas})'
-            knob = f"entry: {html.escape(v['entry'])} · {'λ' if v['has_lambda'] else 'knob'}: {_fmt(v['lambda'])}"
+            knob = f"entry: {html.escape(v['entry'])}"
+            if v["knob_name"]:
+                knob += f" · {KNOB_SYMBOLS.get(v['knob_name'], v['knob_name'])}: {_fmt(v['knob_value'])}"
         else:
             where = f'<span class="quee-lambda">λ: {_fmt(v["lambda"])}</span>'
             knob = f"entry: {html.escape(v['entry'])}"

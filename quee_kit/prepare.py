@@ -1,4 +1,4 @@
-"""The first stage, composed: data -> backbone + exits -> levels -> costs -> path caches.
+"""Stage one, composed: data -> backbone + exits -> levels -> costs -> path caches.
 
 Everything expensive is an artifact under ``cfg.cache_dir`` keyed by the hash of what
 built it, so notebooks and the CLI share one trained model and one cache per split.
@@ -17,21 +17,27 @@ import torch
 
 from . import distributed
 from .artifacts import content_hash, load_or_build, tensor_digest
-from .config import PROJECT_ROOT, Config
+from .config import Config, QuantConfig, cache_dir, key_fields
 from .costs import CostModel
 from .data import Dataset, load_dataset
 from .models import BACKBONES, EarlyExitModel, build_model
-from .paths import PathCache, PathTree, _features, build_path_cache
+from .paths import PathCache, PathTree, build_path_cache
 from .quant import FLOAT_BITS, REF_DTYPES, CastBlock, Level, apply_level, parse_level
 from .train import train_early_exit
 
-__all__ = ["Prepared", "prepare", "sorted_levels", "exits_table", "peak_memory_mb", "load_data"]
+__all__ = ["Prepared", "prepare", "load_cache", "sorted_levels", "config_levels", "exits_table", "peak_memory_mb",
+           "load_data"]
 
 
-def sorted_levels(names: list[str]) -> list[Level]:
-    """Levels ordered by cost per MAC, costliest (the reference) first."""
-    return sorted((parse_level(s) for s in names), key=lambda l: (l.w_bits * l.a_bits, l.a_bits, l.w_bits),
+def sorted_levels(levels) -> list[Level]:
+    """Levels (or their names) ordered by cost per MAC, costliest (the reference) first."""
+    return sorted((parse_level(s) for s in levels), key=lambda l: (l.w_bits * l.a_bits, l.a_bits, l.w_bits),
                   reverse=True)
+
+
+def config_levels(q: QuantConfig) -> list[Level]:
+    """The levels of a quant config, each carrying the config's activation granularity and clipping."""
+    return sorted_levels(parse_level(s, q.act_granularity, q.clip_percentile) for s in q.levels)
 
 
 def peak_memory_mb() -> float:
@@ -56,12 +62,6 @@ class Prepared:
     @property
     def ref(self) -> Level:
         return self.levels[0]
-
-
-def _cache_dir(cfg: Config) -> Path:
-    """A relative ``cache_dir`` lives under the project root, shared by the CLI and the notebooks."""
-    p = Path(cfg.cache_dir)
-    return p if p.is_absolute() else PROJECT_ROOT / p
 
 
 def load_data(cfg: Config) -> Dataset:
@@ -111,7 +111,7 @@ def prepare(cfg: Config, splits: tuple[str, ...] = ("calib", "test"), progress: 
                              *([_weights_digest(cfg.model)] if cfg.model.checkpoint else []))
     t0 = time.perf_counter()
     with distributed.main_first():  # under torchrun rank 0 trains, the others then load its checkpoint
-        ckpt = load_or_build(_cache_dir(cfg) / f"model-{model_key[:16]}.pt", model_key,
+        ckpt = load_or_build(cache_dir(cfg) / f"model-{model_key[:16]}.pt", model_key,
                              lambda: _train_model(cfg, data, progress), what="checkpoint")
     timings["train_seconds"] = ckpt["train"]["seconds"]
     # heads-only: the backbone pass and head training apart; on CUDA, the stage's peak memory
@@ -122,12 +122,12 @@ def prepare(cfg: Config, splits: tuple[str, ...] = ("calib", "test"), progress: 
                         data.num_classes)
     model.load_state_dict(ckpt["state_dict"])
     model.to(cfg.device).eval()
-    levels = sorted_levels(cfg.quant.levels)
+    levels = config_levels(cfg.quant)
     q = cfg.quant
     costs = CostModel(model.cpu(), data.image_shape, levels, levels[0], q.quantize_attention)
     model.to(cfg.device)
     tree = PathTree(levels, model.depth, cfg.paths.family)
-    qblocks = {i: [apply_level(b, lv, q.act_granularity, q.clip_percentile, q.quantize_attention)
+    qblocks = {i: [apply_level(b, lv, q.quantize_attention)
                    for b in model.blocks] for i, lv in enumerate(levels)}
     if q.ref_dtype != "float32":  # float levels (the reference) run in that dtype
         for i, lv in enumerate(levels):
@@ -141,15 +141,15 @@ def prepare(cfg: Config, splits: tuple[str, ...] = ("calib", "test"), progress: 
 
 
 def load_cache(prep: Prepared, split: str, progress: bool = True) -> PathCache | None:
-    """Load or build the path cache of ``split`` (keyed by data, weights, levels, family, quant options).
+    """Load or build the path cache of ``split`` (keyed by the data, the weights, the levels and the
+    paths and quant config sections, each as a whole: :func:`~quee_kit.config.key_fields`).
 
     Inside a torch.distributed process group (``torchrun``) the samples are sharded across ranks
     (:func:`_load_cache_sharded`): rank 0 gets the cache, the other ranks ``None``.
     """
     cfg, q = prep.cfg, prep.cfg.quant
-    key = content_hash("cache", prep.data.digest, split, prep.model_hash, [l.name for l in prep.levels],
-                       cfg.paths.family, q.act_granularity, q.clip_percentile, q.quantize_attention,
-                       *([q.ref_dtype] if q.ref_dtype != "float32" else []))  # default keys unchanged
+    key = content_hash("cache", prep.data.digest, split, prep.model_hash, [dataclasses.asdict(l) for l in prep.levels],
+                       key_fields(cfg.paths), key_fields(cfg.quant))
     sp = prep.data.split(split)
 
     def build():
@@ -160,17 +160,15 @@ def load_cache(prep: Prepared, split: str, progress: bool = True) -> PathCache |
         return {"logits": c.logits, "y": c.y, "node_cost": c.node_cost, "static_cost": c.static_cost,
                 "stats": c.stats}
 
-    path = _cache_dir(cfg) / f"cache-{split}-{key[:16]}.pt"
+    path = cache_dir(cfg) / f"cache-{split}-{key[:16]}.pt"
     if distributed.is_active():
         payload = _load_cache_sharded(prep, split, path, key, progress)
         if payload is None:
             return None
     else:
         payload = load_or_build(path, key, build, what=f"{split} cache")
-    cache = PathCache(prep.tree, payload["logits"], payload["y"], payload["node_cost"], payload["static_cost"],
-                      stats=payload["stats"])
-    cache.features = _features(prep.tree, cache.logits)
-    return cache
+    return PathCache(prep.tree, payload["logits"], payload["y"], payload["node_cost"], payload["static_cost"],
+                     stats=payload["stats"])
 
 
 def _load_cache_sharded(prep: Prepared, split: str, path: Path, key: str, progress: bool) -> dict | None:
