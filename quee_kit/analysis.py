@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 from scipy.special import expit, logit
 
-from .evaluate import oracle_gap_share, paired_bootstrap
+from .evaluate import oracle_gap_share, paired_bootstrap, verdict
 from .paths import FEATURE_NAMES
 from .policy import QueePolicy, lambda_grid, select_for_budget
 from .predictors import predictor_quality
@@ -68,7 +68,7 @@ def paired_difference(study: Study, method: str, other: str, budgets, n_boot: in
         d, lo, hi = paired_bootstrap(a.correct.astype(float) - o.correct, n_boot, seed=0)
         rows.append({"budget": float(b), "accuracy_method": a.accuracy, "accuracy_other": o.accuracy,
                      "diff_pp": 100 * d, "diff_lo_pp": 100 * lo, "diff_hi_pp": 100 * hi,
-                     "verdict": "better" if lo > 0 else "worse" if hi < 0 else "tie"})
+                     "verdict": verdict(lo, hi)})
     return pd.DataFrame(rows)
 
 
@@ -218,11 +218,10 @@ def budget_summary(budgets_df: pd.DataFrame, methods=None) -> pd.DataFrame:
     n_seeds = int(per_seed.seed.nunique())
     feasible = per_seed.groupby(["method", "budget"]).feasible.all()
     lo, hi = 100 * pooled.diff_lo, 100 * pooled.diff_hi
-    verdict = np.where(lo > 0, "better", np.where(hi < 0, "worse", "tie"))
     df = pd.DataFrame({"method": pooled.method, "budget": pooled.budget, "n_seeds": n_seeds,
                        "accuracy_mean": pooled.accuracy, "accuracy_std": pooled.accuracy_std,
                        "cost_mean": pooled.cost, "diff_pp": 100 * pooled.diff_vs_best_single,
-                       "diff_lo_pp": lo, "diff_hi_pp": hi, "verdict": verdict,
+                       "diff_lo_pp": lo, "diff_hi_pp": hi, "verdict": verdict(lo, hi),
                        "feasible": [bool(feasible[(m, b)]) for m, b in zip(pooled.method, pooled.budget)]})
     df.loc[~df.feasible, "verdict"] = "over budget"   # its cheapest knob costs more: not a fair comparison
     df.loc[df.method == "best-single", "verdict"] = "reference"

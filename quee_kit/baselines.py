@@ -33,7 +33,7 @@ class StaticQuant(Method):
     def outcome(self, split, knob) -> Outcome:
         c = self.caches[split]
         node = c.node((knob[0],) * self.tree.L)
-        return make_outcome(c, np.full(c.n, node), np.full(c.n, c.static_cost[node]))
+        return make_outcome(c, np.full(c.n_samples, node), np.full(c.n_samples, c.static_cost[node]))
 
 
 def _uniform_chain(cache: PathCache, q: int) -> np.ndarray:
@@ -105,10 +105,10 @@ class PerExitConfidence(Method):
             share = r ** np.arange(L)
             share /= share.sum()
             conf = c.features[_uniform_chain(c, q)][:, :, 0].numpy()
-            remaining = np.ones(c.n, bool)
+            remaining = np.ones(c.n_samples, bool)
             th = np.full(L, -np.inf)
             for t in range(L - 1):
-                k = int(round(share[t] * c.n))
+                k = int(round(share[t] * c.n_samples))
                 vals = np.sort(conf[t, remaining])[::-1]
                 # no sample left (ties at the threshold can exit all of a small calib set early): none exits
                 th[t] = np.inf if k == 0 or not len(vals) else vals[min(k, len(vals)) - 1]
@@ -178,14 +178,14 @@ class RandomRouting(Method):
         c, tree = self.caches[split], self.tree
         q, p = knob
         rng = np.random.default_rng([self.seed, q, int(p * 1000)])
-        cur = np.full(c.n, tree.entry[q])
+        cur = np.full(c.n_samples, tree.entry[q])
         table = self.child_table
-        active = np.ones(c.n, bool)
+        active = np.ones(c.n_samples, bool)
         for _ in range(tree.L - 1):
-            go = active & (rng.random(c.n) >= p)
+            go = active & (rng.random(c.n_samples) >= p)
             allowed = table[cur] >= 0                                # (N, n_levels)
             # a uniformly random allowed level: the k-th allowed one, k uniform
-            k = (rng.random(c.n) * allowed.sum(1)).astype(int)
+            k = (rng.random(c.n_samples) * allowed.sum(1)).astype(int)
             nxt_level = (np.cumsum(allowed, 1) > k[:, None]).argmax(1)
             nxt = table[cur, nxt_level]
             active = go & (nxt >= 0)                                 # an exited sample stays exited

@@ -67,11 +67,11 @@ class DynamicModel(nn.Module):
         h = self.qblocks[self.entry][0](self.model.stem(x.to(dev)))
         # Costs are accumulated from what actually runs: stem, each block at its level, each head,
         # each predictor call.
-        cost += self.costs.stem + self.costs.block(0, tree.levels[self.entry])
+        cost += self.costs.stem + self.costs.block(1, tree.levels[self.entry])
         blocks_run, prev_logits = N, None
         for t in range(1, tree.L + 1):
             logits = self.model.heads[t - 1](h).float().cpu()
-            cost[idx] += self.costs.head(t - 1)
+            cost[idx] += self.costs.head(t)
             feats = compact_features(logits, prev_logits, t, torch.as_tensor(tree.level[node]).float(),
                                      tree.L, len(tree.levels))
             if t == tree.L:
@@ -99,8 +99,8 @@ class DynamicModel(nn.Module):
             for q in np.unique(tree.level[node]):
                 g = torch.as_tensor(tree.level[node] == q)
                 gd = g.to(dev)
-                nh[gd] = self.qblocks[int(q)][t](h[gd])
+                nh[gd] = self.qblocks[int(q)][t](h[gd])        # block t + 1 (the list is 0-based)
                 blocks_run += int(g.sum())
-                cost[idx[g.numpy()]] += self.costs.block(t, tree.levels[int(q)])
+                cost[idx[g.numpy()]] += self.costs.block(t + 1, tree.levels[int(q)])
             h = nh
         return DynamicResult(pred, cost, final, blocks_run)

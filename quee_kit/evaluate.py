@@ -20,7 +20,7 @@ from .prepare import peak_memory_mb
 from .study import Study, check_config_against_data, points_auc, run_study
 
 __all__ = ["paired_bootstrap", "hierarchical_bootstrap", "budget_tables", "core_auc", "quality_table",
-           "curves_table", "c_min_sat", "knob_value", "oracle_gap_share", "run_pipeline"]
+           "curves_table", "c_min_sat", "knob_value", "verdict", "oracle_gap_share", "run_pipeline"]
 
 
 def paired_bootstrap(diff: np.ndarray, n: int = 2000, seed: int = 0) -> tuple[float, float, float]:
@@ -107,6 +107,13 @@ def _quality_row(variant, depth, split, seed, p, wrong, conf) -> dict:
             **quality_metrics(p, wrong, conf)}
 
 
+def _depth_quality(err_hat, s: Study, split: str, L: int) -> list[dict]:
+    """Exit-now quality rows of one split per depth 1..L-1 and ``all`` (no variant, no seed)."""
+    p, wrong, conf, depth = exit_now_rows(err_hat, s.prep.caches[split], s.opts)
+    return [{"depth": str(t), "split": split, **quality_metrics(p[k], wrong[k], conf[k])}
+            for t in [*range(1, L), "all"] for k in [slice(None) if t == "all" else depth == t]]
+
+
 def quality_table(studies: list[Study], budgets) -> pd.DataFrame:
     """Quality of every QuEE method's exit-now estimates (Brier, ECE, AUROC beside 1 - max prob's):
     per depth 1..L-1 and ``all`` on calib (out-of-fold) and test, and on test at the (node, sample)
@@ -114,14 +121,14 @@ def quality_table(studies: list[Study], budgets) -> pd.DataFrame:
     rows = []
     for s in studies:
         seed, L = s.cfg.seed, s.prep.tree.L
+        by_fit: dict = {}   # variants sharing one fit (e.g. quee, quee-exit-only) share its per-depth metrics
         for name, m in s.methods.items():
             if name not in s.predictors:   # QuEE variants: the methods with a predictor
                 continue
-            for split in ("calib", "test"):
-                p, wrong, conf, depth = exit_now_rows(m.err_hat[split], s.prep.caches[split], s.opts)
-                for t in [*range(1, L), "all"]:
-                    k = slice(None) if t == "all" else depth == t
-                    rows.append(_quality_row(name, str(t), split, seed, p[k], wrong[k], conf[k]))
+            fit = id(s.predictors[name])
+            if fit not in by_fit:
+                by_fit[fit] = [_depth_quality(m.err_hat[split], s, split, L) for split in ("calib", "test")]
+            rows += [{"variant": name, "seed": seed, **r} for per_split in by_fit[fit] for r in per_split]
             cache = s.prep.caches["test"]
             for b in budgets:
                 node, sample = m.visited("test", s.select(name, b)[0])
@@ -132,6 +139,13 @@ def quality_table(studies: list[Study], budgets) -> pd.DataFrame:
                                              cache.features[node, sample, 0].numpy()))
     cols = ["variant", "depth", "split", "seed", "n", "brier", "ece", "auroc", "auroc_maxprob", "error_rate"]
     return pd.DataFrame(rows)[cols]
+
+
+def verdict(lo, hi):
+    """*better* / *worse* when a paired difference's interval [lo, hi] excludes 0, else *tie* (arrays
+    elementwise)."""
+    v = np.where(np.asarray(lo) > 0, "better", np.where(np.asarray(hi) < 0, "worse", "tie"))
+    return str(v) if v.ndim == 0 else v
 
 
 def knob_value(method, desc: dict) -> float:

@@ -18,6 +18,7 @@ import pandas as pd
 import seaborn as sns
 
 from .artifacts import atomic_write_bytes, atomic_write_csv
+from .calibration import calibration_bins, expected_calibration_error
 
 if TYPE_CHECKING:   # torch is imported only by the functions that need it: the explorer page
     from .costs import CostModel  # imports this module and must start in seconds
@@ -98,8 +99,8 @@ def cost_table(costs: CostModel) -> pd.DataFrame:
         row.update({lv: r["cost"] for lv in levels} if r["part"].startswith(("stem", "head")) else {r["level"]: r["cost"]})
     rows["full model"] = {"MACs": sum(o.macs for o in costs.block_ops) + costs.stem_ops.macs
                           + costs.head_ops[-1].macs}
-    rows["full model"].update({lv.name: costs.stem + sum(costs.block(t, lv) for t in range(costs.depth))
-                               + costs.head(costs.depth - 1) for lv in costs.levels})
+    rows["full model"].update({lv.name: costs.stem + sum(costs.block(t, lv) for t in range(1, costs.depth + 1))
+                               + costs.head(costs.depth) for lv in costs.levels})
     return pd.DataFrame.from_dict(rows, orient="index")[["MACs"] + levels].rename_axis("part")
 
 
@@ -264,13 +265,13 @@ def reliability_diagram(p, err, n_bins: int = 15, label: str = "predictor", ax=N
     hidden second axis, the share of rows per bin. p, err: (R,) predictions and 0/1 errors, e.g. from
     :func:`quee_kit.predictors.exit_now_rows`. Draws on ``ax`` when given; ``label`` is its title."""
     p, err = np.asarray(p, float), np.asarray(err, float)
-    bins = np.minimum((p * n_bins).astype(int), n_bins - 1)
+    bins = calibration_bins(p, n_bins)
     count = np.bincount(bins, minlength=n_bins)
     seen = count > 0
     n = count[seen]
     mean_p = np.bincount(bins, p, n_bins)[seen] / n
     rate = np.bincount(bins, err, n_bins)[seen] / n
-    ece = float(np.sum(np.abs(rate - mean_p) * n) / len(p))
+    ece = expected_calibration_error(p, err, n_bins)
     z = 1.96                                                          # Wilson score interval
     centre = (rate + z * z / (2 * n)) / (1 + z * z / n)
     half = z * np.sqrt(rate * (1 - rate) / n + z * z / (4 * n * n)) / (1 + z * z / n)

@@ -42,6 +42,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .calibrated import BinnedErrorPredictor, PlattErrorPredictor
+from .calibration import expected_calibration_error
 from .costs import mlp_macs
 from .options import OptionSpace
 from .paths import DISCRETE_FEATURES, FEATURE_NAMES, HISTORY_FEATURES, PathCache
@@ -308,16 +309,16 @@ class CrossFitted:
 
     def predict(self, calib: PathCache, test: PathCache, opts: OptionSpace) -> dict[str, np.ndarray]:
         """Out-of-fold calib and final-model test estimates ``err_hat``, both (n_nodes, N, O)."""
-        oof = np.full((len(opts.tree), calib.n, opts.n_options), np.nan, dtype=np.float32)
+        oof = np.full((len(opts.tree), calib.n_samples, opts.n_options), np.nan, dtype=np.float32)
         for k, m in enumerate(self.folds):
             ho = np.flatnonzero(self.fold_of == k)
             oof[:, ho] = predict_nodes(m, calib, opts, ho)
-        return {"calib": oof, "test": predict_nodes(self.final, test, opts, np.arange(test.n))}
+        return {"calib": oof, "test": predict_nodes(self.final, test, opts, np.arange(test.n_samples))}
 
 
 def fit_cross_fitted(calib: PathCache, opts: OptionSpace, cfg, seed: int = 0, progress: bool = True) -> CrossFitted:
     """``cfg.folds`` fold predictors on calib plus one refitted on all of calib."""
-    N = calib.n
+    N = calib.n_samples
     if cfg.kind == "mlp" and cfg.targets == "kmeans" and cfg.K > N * (cfg.folds - 1) // cfg.folds:
         raise ValueError(f"predictor.K={cfg.K} is larger than a training fold "
                          f"({N * (cfg.folds - 1) // cfg.folds} calib samples)")
@@ -338,14 +339,7 @@ def exit_now_rows(err_hat: np.ndarray, cache: PathCache, opts: OptionSpace, node
     p = err_hat[nodes, :, :][np.arange(len(nodes)), :, opts.exit_option[nodes]].reshape(-1)
     wrong = (~cache.correct[nodes]).numpy().reshape(-1).astype(float)
     conf = cache.features[nodes][:, :, 0].numpy().reshape(-1)
-    return p, wrong, conf, np.repeat(tree.depth[nodes], cache.n)
-
-
-def expected_calibration_error(p: np.ndarray, wrong: np.ndarray, n_bins: int = 15) -> float:
-    """ECE over ``n_bins`` equal-width bins of the predicted probability ``p``."""
-    bins = np.minimum((np.asarray(p) * n_bins).astype(int), n_bins - 1)
-    return float(sum(abs(wrong[bins == b].mean() - p[bins == b].mean()) * (bins == b).mean()
-                     for b in range(n_bins) if (bins == b).any()))
+    return p, wrong, conf, np.repeat(tree.depth[nodes], cache.n_samples)
 
 
 def quality_metrics(p: np.ndarray, wrong: np.ndarray, conf: np.ndarray, n_bins: int = 15) -> dict:

@@ -46,8 +46,8 @@ def peak_memory_mb() -> float:
 
 @dataclass
 class Prepared:
-    """Everything downstream stages need. ``levels[0]`` is the reference; ``qblocks[q][t]`` is
-    block ``t`` at ``levels[q]``; ``caches`` maps split name -> :class:`PathCache`."""
+    """Everything downstream stages need. ``levels[0]`` is the reference; ``qblocks[q][t - 1]`` is
+    block ``t`` (1-based depth) at ``levels[q]``; ``caches`` maps split name -> :class:`PathCache`."""
     cfg: Config
     data: Dataset
     model: EarlyExitModel

@@ -42,7 +42,7 @@ def test_noise_sweep_at_zero_reproduces_the_study(study):
 def test_by_difficulty_partitions_the_test_split(study, method):
     budget = 0.05
     df = analysis.by_difficulty(study, method, budget, n_groups=4)
-    n = study.prep.caches["test"].n
+    n = study.prep.caches["test"].n_samples
     assert list(df.group) == [1, 2, 3, 4] and df.n.sum() == n and df.n.max() - df.n.min() <= 1
     out, bs = study.at_budget(method, budget)[2], study.at_budget("best-single", budget)[2]
     w = df.n / n

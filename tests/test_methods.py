@@ -27,7 +27,7 @@ class FixedExit(Method):
         c = self.caches[split]
         q, m = knob
         node = c.node((q,) * m)
-        return make_outcome(c, np.full(c.n, node), np.full(c.n, c.node_cost[node]))
+        return make_outcome(c, np.full(c.n_samples, node), np.full(c.n_samples, c.node_cost[node]))
 
 
 @pytest.fixture()

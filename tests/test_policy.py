@@ -161,7 +161,7 @@ def test_every_test_decision_is_one_call_of_the_refitted_predictor(study):
         final = fitted["final"]
         assert q.call_cost == pytest.approx(study.prep.costs.call_cost(final.macs)) and q.call_cost > 0
         np.testing.assert_array_equal(fitted["test"], predict_nodes(final, study.prep.caches["test"], study.opts,
-                                                                    np.arange(study.prep.caches["test"].n)))
+                                                                    np.arange(study.prep.caches["test"].n_samples)))
     kinds = {n: study.predictors[n]["final"].kind for n in ("quee", "quee-binned", "quee-mlp")}
     assert kinds == {"quee": study.cfg.predictor.kind, "quee-binned": "binned", "quee-mlp": "mlp"}
     # a per-node calibration call (a few comparisons or multiply-adds) is far cheaper than an MLP call

@@ -108,7 +108,7 @@ def test_methods_without_lambda_have_no_dead_controls(study, explorer):
 def _star_rgb(explorer):
     from PIL import Image
     img = np.asarray(Image.open(io.BytesIO(explorer.image.value)).convert("RGB"))
-    x, y = explorer._fig.star_pixel()
+    x, y = explorer.figure.star_pixel()
     return img[int(round(y)), int(round(x))]
 
 
@@ -157,7 +157,7 @@ def test_counts_and_examples_match_outcome(study, explorer, data):
     tree = study.prep.tree
     out = study.at_budget("quee", _budgets(explorer)[2])[2]
     counts = exit_level_counts(out.node, data.depth, data.level, data.level_names)
-    assert counts.to_numpy().sum() == len(out.node) == study.prep.caches["test"].n
+    assert counts.to_numpy().sum() == len(out.node) == study.prep.caches["test"].n_samples
     assert list(counts.index) == list(range(1, tree.L + 1)) and list(counts.columns) == data.level_names
     for t in range(1, tree.L + 1):
         for q, lv in enumerate(tree.levels):

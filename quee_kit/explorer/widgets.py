@@ -89,8 +89,8 @@ class BudgetExplorer:
         self.readout = w.HTML(layout=w.Layout(min_height="3.2em"),
                               tooltip="the operating point: test accuracy and cost, and the knob chosen")
         self.readout.add_class("quee-readout-widget")
-        self._fig = ExplorerFigure(data.level_names, int(data.depth.max()), self._images, self.k, dpi=dpi)
-        width, height = self._fig.canvas.get_width_height()
+        self.figure = ExplorerFigure(data.level_names, int(data.depth.max()), self._images, self.k, dpi=dpi)
+        width, height = self.figure.canvas.get_width_height()
         # shown at exactly its pixel size (no stretching); a narrower page scrolls instead of shrinking it
         self.image = w.Image(format="png", layout=w.Layout(width=f"{width}px", min_width=f"{width}px",
                                                            height=f"{height}px"))
@@ -176,18 +176,18 @@ class BudgetExplorer:
         m, ls = view["method"], view["level_set"]
 
         def background():
-            self._curves(self._fig, m, ls)
-            return self._fig.background(), self._fig.ax_curve.get_ylim()
+            self._curves(self.figure, m, ls)
+            return self.figure.background(), self.figure.ax_curve.get_ylim()
 
         bg, ylim = self._backgrounds.get((m, ls), background)
 
         def layer():
-            self._panels(self._fig, view)
-            return self._fig.render_state(bg)
+            self._panels(self.figure, view)
+            return self.figure.render_state(bg)
         layer_px = self._layers.get((m, ls, view["knob_index"]), layer)
-        self._fig.ax_curve.set_ylim(*ylim)    # the y range is per method: the star must use this one
-        self._fig.set_pointer(view)
-        return self._fig.render_png(layer_px)
+        self.figure.ax_curve.set_ylim(*ylim)    # the y range is per method: the star must use this one
+        self.figure.set_pointer(view)
+        return self.figure.render_png(layer_px)
 
     def _with(self, s, method, level_set, budget):
         """``s`` with the given method, level set and budget (budget mode); ``None`` keeps the field."""
@@ -225,7 +225,7 @@ class BudgetExplorer:
         else:
             where = f'<span class="quee-lambda">λ: {_fmt(v["lambda"])}</span>'
             knob = f"entry: {html.escape(v['entry'])}"
-        star_x, star_y = self._fig.star_pixel()
+        star_x, star_y = self.figure.star_pixel()
         attrs = {"method": v["method"], "mode": v["mode"], "budget": repr(v["budget"]), "lambda": repr(v["lambda"]),
                  "entry": v["entry"], "feasible": str(v["feasible"]).lower(), "color": color,
                  "star-x": f"{star_x:.1f}", "star-y": f"{star_y:.1f}", "setting": v["setting"]}
