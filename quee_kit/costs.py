@@ -69,9 +69,9 @@ def count_ops(module: nn.Module, x: torch.Tensor) -> tuple[OpCounts, torch.Tenso
 
 def level_bops(ops: OpCounts, level: Level, ref: Level, quantize_attention: bool = True) -> float:
     """BOPs of a block with ``ops`` run at ``level`` (reference bits for elementwise ops)."""
-    ref_sq = ref.a_bits * ref.a_bits
-    mm_bits = level.a_bits * level.a_bits if quantize_attention else ref_sq
-    return ops.linear * level.w_bits * level.a_bits + ops.matmul * mm_bits + ops.elementwise * ref_sq
+    ref_aa = ref.a_bits * ref.a_bits            # elementwise ops, and float attention, at the reference's a x a
+    mm_bits = level.a_bits * level.a_bits if quantize_attention else ref_aa
+    return ops.linear * level.w_bits * level.a_bits + ops.matmul * mm_bits + ops.elementwise * ref_aa
 
 
 def mlp_macs(sizes: list[int]) -> int:
@@ -99,8 +99,8 @@ class CostModel:
             self.head_ops.append(count_ops(head, h)[0])
         model.train(was_training)
         self.levels, self.ref, self.quantize_attention = list(levels), ref, quantize_attention
-        ref_sq = ref.w_bits * ref.a_bits
-        self._float_bops = lambda ops: (ops.linear + ops.matmul) * ref_sq + ops.elementwise * ref.a_bits ** 2
+        ref_wa = ref.w_bits * ref.a_bits            # float MACs (stem, heads) at the reference's w x a
+        self._float_bops = lambda ops: (ops.linear + ops.matmul) * ref_wa + ops.elementwise * ref.a_bits ** 2
         self.total_bops = (self._float_bops(self.stem_ops)
                            + sum(level_bops(o, ref, ref, quantize_attention) for o in self.block_ops)
                            + self._float_bops(self.head_ops[-1]))
@@ -108,6 +108,14 @@ class CostModel:
         self._heads = [self._float_bops(o) / self.total_bops for o in self.head_ops]
         self._blocks = {(t, lv): level_bops(o, lv, ref, quantize_attention) / self.total_bops
                         for t, o in enumerate(self.block_ops, 1) for lv in self.levels}
+        self._frozen = True
+
+    def __setattr__(self, name, value):
+        # Every cost is fixed at construction (the predictor's call cost included: call_cost(macs) is
+        # a function of the MACs, not a setting), so that no stage can change what another one paid.
+        if getattr(self, "_frozen", False):
+            raise AttributeError(f"CostModel is immutable (tried to set {name!r})")
+        super().__setattr__(name, value)
 
     @property
     def depth(self) -> int:

@@ -17,27 +17,15 @@ import torch
 
 from . import distributed
 from .artifacts import content_hash, load_or_build, tensor_digest
-from .config import Config, QuantConfig, cache_dir, key_fields
+from .config import Config, cache_dir, key_fields
 from .costs import CostModel
 from .data import Dataset, load_dataset
 from .models import BACKBONES, EarlyExitModel, build_model
 from .paths import PathCache, PathTree, build_path_cache
-from .quant import FLOAT_BITS, REF_DTYPES, CastBlock, Level, apply_level, parse_level
+from .quant import REF_DTYPES, CastBlock, Level, apply_level, config_levels
 from .train import train_early_exit
 
-__all__ = ["Prepared", "prepare", "load_cache", "sorted_levels", "config_levels", "exits_table", "peak_memory_mb",
-           "load_data"]
-
-
-def sorted_levels(levels) -> list[Level]:
-    """Levels (or their names) ordered by cost per MAC, costliest (the reference) first."""
-    return sorted((parse_level(s) for s in levels), key=lambda l: (l.w_bits * l.a_bits, l.a_bits, l.w_bits),
-                  reverse=True)
-
-
-def config_levels(q: QuantConfig) -> list[Level]:
-    """The levels of a quant config, each carrying the config's activation granularity and clipping."""
-    return sorted_levels(parse_level(s, q.act_granularity, q.clip_percentile) for s in q.levels)
+__all__ = ["Prepared", "prepare", "load_cache", "exits_table", "peak_memory_mb", "load_data"]
 
 
 def peak_memory_mb() -> float:
@@ -131,7 +119,7 @@ def prepare(cfg: Config, splits: tuple[str, ...] = ("calib", "test"), progress: 
                    for b in model.blocks] for i, lv in enumerate(levels)}
     if q.ref_dtype != "float32":  # float levels (the reference) run in that dtype
         for i, lv in enumerate(levels):
-            if min(lv.w_bits, lv.a_bits) >= FLOAT_BITS:
+            if lv.is_float:
                 qblocks[i] = [CastBlock(b, REF_DTYPES[q.ref_dtype]) for b in qblocks[i]]
     weights = tensor_digest(model.state_dict())
     prep = Prepared(cfg, data, model, levels, costs, tree, qblocks, timings=timings, model_hash=weights)

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["Level", "parse_level", "fake_quant_weight", "fake_quant_act", "ActQuant",
+__all__ = ["Level", "parse_level", "sorted_levels", "config_levels", "fake_quant_weight", "fake_quant_act", "ActQuant",
            "QuantLinear", "QuantConv2d", "apply_level", "FLOAT_BITS", "CastBlock", "REF_DTYPES"]
 
 FLOAT_BITS = 16  # bits >= this run in float32 (costed at their nominal bits)
@@ -39,6 +39,11 @@ class Level:
     def name(self) -> str:
         return f"w{self.w_bits}a{self.a_bits}"
 
+    @property
+    def is_float(self) -> bool:
+        """Both widths at FLOAT_BITS or more: the block runs in float (costed at its nominal bits)."""
+        return min(self.w_bits, self.a_bits) >= FLOAT_BITS
+
     def __str__(self) -> str:
         return self.name
 
@@ -54,6 +59,18 @@ def parse_level(s: str | Level, granularity: str = "token", clip_percentile: flo
     if not (2 <= w <= 32 and 2 <= a <= 32):
         raise ValueError(f"level {s!r}: bits must be between 2 and 32")
     return Level(w, a, granularity, clip_percentile)
+
+
+def sorted_levels(levels) -> list[Level]:
+    """Levels (or their names) ordered by cost per MAC, costliest (the reference) first."""
+    return sorted((parse_level(s) for s in levels), key=lambda l: (l.w_bits * l.a_bits, l.a_bits, l.w_bits),
+                  reverse=True)
+
+
+def config_levels(q) -> list[Level]:
+    """The levels of a :class:`~quee_kit.config.QuantConfig`, ordered as :func:`sorted_levels`, each
+    carrying the config's activation granularity and clipping."""
+    return sorted_levels(parse_level(s, q.act_granularity, q.clip_percentile) for s in q.levels)
 
 
 def _qmax(bits: int) -> int:
@@ -166,7 +183,7 @@ def apply_level(block: nn.Module, level: Level | str, quantize_attention: bool =
             if hasattr(child, "matmul_quant"):
                 child.matmul_quant = act if (quantize_attention and level.a_bits < FLOAT_BITS) else None
 
-    if level.w_bits < FLOAT_BITS or level.a_bits < FLOAT_BITS:
+    if not level.is_float:
         swap(out)
         if hasattr(out, "matmul_quant"):
             out.matmul_quant = act if (quantize_attention and level.a_bits < FLOAT_BITS) else None

@@ -23,7 +23,8 @@ from .config import Config, ConfigError, cache_dir
 from .methods import MethodContext, build_methods
 from .options import OptionSpace
 from .paths import FEATURE_NAMES
-from .policy import QueePolicy, lambda_grid, select_for_budget
+from .budget_rule import select_points  # re-exported: the rule on a points table
+from .policy import QueePolicy, lambda_grid
 from .predictors import (CrossFitted, fit_cross_fitted, predictor_from_state, predictor_macs,
                          predictor_quality)
 from .prepare import Prepared, load_data, prepare
@@ -163,13 +164,6 @@ def method_points(method) -> pd.DataFrame:
     df = pd.DataFrame(rows)
     named = [c for c in dict.fromkeys(["entry", *method.knob_fields]) if c in df]   # a union's fields: NaN where absent
     return df[named + [c for c in df if c not in named]]
-
-
-def select_points(points: pd.DataFrame, budgets) -> tuple[np.ndarray, np.ndarray]:
-    """The budget rule on a :func:`method_points` table: (knob row index, feasible) per budget."""
-    cc, ac = points["cost_calib"].to_numpy(), points["acc_calib"].to_numpy()
-    chosen = [select_for_budget(cc, ac, float(b)) for b in budgets]
-    return np.array([i for i, _ in chosen], dtype=int), np.array([ok for _, ok in chosen], dtype=bool)
 
 
 def points_auc(points: pd.DataFrame, auc_range, n: int = 41) -> float:

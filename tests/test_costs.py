@@ -6,7 +6,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from quee_kit.config import ModelConfig
 from quee_kit.costs import CostModel, OpCounts, count_ops, level_bops
 from quee_kit.models import BACKBONES, build_model
-from quee_kit.prepare import sorted_levels
+from quee_kit.quant import sorted_levels
 
 LEVELS = sorted_levels(["w16a16", "w8a8", "w4a8", "w3a8", "w4a4"])
 
@@ -64,4 +64,6 @@ def test_cost_model_normalization_and_ordering():
     assert cm.stem > cm.block(1, LEVELS[-1])
     with pytest.raises(IndexError, match="1-based"):
         cm.head(0)
+    with pytest.raises(AttributeError, match="immutable"):
+        cm.stem = 0.0
     assert cm.call_cost(1000) == pytest.approx(1000 * 256 / cm.total_bops)

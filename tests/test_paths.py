@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from quee_kit.paths import PathTree
-from quee_kit.prepare import exits_table, load_cache, sorted_levels
-from quee_kit.quant import apply_level
+from quee_kit.prepare import exits_table, load_cache
+from quee_kit.quant import apply_level, sorted_levels
 
 LEVELS = sorted_levels(["w16a16", "w8a8", "w4a8", "w3a8", "w4a4"])
 

@@ -16,7 +16,7 @@ from quee_kit.methods import scalar_knob
 from quee_kit.study import method_points
 from quee_kit.explorer import ExplorerModel, OperatingPoint, build_explorer_data, load_explorer_data
 from quee_kit.explorer.points import explorer_artifact
-from quee_kit.explorer.state import (budget_curve, examples_per_exit, exit_errors, exit_level_counts,
+from quee_kit.explorer.state import (chosen_points, examples_per_exit, exit_errors, exit_level_counts,
                                      level_set_presets)
 from quee_kit.plots import method_style
 from quee_kit.policy import simulate
@@ -219,7 +219,7 @@ def test_level_set_points_and_restriction(study, explorer):
 
 def test_budget_curve_is_the_budget_rule(study, explorer):
     budgets = _budgets(explorer)
-    df = budget_curve(study.points["best-single"], budgets)
+    df = chosen_points(study.points["best-single"], budgets)
     for b, (_, row) in zip(budgets, df.iterrows()):
         _, _, out = study.at_budget("best-single", b)
         assert row["accuracy"] == out.accuracy and row["cost"] == out.mean_cost

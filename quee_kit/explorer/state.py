@@ -20,9 +20,9 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from ..budget_rule import select_for_budget
+from ..budget_rule import select_points
 
-__all__ = ["OperatingPoint", "ExplorerModel", "Memo", "level_set_presets", "budget_curve", "select_points",
+__all__ = ["OperatingPoint", "ExplorerModel", "Memo", "level_set_presets", "chosen_points", "select_points",
            "exit_level_counts", "exit_errors", "examples_per_exit", "MAX_BUDGET"]
 
 MAX_BUDGET = 0.3   # above c_sat every method is flat; the slider stops here at the latest
@@ -77,15 +77,9 @@ def level_set_presets(level_names) -> dict[str, tuple[int, ...]]:
     return presets
 
 
-def select_points(points: pd.DataFrame, budgets) -> tuple[np.ndarray, np.ndarray]:
-    """The budget rule on a points table (``cost_calib, acc_calib``): (row index, feasible) per budget."""
-    cc, ac = points["cost_calib"].to_numpy(), points["acc_calib"].to_numpy()
-    chosen = [select_for_budget(cc, ac, float(b)) for b in budgets]
-    return np.array([i for i, _ in chosen], dtype=int), np.array([ok for _, ok in chosen], dtype=bool)
-
-
-def budget_curve(points: pd.DataFrame, budgets) -> pd.DataFrame:
-    """The curve as reported: for each budget, the knob the calib rule picks and its test point."""
+def chosen_points(points: pd.DataFrame, budgets) -> pd.DataFrame:
+    """For each budget, the knob row the calib rule picks and its test point (one method, one level
+    set; :func:`quee_kit.analysis.budget_curve` is the same over the seeds of live studies)."""
     idx, _ = select_points(points, budgets)
     return pd.DataFrame({"budget": np.asarray(budgets, float), "knob": idx,
                          "cost": points["cost_test"].to_numpy()[idx],

@@ -18,7 +18,7 @@ from matplotlib.figure import Figure
 
 from ..styles import method_style
 from .figure import DPI, ExplorerFigure
-from .state import ExplorerModel, Memo, budget_curve, examples_per_exit, exit_level_counts
+from .state import ExplorerModel, Memo, chosen_points, examples_per_exit, exit_level_counts
 
 __all__ = ["BudgetExplorer"]
 
@@ -144,7 +144,7 @@ class BudgetExplorer:
         for name in dict.fromkeys([method, "best-single", "oracle"]):
             if name not in self.names:
                 continue
-            df = budget_curve(self.model.table(name, level_set).points, self.budget_grid)
+            df = chosen_points(self.model.table(name, level_set).points, self.budget_grid)
             df = df.loc[df["knob"].ne(df["knob"].shift())]   # one point per distinct knob
             curves.append((name, df))
             accs.append(df["accuracy"].to_numpy())
