@@ -223,9 +223,9 @@ class Oracle(Method):
 
     def outcome(self, split, knob) -> Outcome:
         c = self.caches[split]
-        err = (~c.correct[self.nodes]).numpy().astype(float)      # (n, N)
+        wrong = (~c.correct[self.nodes]).numpy().astype(float)    # (n_nodes, N) true 0/1 errors
         cost = c.node_cost[self.nodes][:, None]
-        score = err + knob[0] * cost + 1e-9 * cost                 # ties -> the cheaper node
+        score = wrong + knob[0] * cost + 1e-9 * cost                 # ties -> the cheaper node
         node = self.nodes[score.argmin(0)]
         return make_outcome(c, node, c.node_cost[node])
 

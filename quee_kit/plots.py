@@ -258,20 +258,20 @@ def _legend_below(fig: plt.Figure, axes, ncol: int) -> None:
     fig.legend(handles, labels, loc="lower center", ncol=ncol, fontsize="small", frameon=False)
 
 
-def reliability_diagram(p, err, n_bins: int = 15, label: str = "predictor", ax=None) -> plt.Figure:
+def reliability_diagram(p, wrong, n_bins: int = 15, label: str = "predictor", ax=None) -> plt.Figure:
     """Observed error rate vs mean predicted error probability in ``n_bins`` equal-width bins (the
     bins of the ECE in :func:`quee_kit.predictors.predictor_quality`), with 95% Wilson intervals per
     bin (sparse high-ê bins are noisy), the diagonal (perfect calibration) and, as grey bars on a
-    hidden second axis, the share of rows per bin. p, err: (R,) predictions and 0/1 errors, e.g. from
+    hidden second axis, the share of rows per bin. p, wrong: (R,) predictions and 0/1 errors, e.g. from
     :func:`quee_kit.predictors.exit_now_rows`. Draws on ``ax`` when given; ``label`` is its title."""
-    p, err = np.asarray(p, float), np.asarray(err, float)
+    p, wrong = np.asarray(p, float), np.asarray(wrong, float)
     bins = calibration_bins(p, n_bins)
     count = np.bincount(bins, minlength=n_bins)
     seen = count > 0
     n = count[seen]
     mean_p = np.bincount(bins, p, n_bins)[seen] / n
-    rate = np.bincount(bins, err, n_bins)[seen] / n
-    ece = expected_calibration_error(p, err, n_bins)
+    rate = np.bincount(bins, wrong, n_bins)[seen] / n
+    ece = expected_calibration_error(p, wrong, n_bins)
     z = 1.96                                                          # Wilson score interval
     centre = (rate + z * z / (2 * n)) / (1 + z * z / n)
     half = z * np.sqrt(rate * (1 - rate) / n + z * z / (4 * n * n)) / (1 + z * z / n)

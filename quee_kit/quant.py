@@ -1,11 +1,13 @@
 """Precision levels and fake quantization.
 
-A level ``w{W}a{A}`` fake-quantizes, inside the blocks only, every ``Linear``/``Conv2d``
+A :class:`Level` ``w{W}a{A}`` fake-quantizes, inside the blocks only, every ``Linear``/``Conv2d``
 weight symmetrically per output channel at ``W`` bits and the activations entering it
 symmetrically and dynamically at ``A`` bits. The activation scale is computed **per
-sample** (one scale per sample tensor, or one per token), never over the batch, so a
-sample's output does not depend on its batch-mates. Bits >= 16 mean "run in float"
-(the reference is costed at 16 bits but computed in float32).
+sample** (one scale per sample tensor, or one per token: the level's ``granularity``, with its
+optional ``clip_percentile``), never over the batch, so a sample's output does not depend on its
+batch-mates. Bits >= 16 mean "run in float" (the reference is costed at 16 bits but computed in
+float32). Everything a level's numbers depend on is a field of the level; :func:`apply_level` is
+the one verb that applies it to a block, :func:`config_levels` builds the levels of a config.
 """
 from __future__ import annotations
 

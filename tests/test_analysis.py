@@ -9,16 +9,16 @@ from quee_kit.evaluate import budget_tables
 
 
 def test_noise_zero_is_identity_and_nan_is_kept(study):
-    E = study.predictors["quee"]["test"]
-    assert np.isnan(E).any() and (~np.isnan(E)).any()
-    same = analysis.noisy_predictions(E, 0.0, seed=3)
-    assert same.dtype == E.dtype and np.array_equal(same, E, equal_nan=True)
-    noisy = analysis.noisy_predictions(E, 1.0, seed=3)
-    assert np.array_equal(np.isnan(noisy), np.isnan(E))
+    err_hat = study.predictors["quee"]["test"]
+    assert np.isnan(err_hat).any() and (~np.isnan(err_hat)).any()
+    same = analysis.noisy_predictions(err_hat, 0.0, seed=3)
+    assert same.dtype == err_hat.dtype and np.array_equal(same, err_hat, equal_nan=True)
+    noisy = analysis.noisy_predictions(err_hat, 1.0, seed=3)
+    assert np.array_equal(np.isnan(noisy), np.isnan(err_hat))
     v = noisy[~np.isnan(noisy)]
-    assert ((v >= 0) & (v <= 1)).all() and not np.allclose(v, E[~np.isnan(E)])
+    assert ((v >= 0) & (v <= 1)).all() and not np.allclose(v, err_hat[~np.isnan(err_hat)])
     with pytest.raises(ValueError, match="sigma"):
-        analysis.noisy_predictions(E, -1.0)
+        analysis.noisy_predictions(err_hat, -1.0)
 
 
 def test_noise_sweep_at_zero_reproduces_the_study(study):

@@ -30,16 +30,16 @@ def test_option_space_structure(digits_prep):
 
 def test_discretized_targets_known_values():
     X = np.array([[0.0], [0.1], [0.2], [10.0], [10.1], [10.2]], dtype=np.float32)
-    E = np.array([[1], [0], [0], [0], [0], [0]], dtype=np.float32)
+    wrong = np.array([[1], [0], [0], [0], [0], [0]], dtype=np.float32)
     depth = np.ones(6, int)
-    T = discretized_targets(X, E, depth, "kmeans", K=2, prior_weight=1.0)
+    T = discretized_targets(X, wrong, depth, "kmeans", K=2, prior_weight=1.0)
     mean = 1 / 6
     # cell A: 1 error in 3 -> (1 + 1*mean) / (3 + 1); cell B: 0 in 3 -> mean / 4
     np.testing.assert_allclose(T[:3, 0], (1 + mean) / 4, rtol=1e-6)
     np.testing.assert_allclose(T[3:, 0], mean / 4, rtol=1e-6)
-    np.testing.assert_array_equal(discretized_targets(X, E, depth, "raw"), E)
+    np.testing.assert_array_equal(discretized_targets(X, wrong, depth, "raw"), wrong)
     # shrinkage keeps the depth mean: the average target equals the average error
-    assert T[:, 0].mean() == pytest.approx(E.mean(), abs=0.05)
+    assert T[:, 0].mean() == pytest.approx(wrong.mean(), abs=0.05)
 
 
 def test_oracle_bounds_every_policy_at_every_lambda(study):

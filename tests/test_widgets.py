@@ -162,19 +162,19 @@ def test_counts_and_examples_match_outcome(study, explorer, data):
     for t in range(1, tree.L + 1):
         for q, lv in enumerate(tree.levels):
             assert counts.loc[t, lv.name] == np.sum((tree.depth[out.node] == t) & (tree.level[out.node] == q))
-    E = study.predictors["quee"]["test"]
+    err_hat_all = study.predictors["quee"]["test"]
     max_prob = study.prep.caches["test"].features[..., 0].numpy()
-    err = exit_errors(out.node, E, study.opts.exit_option, max_prob)
+    err_hat = exit_errors(out.node, err_hat_all, study.opts.exit_option, max_prob)
     i = np.arange(len(out.node))
     inner = tree.depth[out.node] < tree.L
-    np.testing.assert_array_equal(err[inner], E[out.node, i, study.opts.exit_option[out.node]][inner])
-    np.testing.assert_allclose(err[~inner], 1 - max_prob[out.node[~inner], i[~inner]])  # no decision at L
-    stored = data.err_exit[data.methods["quee"].err_key][out.node, i]         # what the page stores
-    np.testing.assert_allclose(stored, err, rtol=1e-6)
-    ex = examples_per_exit(out.node, data.depth, 4, err)
+    np.testing.assert_array_equal(err_hat[inner], err_hat_all[out.node, i, study.opts.exit_option[out.node]][inner])
+    np.testing.assert_allclose(err_hat[~inner], 1 - max_prob[out.node[~inner], i[~inner]])  # no decision at L
+    stored = data.err_hat_exit[data.methods["quee"].err_key][out.node, i]         # what the page stores
+    np.testing.assert_allclose(stored, err_hat, rtol=1e-6)
+    ex = examples_per_exit(out.node, data.depth, 4, err_hat)
     for t, idx in ex.items():
         assert len(idx) == min(4, counts.loc[t].sum())
-        assert (tree.depth[out.node[idx]] == t).all() and (np.diff(err[idx]) >= 0).all()
+        assert (tree.depth[out.node[idx]] == t).all() and (np.diff(err_hat[idx]) >= 0).all()
         assert len(set(idx.tolist())) == len(idx)
 
 

@@ -88,7 +88,7 @@ class MethodTable:
 class ExplorerData:
     """Everything the explorer shows for one study (test split). Arrays: ``depth``/``level``
     (n_nodes,) of the path tree (depth 1-based, level index 0 = reference), ``exit_option``
-    (n_nodes,), ``correct`` (n_nodes, N) bool, ``max_prob`` (n_nodes, N), ``err_exit[key]``
+    (n_nodes,), ``correct`` (n_nodes, N) bool, ``max_prob`` (n_nodes, N), ``err_hat_exit[key]``
     (n_nodes, N) predicted error of exiting at each node (1 - max prob at the last exit),
     ``images`` (N, C, H, W) uint8."""
     setting: str
@@ -102,7 +102,7 @@ class ExplorerData:
     exit_option: np.ndarray
     correct: np.ndarray
     max_prob: np.ndarray
-    err_exit: dict
+    err_hat_exit: dict
     images: np.ndarray
     c_min: float
     c_sat: float
@@ -157,13 +157,13 @@ def build_explorer_data(study, fast: bool, config: str, overrides=()) -> Explore
     max_prob = test.features[..., 0].numpy().astype(np.float32)
     n_nodes, n = max_prob.shape
     exit_option = np.asarray(study.opts.exit_option)
-    err_exit, err_keys, source = {}, {}, {}
+    err_hat_exit, err_keys, source = {}, {}, {}
     for name, p in study.predictors.items():   # variants sharing a predictor share one array
         key = next((k for k, q in source.items() if q is p), None)
         if key is None:
             key, source[name] = name, p
             e = p["test"][np.arange(n_nodes)[:, None], np.arange(n)[None, :], exit_option[:, None]]
-            err_exit[name] = np.where(np.isfinite(e), e, 1.0 - max_prob).astype(np.float32)
+            err_hat_exit[name] = np.where(np.isfinite(e), e, 1.0 - max_prob).astype(np.float32)
         err_keys[name] = key
     default_err = err_keys.get("quee")
     dtype = np.int16 if n_nodes < 2 ** 15 else np.int32
@@ -180,7 +180,7 @@ def build_explorer_data(study, fast: bool, config: str, overrides=()) -> Explore
         setting=setting_label(fast, [cfg.seed], n, len(prep.data.train)), fast=fast, seed=cfg.seed,
         config=str(config), overrides=list(overrides), level_names=[lv.name for lv in tree.levels],
         depth=np.asarray(tree.depth), level=np.asarray(tree.level), exit_option=exit_option,
-        correct=np.asarray(test.correct_np, dtype=bool), max_prob=max_prob, err_exit=err_exit,
+        correct=np.asarray(test.correct_np, dtype=bool), max_prob=max_prob, err_hat_exit=err_hat_exit,
         images=_images_uint8(prep.data.test.x), c_min=c_min, c_sat=c_sat,
         ref_acc=float(study.points["static-quant"]["acc_test"].iloc[0]),
         lambdas=np.asarray(sorted({k[-1] for k in study.methods["oracle"].knobs})), methods=methods,

@@ -116,14 +116,14 @@ def exit_errors(node: np.ndarray, err_hat: np.ndarray | None, exit_option: np.nd
     return np.where(np.isfinite(e), e, fallback)
 
 
-def examples_per_exit(node: np.ndarray, depth: np.ndarray, k: int, err: np.ndarray) -> dict[int, np.ndarray]:
+def examples_per_exit(node: np.ndarray, depth: np.ndarray, k: int, err_hat: np.ndarray) -> dict[int, np.ndarray]:
     """Up to ``k`` test sample indices per exit (1..L), spread evenly over the exit's predicted
-    errors ``err`` (lowest first), so each row shows confident and doubtful inputs alike."""
+    errors ``err_hat`` (lowest first), so each row shows confident and doubtful inputs alike."""
     d = depth[np.asarray(node)]
     out = {}
     for t in range(1, int(depth.max()) + 1):
         idx = np.flatnonzero(d == t)
-        order = idx[np.argsort(err[idx], kind="stable")]
+        order = idx[np.argsort(err_hat[idx], kind="stable")]
         if len(order) > k:
             order = order[np.unique(np.linspace(0, len(order) - 1, k).round().astype(int))]
         out[t] = order

@@ -162,13 +162,13 @@ class BudgetExplorer:
         d, node = self.data, view["node"]
         i = np.arange(len(node))
         tab = self.model.table(view["method"], view["level_set"])
-        err = d.err_exit[tab.err_key][node, i] if tab.err_key else 1.0 - d.max_prob[node, i]
+        err_hat = d.err_hat_exit[tab.err_key][node, i] if tab.err_key else 1.0 - d.max_prob[node, i]
         correct = d.correct[node, i]
-        examples = examples_per_exit(node, d.depth, self.k, err)
+        examples = examples_per_exit(node, d.depth, self.k, err_hat)
         counts = exit_level_counts(node, d.depth, d.level, d.level_names)
         note = (f"budget {view['budget']:.4f}" if view["mode"] == "budget"
                 else f"λ = {view['lambda']:.3g}, entry {view['entry']}")
-        fig.set_state(view, correct, err, counts, examples, d.depth[node], note)
+        fig.set_state(view, correct, err_hat, counts, examples, d.depth[node], note)
 
     def _render(self, view: dict) -> bytes:
         """Two cached pixel layers: the curves per (method, level set), and over them the panels per
