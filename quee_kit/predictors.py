@@ -114,11 +114,11 @@ def discretized_targets(Z: np.ndarray, wrong: np.ndarray, group: np.ndarray, sch
     T = np.full_like(wrong, np.nan)
     for g in np.unique(group):
         rows = np.flatnonzero(group == g)
-        Zg, Eg = Z[rows], wrong[rows]
+        Zg, wrong_g = Z[rows], wrong[rows]
         Zs = (Zg - Zg.mean(0)) / (Zg.std(0) + 1e-6)
-        valid = ~np.isnan(Eg)
-        Ez = np.where(valid, Eg, 0.0)
-        group_mean = Ez.sum(0) / np.maximum(valid.sum(0), 1)
+        valid = ~np.isnan(wrong_g)
+        wrong0 = np.where(valid, wrong_g, 0.0)
+        group_mean = wrong0.sum(0) / np.maximum(valid.sum(0), 1)
         if scheme == "kmeans":
             k = min(K, len(rows))
             fit_rows = np.random.default_rng(seed).choice(len(rows), min(len(rows), 20000), replace=False)
@@ -126,14 +126,14 @@ def discretized_targets(Z: np.ndarray, wrong: np.ndarray, group: np.ndarray, sch
             cell = km.predict(Zs)
             S = np.zeros((k, wrong.shape[1]))
             C = np.zeros((k, wrong.shape[1]))
-            np.add.at(S, cell, Ez)
+            np.add.at(S, cell, wrong0)
             np.add.at(C, cell, valid)
             T[rows] = ((S + prior_weight * group_mean) / (C + prior_weight))[cell]
         elif scheme == "knn":
             ref = np.random.default_rng(seed).choice(len(rows), min(len(rows), 20000), replace=False)
             nn_ = NearestNeighbors(n_neighbors=min(knn_k, len(ref))).fit(Zs[ref])
             idx = nn_.kneighbors(Zs, return_distance=False)              # (R_g, k)
-            T[rows] = (Ez[ref][idx].sum(1) + prior_weight * group_mean) / (valid[ref][idx].sum(1) + prior_weight)
+            T[rows] = (wrong0[ref][idx].sum(1) + prior_weight * group_mean) / (valid[ref][idx].sum(1) + prior_weight)
         else:
             raise ValueError(f"predictor.targets must be kmeans, knn or raw (got {scheme!r})")
         T[rows] = np.where(valid, T[rows], np.nan)
