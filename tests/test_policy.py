@@ -21,6 +21,8 @@ def test_option_space_structure(digits_prep):
     # at the reference entry (depth 1) a monotone path may continue at any level to any later exit
     assert opts.valid[root_ref].sum() == 1 + (tree.L - 1) * len(tree.levels)
     assert opts.delta_cost()[root_ref, opts.exit_option[root_ref]] == 0
+    with pytest.raises(ValueError, match="read-only"):   # shared by every method: never modified
+        opts.valid[root_ref, 0] = False
     leaf = tree.nodes_at(tree.L)[0]
     assert opts.valid[leaf].sum() == 1  # only exit at the last block
     # a plan's target is the node reached by repeating its level
