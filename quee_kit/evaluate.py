@@ -189,9 +189,9 @@ def run_pipeline(cfg: Config, out: Path, progress: bool = True) -> dict:
         studies.append(run_study(dataclasses.replace(cfg, seed=seed), progress))
     budgets, auc = budget_tables(studies, cfg.eval.budgets, cfg.eval.bootstrap, cfg.eval.auc_range)
     curves = curves_table(studies)
-    atomic_write_csv(curves, out / "curves.csv")
-    atomic_write_csv(budgets, out / "budgets.csv")
-    atomic_write_csv(quality_table(studies, cfg.eval.budgets), out / "predictor_quality.csv")
+    atomic_write_csv(out / "curves.csv", curves)
+    atomic_write_csv(out / "budgets.csv", budgets)
+    atomic_write_csv(out / "predictor_quality.csv", quality_table(studies, cfg.eval.budgets))
     cmins = [c_min_sat(s) for s in studies]
     auc_core = core_auc(studies)
 
