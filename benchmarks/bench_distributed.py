@@ -55,7 +55,7 @@ def _macs_per_node_sample(cfg_path: str, epochs: int) -> float:
     from quee_kit.data import load_dataset
     from quee_kit.models import build_model
     from quee_kit.paths import PathTree
-    from quee_kit.pipeline import sorted_levels
+    from quee_kit.quant import sorted_levels
     cfg = load_config(cfg_path, [f"model.epochs={epochs}"])
     data = load_dataset(cfg.data.name, split_seed=cfg.data.split_seed,
                         sizes=tuple(cfg.data.sizes) if cfg.data.sizes else None)

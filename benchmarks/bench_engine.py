@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import io
 import platform
 import time
 from pathlib import Path
@@ -31,7 +30,7 @@ import torch
 from quee_kit.artifacts import atomic_write_bytes
 from quee_kit.backends import BACKENDS
 from quee_kit.config import load_config
-from quee_kit.evaluate import run_study
+from quee_kit.study import run_study
 from quee_kit.policy import simulate
 
 COLUMNS = ["backend", "mode", "budget", "batch_size", "us_per_sample", "speedup_vs_float_full", "level",

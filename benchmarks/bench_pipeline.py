@@ -17,15 +17,15 @@ import tempfile
 CHILD = r"""
 import json, sys, time
 from quee_kit.config import load_config
-from quee_kit.pipeline import prepare, peak_memory_mb
+from quee_kit.prepare import prepare, peak_memory_mb
 cfg = load_config(sys.argv[1], [f"cache_dir={sys.argv[2]}"])
 t = time.perf_counter()
 p = prepare(cfg, progress=False)
 c = p.caches
 print(json.dumps({"config": sys.argv[1], "nodes": len(p.tree), "train_s": p.timings["train_seconds"],
                   "cache_s": sum(x.stats["seconds"] for x in c.values()),
-                  "samples": sum(x.n for x in c.values()),
-                  "throughput": sum(x.n for x in c.values()) * len(p.tree) / sum(x.stats["seconds"] for x in c.values()),
+                  "samples": sum(x.n_samples for x in c.values()),
+                  "throughput": sum(x.n_samples for x in c.values()) * len(p.tree) / sum(x.stats["seconds"] for x in c.values()),
                   "total_s": time.perf_counter() - t, "peak_mb": peak_memory_mb()}))
 """
 

@@ -3,7 +3,7 @@ variants and noise, accuracy by input difficulty, and the tables behind the main
 
 Every number here is a *test* number obtained with the shared budget rule
 (:func:`quee_kit.policy.select_for_budget`: best calib accuracy whose calib cost is within the
-budget), exactly as :meth:`quee_kit.evaluate.Study.at_budget` reports it. Costs are normalized
+budget), exactly as :meth:`quee_kit.study.Study.at_budget` reports it. Costs are normalized
 BOPs (1.0 = stem + every block at the reference level + the final head).
 """
 from __future__ import annotations
@@ -12,10 +12,11 @@ import numpy as np
 import pandas as pd
 from scipy.special import expit, logit
 
-from .evaluate import Study, paired_bootstrap, points_auc, select_points
+from .evaluate import oracle_gap_share, paired_bootstrap, verdict
 from .paths import FEATURE_NAMES
 from .policy import QueePolicy, lambda_grid, select_for_budget
 from .predictors import predictor_quality
+from .study import Study, points_auc, select_points
 
 __all__ = ["budget_curve", "budget_curves", "auc", "paired_difference", "target_variants", "quality_table",
            "k_sweep_table", "noisy_predictions", "predictor_noise_sweep", "difficulty_groups", "by_difficulty",
@@ -40,7 +41,7 @@ def budget_curve(studies, method: str, budgets) -> pd.DataFrame:
         p = s.points[method]
         idx, ok = select_points(p, budgets)
         for b, i, f in zip(budgets, idx, ok):
-            rows.append({"seed": s.prep.cfg.seed, "budget": float(b), "cost": float(p["cost_test"].iloc[i]),
+            rows.append({"seed": s.cfg.seed, "budget": float(b), "cost": float(p["cost_test"].iloc[i]),
                          "accuracy": float(p["acc_test"].iloc[i]), "feasible": bool(f)})
     return pd.DataFrame(rows, columns=["seed", "budget", "cost", "accuracy", "feasible"])
 
@@ -60,14 +61,14 @@ def paired_difference(study: Study, method: str, other: str, budgets, n_boot: in
     """``method`` − ``other`` on the same test samples at each budget (each with its own knob chosen
     on calib): ``budget, accuracy_method, accuracy_other, diff_pp, diff_lo_pp, diff_hi_pp`` (percentage
     points, 95% paired bootstrap interval) and ``verdict`` (*tie* when the interval contains 0)."""
-    n_boot = n_boot or study.prep.cfg.eval.bootstrap
+    n_boot = n_boot or study.cfg.eval.bootstrap
     rows = []
     for b in budgets:
         a, o = study.at_budget(method, b)[2], study.at_budget(other, b)[2]
         d, lo, hi = paired_bootstrap(a.correct.astype(float) - o.correct, n_boot, seed=0)
         rows.append({"budget": float(b), "accuracy_method": a.accuracy, "accuracy_other": o.accuracy,
                      "diff_pp": 100 * d, "diff_lo_pp": 100 * lo, "diff_hi_pp": 100 * hi,
-                     "verdict": "better" if lo > 0 else "worse" if hi < 0 else "tie"})
+                     "verdict": verdict(lo, hi)})
     return pd.DataFrame(rows)
 
 
@@ -116,24 +117,24 @@ def k_sweep_table(study: Study, k_values, auc_range, references=("quee-raw", "qu
 
 # ------------------------------------------------------------------------- noisier predictors
 
-def noisy_predictions(E: np.ndarray, sigma: float, seed: int = 0) -> np.ndarray:
-    """``sigmoid(logit(E) + sigma * N(0, 1))`` elementwise, same shape and dtype; NaN stays NaN.
+def noisy_predictions(err_hat: np.ndarray, sigma: float, seed: int = 0) -> np.ndarray:
+    """``sigmoid(logit(err_hat) + sigma * N(0, 1))`` elementwise, same shape and dtype; NaN stays NaN.
 
-    sigma = 0 returns E exactly (the logit/sigmoid round trip in float64 is exact on float32 values;
-    0 and 1 map to -inf/+inf and back).
+    sigma = 0 returns err_hat exactly (the logit/sigmoid round trip in float64 is exact on float32
+    values; 0 and 1 map to -inf/+inf and back).
     """
     if sigma < 0:
         raise ValueError(f"sigma must be >= 0 (got {sigma})")
-    z = logit(np.asarray(E, dtype=np.float64))
+    z = logit(np.asarray(err_hat, dtype=np.float64))
     if sigma > 0:
         z = z + sigma * np.random.default_rng(seed).standard_normal(z.shape)
-    return expit(z).astype(np.asarray(E).dtype)
+    return expit(z).astype(np.asarray(err_hat).dtype)
 
 
 def predictor_noise_sweep(study: Study, sigmas, budgets, method: str = "quee", seed: int = 0) -> pd.DataFrame:
     """Re-run the QuEE policy with noisier predictions (calib and test alike), same knobs and budget rule.
 
-    For each sigma: E' = :func:`noisy_predictions` of the variant's calib and test estimates, every
+    For each sigma: ``err_hat'`` = :func:`noisy_predictions` of the variant's calib and test estimates, every
     (entry, λ) knob re-evaluated on calib, the budget rule applied, test reported. Returns one row per
     (sigma, budget): ``sigma, budget, accuracy, cost, feasible, diff_vs_best_single, diff_lo, diff_hi``
     (paired test difference and its 95% bootstrap interval, fractions), ``best_single_accuracy,
@@ -141,19 +142,19 @@ def predictor_noise_sweep(study: Study, sigmas, budgets, method: str = "quee", s
     """
     base = study.methods[method]
     caches, opts = study.prep.caches, study.opts
-    lams = lambda_grid(study.prep.cfg.eval.lambda_grid)
+    lams = lambda_grid(study.cfg.eval.lambda_grid)
     bs = {b: study.at_budget("best-single", b)[2] for b in budgets}
-    n_boot = study.prep.cfg.eval.bootstrap
+    n_boot = study.cfg.eval.bootstrap
     rows = []
     for j, sigma in enumerate(sigmas):
-        E = {sp: noisy_predictions(study.predictors[method][sp], sigma, seed=seed * 1000 + 2 * j + i)
+        err_hat = {sp: noisy_predictions(study.predictors[method][sp], sigma, seed=seed * 1000 + 2 * j + i)
              for i, sp in enumerate(("calib", "test"))}
-        pol = QueePolicy(f"{method}+noise", E, caches, opts, lams, mask=base.mask,  # same restriction and calls
+        pol = QueePolicy(f"{method}+noise", err_hat, caches, opts, lams, mask=base.mask,  # same restriction and calls
                          call_cost=base.call_cost)
         calib = pol.outcomes("calib")
         cc = np.array([o.mean_cost for o in calib])
         ac = np.array([o.accuracy for o in calib])
-        q = predictor_quality(E["test"], caches["test"], opts)
+        q = predictor_quality(err_hat["test"], caches["test"], opts)
         for b in budgets:
             i, ok = select_for_budget(cc, ac, float(b))
             out = pol.outcome("test", pol.knobs[i])
@@ -217,11 +218,10 @@ def budget_summary(budgets_df: pd.DataFrame, methods=None) -> pd.DataFrame:
     n_seeds = int(per_seed.seed.nunique())
     feasible = per_seed.groupby(["method", "budget"]).feasible.all()
     lo, hi = 100 * pooled.diff_lo, 100 * pooled.diff_hi
-    verdict = np.where(lo > 0, "better", np.where(hi < 0, "worse", "tie"))
     df = pd.DataFrame({"method": pooled.method, "budget": pooled.budget, "n_seeds": n_seeds,
                        "accuracy_mean": pooled.accuracy, "accuracy_std": pooled.accuracy_std,
                        "cost_mean": pooled.cost, "diff_pp": 100 * pooled.diff_vs_best_single,
-                       "diff_lo_pp": lo, "diff_hi_pp": hi, "verdict": verdict,
+                       "diff_lo_pp": lo, "diff_hi_pp": hi, "verdict": verdict(lo, hi),
                        "feasible": [bool(feasible[(m, b)]) for m, b in zip(pooled.method, pooled.budget)]})
     df.loc[~df.feasible, "verdict"] = "over budget"   # its cheapest knob costs more: not a fair comparison
     df.loc[df.method == "best-single", "verdict"] = "reference"
@@ -257,9 +257,8 @@ def format_budget_summary(summary: pd.DataFrame, what: str = "accuracy") -> pd.D
 def auc_table(auc_by_method: dict[str, list[float]]) -> pd.DataFrame:
     """AUC (mean test accuracy over the AUC range) per method, mean and std over seeds, and the
     share of the oracle's advantage over best-single it captures: (AUC_m − AUC_bs) / (AUC_oracle − AUC_bs)."""
-    mean = {k: float(np.mean(v)) for k, v in auc_by_method.items()}
-    gap = mean["oracle"] - mean["best-single"]
-    rows = [{"method": k, "auc_mean": mean[k], "auc_std": float(np.std(v)),
-             "oracle_gap_share": (mean[k] - mean["best-single"]) / gap if gap > 0 else np.nan}
+    share = oracle_gap_share(auc_by_method)
+    rows = [{"method": k, "auc_mean": float(np.mean(v)), "auc_std": float(np.std(v)),
+             "oracle_gap_share": np.nan if share[k] is None else share[k]}
             for k, v in auc_by_method.items()]
     return pd.DataFrame(rows).sort_values("auc_mean", ascending=False).reset_index(drop=True)

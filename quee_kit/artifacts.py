@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Callable
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["content_hash", "atomic_write_bytes", "save_artifact", "load_artifact", "load_or_build",
+__all__ = ["content_hash", "atomic_write_bytes", "atomic_write_csv", "atomic_write_json", "save_artifact", "load_artifact", "load_or_build",
            "ArtifactError", "tensor_digest"]
 
 MAGIC = b"QUEEKIT1"
@@ -65,6 +65,16 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def atomic_write_csv(path: str | Path, df, index: bool = False) -> None:
+    """A DataFrame as CSV (6 significant digits, the kit's table format), written atomically."""
+    atomic_write_bytes(path, df.to_csv(index=index, float_format="%.6g").encode())
+
+
+def atomic_write_json(path: str | Path, obj) -> None:
+    """``obj`` as indented JSON (numpy scalars as floats) with a final newline, written atomically."""
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, default=float) + "\n").encode())
 
 
 FORMATS = ("torch", "pickle")

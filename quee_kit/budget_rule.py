@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["select_for_budget"]
+__all__ = ["select_for_budget", "select_points"]
 
 
 def select_for_budget(costs: np.ndarray, accs: np.ndarray, budget: float) -> tuple[int, bool]:
@@ -21,3 +21,11 @@ def select_for_budget(costs: np.ndarray, accs: np.ndarray, budget: float) -> tup
         return int(costs.argmin()), False
     best = ok[np.lexsort((costs[ok], -accs[ok]))[0]]
     return int(best), True
+
+
+def select_points(points, budgets) -> tuple[np.ndarray, np.ndarray]:
+    """The rule on a method's points table (columns ``cost_calib, acc_calib``, one row per knob):
+    (row index, feasible) per budget."""
+    cc, ac = points["cost_calib"].to_numpy(), points["acc_calib"].to_numpy()
+    chosen = [select_for_budget(cc, ac, float(b)) for b in budgets]
+    return np.array([i for i, _ in chosen], dtype=int), np.array([ok for _, ok in chosen], dtype=bool)

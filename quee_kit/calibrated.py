@@ -27,6 +27,15 @@ __all__ = ["BinnedErrorPredictor", "PlattErrorPredictor", "SCORE"]
 SCORE = FEATURE_NAMES.index("log_odds")
 
 
+def _node_rows(rows):
+    """Per node present in ``rows``: (node, its row indices, valid (r, O) mask of the options that exist
+    there, 0/1 errors (r, O) with 0 where invalid). Both calibrated predictors fit one node at a time."""
+    for node in np.unique(rows.node):
+        r = np.flatnonzero(rows.node == node)
+        valid = ~np.isnan(rows.wrong[r])
+        yield node, r, valid, np.where(valid, rows.wrong[r], 0.0)
+
+
 class BinnedErrorPredictor:
     """edges: (n_nodes, bins - 1) inner bin edges of the log-odds per node; table: (n_nodes, bins, O)
     shrunk mean error of every option per bin (NaN at nodes never fitted or invalid options)."""
@@ -44,16 +53,13 @@ class BinnedErrorPredictor:
         edges = np.full((n_nodes, bins - 1), np.inf)
         table = np.full((n_nodes, bins, n_opt), np.nan, dtype=np.float32)
         score = rows.x[:, SCORE]
-        for node in np.unique(rows.node):
-            r = np.flatnonzero(rows.node == node)
-            s, wrong = score[r], rows.wrong[r]
+        for node, r, valid, wrong in _node_rows(rows):
+            s = score[r]
             edges[node] = np.quantile(s, np.arange(1, bins) / bins)
             b = np.searchsorted(edges[node], s, side="right")
-            valid = ~np.isnan(wrong)
-            err = np.where(valid, wrong, 0.0)
-            node_mean = err.sum(0) / np.maximum(valid.sum(0), 1)
+            node_mean = wrong.sum(0) / np.maximum(valid.sum(0), 1)
             S, C = np.zeros((bins, n_opt)), np.zeros((bins, n_opt))
-            np.add.at(S, b, err)
+            np.add.at(S, b, wrong)
             np.add.at(C, b, valid)
             table[node] = np.where(valid.any(0), (S + prior_weight * node_mean) / (C + prior_weight), np.nan)
         return cls(edges, table)
@@ -108,13 +114,10 @@ class PlattErrorPredictor:
         """``rows``: :class:`~quee_kit.predictors.DecisionRows` of the fitting samples."""
         coef = np.full((n_nodes, rows.wrong.shape[1], 2), np.nan)
         score = rows.x[:, SCORE].astype(float)
-        for node in np.unique(rows.node):
-            r = np.flatnonzero(rows.node == node)
-            valid = ~np.isnan(rows.wrong[r])
-            err = np.where(valid, rows.wrong[r], 0.0)
-            n_wrong, n = err.sum(0), valid.sum(0)
+        for node, r, valid, wrong in _node_rows(rows):
+            n_wrong, n = wrong.sum(0), valid.sum(0)
             # Platt's smoothed targets: (n_wrong + 1) / (n_wrong + 2) for a wrong row, 1 / (n_right + 2) for a right one
-            y = np.where(err > 0, (n_wrong + 1) / (n_wrong + 2), 1 / (n - n_wrong + 2))
+            y = np.where(wrong > 0, (n_wrong + 1) / (n_wrong + 2), 1 / (n - n_wrong + 2))
             a, b = _platt_fit(score[r], y, valid)
             coef[node] = np.where(valid.any(0)[:, None], np.stack([a, b], 1), np.nan)
         return cls(coef)

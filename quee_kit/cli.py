@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import sys
 from pathlib import Path
 
+from .artifacts import atomic_write_csv, atomic_write_json
 from .config import UserError, load_config
 
 __all__ = ["main"]
@@ -21,15 +21,10 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--debug", action="store_true", help="show the Python traceback of an error, not one line")
 
 
-def _write_json(path: Path, obj) -> None:
-    from .artifacts import atomic_write_bytes
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, default=float) + "\n").encode())
-
-
 def cmd_cache(args) -> int:
     cfg = load_config(args.config, args.overrides)  # before the torch imports: a bad config fails fast
     from .distributed import is_main, process_group
-    from .pipeline import exits_table, peak_memory_mb, prepare
+    from .prepare import exits_table, peak_memory_mb, prepare
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     with process_group(cfg.device):  # under torchrun: samples sharded across ranks, rank 0 writes the outputs
@@ -37,14 +32,13 @@ def cmd_cache(args) -> int:
         if not is_main():
             return 0
     df = exits_table(prep)
-    from .artifacts import atomic_write_bytes
-    atomic_write_bytes(out / "exits.csv", df.to_csv(index=False, float_format="%.6g").encode())
+    atomic_write_csv(out / "exits.csv", df)
     stats = {"tree_nodes": len(prep.tree), "family": prep.tree.family,
              "levels": [l.name for l in prep.levels], "depth": prep.tree.L,
              "splits": {s: c.stats for s, c in prep.caches.items()},
              "build_seconds": sum(c.stats["seconds"] for c in prep.caches.values()),
              "train_seconds": prep.timings["train_seconds"], "peak_memory_mb": peak_memory_mb()}
-    _write_json(out / "cache_stats.json", stats)
+    atomic_write_json(out / "cache_stats.json", stats)
     test = df[df.split == "test"].pivot_table(index="level", columns="exit", values="accuracy", sort=False)
     print(f"path tree: {len(prep.tree)} nodes ({prep.tree.family}); "
           f"cache build {stats['build_seconds']:.1f} s; wrote {out}/exits.csv, {out}/cache_stats.json")
@@ -59,8 +53,9 @@ def cmd_run(args) -> int:
         overrides.append(f"eval.seeds=[{args.seeds}]")
     cfg = load_config(args.config, overrides)  # before the torch imports: a bad config fails fast
     from .distributed import is_main, launched_by_torchrun, process_group
-    from .evaluate import check_config_against_data, run_pipeline
-    from .pipeline import prepare
+    from .evaluate import run_pipeline
+    from .study import check_config_against_data
+    from .prepare import prepare
     if launched_by_torchrun():  # the cache stage of every seed sharded across ranks, the rest on rank 0
         check_config_against_data(cfg)
         with process_group(cfg.device):

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import yaml
 
-__all__ = ["UserError", "ConfigError", "read_yaml", "Config", "load_config", "parse_overrides", "config_to_dict", "FAST_OVERRIDES",
+__all__ = ["UserError", "ConfigError", "read_yaml", "Config", "load_config", "parse_overrides", "cache_dir", "key_fields", "FAST_OVERRIDES",
            "resolve_path", "PROJECT_ROOT"]
 
 
@@ -136,14 +136,6 @@ class QuantConfig:
     ref_dtype: str = "float32"            # the float reference level runs in float32 | bfloat16 (costed at its bits either way)
     backend: str = "fake"                 # how quantized blocks compute: fake (float32) | compiled | int (int8 GEMMs) | int-compiled
 
-    def key(self) -> dict:
-        """These fields for artifact keys; ``backend`` only where it is not the original ``fake``, so
-        artifacts built before backends existed stay valid."""
-        d = dataclasses.asdict(self)
-        if d["backend"] == "fake":
-            del d["backend"]
-        return d
-
     def validate(self, p: str) -> None:
         from .quant import parse_level
         if not self.levels:
@@ -168,7 +160,7 @@ class QuantConfig:
 @dataclass
 class PathsConfig:
     family: str = "monotone"   # monotone (level may only stay or go down) | free | uniform
-    batch_size: int = 500      # samples per chunk when building the path cache
+    batch_size: int = field(default=500, metadata={"key": False})  # samples per chunk when building the path cache (same numbers)
 
     def validate(self, p: str) -> None:
         if self.family not in ("monotone", "free", "uniform"):
@@ -380,5 +372,14 @@ def load_config(path: str | Path | None = None, overrides: list[str] | dict | No
     return cfg.validate() if validate else cfg
 
 
-def config_to_dict(cfg: Config) -> dict:
-    return dataclasses.asdict(cfg)
+def cache_dir(cfg: Config) -> Path:
+    """Where ``cfg``'s artifacts live: a relative ``cache_dir`` under the project root, so that the CLI
+    and the notebooks (which run in ``notebooks/``) share one trained model and one cache per split."""
+    p = Path(cfg.cache_dir)
+    return p if p.is_absolute() else PROJECT_ROOT / p
+
+
+def key_fields(section) -> dict:
+    """The fields of a config section that a cached result depends on (``dataclasses.asdict`` less the
+    fields marked ``metadata={"key": False}``, e.g. a batch size): what an artifact key hashes."""
+    return {f.name: getattr(section, f.name) for f in dataclasses.fields(section) if f.metadata.get("key", True)}

@@ -69,9 +69,9 @@ def count_ops(module: nn.Module, x: torch.Tensor) -> tuple[OpCounts, torch.Tenso
 
 def level_bops(ops: OpCounts, level: Level, ref: Level, quantize_attention: bool = True) -> float:
     """BOPs of a block with ``ops`` run at ``level`` (reference bits for elementwise ops)."""
-    ref_sq = ref.a_bits * ref.a_bits
-    mm_bits = level.a_bits * level.a_bits if quantize_attention else ref_sq
-    return ops.linear * level.w_bits * level.a_bits + ops.matmul * mm_bits + ops.elementwise * ref_sq
+    ref_aa = ref.a_bits * ref.a_bits            # elementwise ops, and float attention, at the reference's a x a
+    mm_bits = level.a_bits * level.a_bits if quantize_attention else ref_aa
+    return ops.linear * level.w_bits * level.a_bits + ops.matmul * mm_bits + ops.elementwise * ref_aa
 
 
 def mlp_macs(sizes: list[int]) -> int:
@@ -82,7 +82,8 @@ def mlp_macs(sizes: list[int]) -> int:
 class CostModel:
     """Normalized costs (1.0 = stem + every block at ``ref`` + final head) of a model's parts.
 
-    ``block(t, level)``, ``stem``, ``head(t)`` and ``call_cost(macs)`` are normalized BOPs.
+    ``block(t, level)``, ``stem``, ``head(t)`` and ``call_cost(macs)`` are normalized BOPs; ``t`` is the
+    1-based depth, as everywhere in the kit (block 1 runs first, head t follows block t).
     """
 
     def __init__(self, model: EarlyExitModel, image_shape, levels: list[Level], ref: Level,
@@ -98,26 +99,37 @@ class CostModel:
             self.head_ops.append(count_ops(head, h)[0])
         model.train(was_training)
         self.levels, self.ref, self.quantize_attention = list(levels), ref, quantize_attention
-        ref_sq = ref.w_bits * ref.a_bits
-        self._float_bops = lambda ops: (ops.linear + ops.matmul) * ref_sq + ops.elementwise * ref.a_bits ** 2
+        ref_wa = ref.w_bits * ref.a_bits            # float MACs (stem, heads) at the reference's w x a
+        self._float_bops = lambda ops: (ops.linear + ops.matmul) * ref_wa + ops.elementwise * ref.a_bits ** 2
         self.total_bops = (self._float_bops(self.stem_ops)
                            + sum(level_bops(o, ref, ref, quantize_attention) for o in self.block_ops)
                            + self._float_bops(self.head_ops[-1]))
         self.stem = self._float_bops(self.stem_ops) / self.total_bops
         self._heads = [self._float_bops(o) / self.total_bops for o in self.head_ops]
         self._blocks = {(t, lv): level_bops(o, lv, ref, quantize_attention) / self.total_bops
-                        for t, o in enumerate(self.block_ops) for lv in self.levels}
+                        for t, o in enumerate(self.block_ops, 1) for lv in self.levels}
+        self._frozen = True
+
+    def __setattr__(self, name, value):
+        # Every cost is fixed at construction (the predictor's call cost included: call_cost(macs) is
+        # a function of the MACs, not a setting), so that no stage can change what another one paid.
+        if getattr(self, "_frozen", False):
+            raise AttributeError(f"CostModel is immutable (tried to set {name!r})")
+        super().__setattr__(name, value)
 
     @property
     def depth(self) -> int:
         return len(self.block_ops)
 
     def block(self, t: int, level: Level) -> float:
-        """Normalized cost of block ``t`` (0-based) at ``level``."""
+        """Normalized cost of block ``t`` (1-based depth) at ``level``."""
         return self._blocks[(t, level)]
 
     def head(self, t: int) -> float:
-        return self._heads[t]
+        """Normalized cost of exit head ``t`` (1-based depth)."""
+        if t < 1:
+            raise IndexError(f"head depth is 1-based (got {t})")
+        return self._heads[t - 1]
 
     def call_cost(self, macs: int) -> float:
         """Normalized cost of one predictor call of ``macs`` float MACs (costed at reference bits)."""
@@ -125,15 +137,15 @@ class CostModel:
 
     def path(self, levels: list[Level]) -> float:
         """Cost of running blocks 1..len(levels) at ``levels`` and evaluating every head on the way."""
-        return self.stem + sum(self.block(t, lv) + self.head(t) for t, lv in enumerate(levels))
+        return self.stem + sum(self.block(t, lv) + self.head(t) for t, lv in enumerate(levels, 1))
 
     def table(self) -> list[dict]:
         """One row per block and level: MACs and normalized BOPs (for the README/notebooks)."""
         rows = [{"part": "stem", "level": self.ref.name, "macs": self.stem_ops.macs, "cost": self.stem}]
-        for t, ops in enumerate(self.block_ops):
+        for t, ops in enumerate(self.block_ops, 1):
             for lv in self.levels:
-                rows.append({"part": f"block{t + 1}", "level": lv.name, "macs": ops.macs,
+                rows.append({"part": f"block{t}", "level": lv.name, "macs": ops.macs,
                              "cost": self.block(t, lv)})
-            rows.append({"part": f"head{t + 1}", "level": self.ref.name, "macs": self.head_ops[t].macs,
+            rows.append({"part": f"head{t}", "level": self.ref.name, "macs": self.head_ops[t - 1].macs,
                          "cost": self.head(t)})
         return rows

@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 
 from .artifacts import ArtifactError, content_hash, load_artifact, load_or_build, save_artifact
 
-__all__ = ["launched_by_torchrun", "is_active", "rank", "world_size", "is_main", "backend_for", "process_group",
+__all__ = ["launched_by_torchrun", "shard_key", "is_active", "rank", "world_size", "is_main", "backend_for", "process_group",
            "barrier", "main_first", "shard_ranges", "rank_shards", "load_or_build_sharded", "EXIT_HOOK_ENV"]
 
 # Test hook: "R:K" makes rank R leave with exit code 17 right after it has written its K-th computed
@@ -133,7 +133,7 @@ def _shard_path(folder: Path, start: int, stop: int) -> Path:
     return folder / f"{start:010d}-{stop:010d}.pt"
 
 
-def _shard_key(key: str, start: int, stop: int) -> str:
+def shard_key(key: str, start: int, stop: int) -> str:
     return content_hash("shard", key, start, stop)
 
 
@@ -201,14 +201,14 @@ def load_or_build_sharded(path: str | Path, key: str, n_items: int, shard_size: 
                   leave=False):
         start, stop = ranges[i]
         try:
-            load_artifact(_shard_path(folder, start, stop), _shard_key(key, start, stop))
+            load_artifact(_shard_path(folder, start, stop), shard_key(key, start, stop))
             done["reused"].append(i)
             continue
         except ArtifactError as e:
             if _shard_path(folder, start, stop).exists():
                 warnings.warn(f"rebuilding {what} shard {i}: {e}", stacklevel=2)
         ts = time.perf_counter()
-        save_artifact(_shard_path(folder, start, stop), _shard_key(key, start, stop), compute(start, stop))
+        save_artifact(_shard_path(folder, start, stop), shard_key(key, start, stop), compute(start, stop))
         done["shard_seconds"] += time.perf_counter() - ts
         done["computed"].append(i)
         if hook and hook[0] == r and len(done["computed"]) >= hook[1]:
@@ -228,7 +228,7 @@ def load_or_build_sharded(path: str | Path, key: str, n_items: int, shard_size: 
             def rebuild(a=start, b=stop, i=i):  # a shard lost or damaged between the barrier and here
                 info["computed"] = sorted(set(info["computed"]) | {i})
                 return compute(a, b)
-            yield start, stop, load_or_build(_shard_path(folder, start, stop), _shard_key(key, start, stop),
+            yield start, stop, load_or_build(_shard_path(folder, start, stop), shard_key(key, start, stop),
                                              rebuild, what=f"{what} shard {i}")
 
     payload = merge(shards(), info)

@@ -22,7 +22,7 @@ from .costs import CostModel
 from .models import EarlyExitModel
 from .paths import compact_features
 from .policy import call_needed
-from .predictors import OptionSpace
+from .options import OptionSpace
 
 __all__ = ["DynamicModel", "DynamicResult"]
 
@@ -57,8 +57,8 @@ class DynamicModel(nn.Module):
         # nodes where err_hat can change the decision (as in the cache simulation)
         self.calls_at = call_needed(opts, self.mask, call_cost, [self.lam])[0]
         self.tree = opts.tree
-        # block_cost[t, q]: normalized cost of block t (0-based) at level q
-        self.block_cost = np.array([[costs.block(t, lv) for lv in self.tree.levels] for t in range(self.tree.L)])
+        # block_cost[t, q]: normalized cost of block index t (0-based; depth t + 1) at level q
+        self.block_cost = np.array([[costs.block(t + 1, lv) for lv in self.tree.levels] for t in range(self.tree.L)])
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> DynamicResult:
@@ -73,12 +73,12 @@ class DynamicModel(nn.Module):
             h = self.qblocks[self.entry][0](self.model.stem(x.to(dev)))
         # Costs are accumulated from what actually runs: stem, each block at its level, each head,
         # each predictor call.
-        cost += self.costs.stem + self.costs.block(0, tree.levels[self.entry])
+        cost += self.costs.stem + self.costs.block(1, tree.levels[self.entry])
         blocks_run, prev_logits = N, None
         for t in range(1, tree.L + 1):
             with record_function("engine.heads"):
                 logits = self.model.heads[t - 1](h).float().cpu()
-            cost[idx] += self.costs.head(t - 1)
+            cost[idx] += self.costs.head(t)
             with record_function("engine.decide"):
                 if t == tree.L:
                     go = np.zeros(len(idx), bool)

@@ -1,10 +1,10 @@
-"""Curves, budgets, paired bootstrap intervals, summary — and the whole ``quee-kit run`` pipeline."""
+"""Statistics of studies: paired and hierarchical bootstrap intervals, budget and curve tables, AUC,
+predictor quality, and ``quee-kit run`` (every seed's study, its tables and summary written to disk)."""
 from __future__ import annotations
 
 import dataclasses
 import json
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -12,30 +12,15 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from .artifacts import ArtifactError, atomic_write_bytes, content_hash, load_artifact, save_artifact
-from .baselines import BestSingle, ConfidenceExit, Oracle, PerExitConfidence, RandomRouting, StaticQuant
-from .config import Config, ConfigError
-from .paths import FEATURE_NAMES
-from .pipeline import Prepared, _cache_dir, load_data, peak_memory_mb, prepare
-from .parallel import resolve_jobs, run_jobs
-from .policy import QueePolicy, lambda_grid, select_for_budget
-from .predictors import (CrossFitted, OptionSpace, exit_now_rows, fit_cross_fitted, predictor_from_state,
-                         predictor_quality, quality_metrics)
+from .artifacts import atomic_write_csv, atomic_write_json
+from .config import Config
+from .methods import scalar_knob
+from .predictors import exit_now_rows, quality_metrics
+from .prepare import peak_memory_mb
+from .study import Study, check_config_against_data, points_auc, run_studies
 
-__all__ = ["Study", "run_study", "run_studies", "paired_bootstrap", "hierarchical_bootstrap", "quality_table", "run_pipeline", "check_config_against_data",
-           "QUEE_VARIANTS", "budget_tables", "curves_table", "c_min_sat", "method_points", "select_points",
-           "points_auc"]
-
-# name -> (predictor overrides, option restriction); "quee" uses the config's predictor as it is. More MLP
-# ablations (no history, one MLP per depth, k-NN targets, K sweep): quee_kit.analysis.target_variants.
-QUEE_VARIANTS = {
-    "quee": ({}, "all"),
-    "quee-binned": ({"kind": "binned"}, "all"),
-    "quee-mlp": ({"kind": "mlp"}, "all"),
-    "quee-raw": ({"kind": "mlp", "targets": "raw"}, "all"),
-    "quee-exit-only": ({}, "exit-only"),
-    "quee-quant-only": ({}, "quant-only"),
-}
+__all__ = ["paired_bootstrap", "hierarchical_bootstrap", "budget_tables", "core_auc", "quality_table",
+           "curves_table", "c_min_sat", "knob_value", "verdict", "oracle_gap_share", "run_pipeline"]
 
 
 def paired_bootstrap(diff: np.ndarray, n: int = 2000, seed: int = 0) -> tuple[float, float, float]:
@@ -63,184 +48,6 @@ def hierarchical_bootstrap(diffs: np.ndarray, n: int = 2000, seed: int = 0, chun
         means.append(d[si[:, :, None], xi[:, None, :]].mean((1, 2)))
     means = np.concatenate(means)
     return float(d.mean()), float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
-
-
-def check_config_against_data(cfg: Config) -> None:
-    """Checks that need the split sizes (cheap: loads the arrays, trains nothing)."""
-    data = load_data(cfg)
-    fold = len(data.calib) * (cfg.predictor.folds - 1) // cfg.predictor.folds
-    if cfg.predictor.targets == "kmeans" and cfg.predictor.K > fold:
-        raise ConfigError(f"config: predictor.K must be <= the calib samples of a training fold ({fold}) "
-                          f"(got {cfg.predictor.K})")
-    if cfg.predictor.folds > len(data.calib):
-        raise ConfigError(f"config: predictor.folds must be <= the calib size {len(data.calib)} "
-                          f"(got {cfg.predictor.folds})")
-
-
-@dataclass
-class Study:
-    """All methods of one seed evaluated on its caches.
-
-    ``points[method]``: DataFrame of every knob (cost/accuracy on calib and test);
-    ``methods[name]``: the method objects; ``quality``: predictor quality per QuEE variant;
-    ``predictors[name]``: its fold models, feature columns and error estimates per split.
-    """
-    prep: Prepared
-    opts: OptionSpace
-    methods: dict
-    points: dict[str, pd.DataFrame]
-    quality: dict
-    predictors: dict = field(default_factory=dict)  # QuEE variant -> fitted fold models, columns, E
-    timings: dict = field(default_factory=dict)
-
-    def select(self, method: str, budget: float):
-        """(knob, feasible) chosen on calib for ``budget`` by the shared rule."""
-        (i,), (ok,) = select_points(self.points[method], [budget])
-        return self.methods[method].knobs[i], bool(ok)
-
-    def at_budget(self, method: str, budget: float, split: str = "test"):
-        knob, ok = self.select(method, budget)
-        return knob, ok, self.methods[method].outcome(split, knob)
-
-    def engine(self, method: str, budget: float):
-        """The :class:`~quee_kit.engine.DynamicModel` running ``method`` (a QuEE variant) at ``budget``."""
-        from .engine import DynamicModel
-        (entry, lam), _ = self.select(method, budget)
-        p, m, prep = self.predictors[method], self.methods[method], self.prep
-        return DynamicModel(prep.model, prep.qblocks, prep.costs, p["final"], self.opts, entry, lam, m.mask,
-                            m.call_cost)
-
-
-# Bump when the fitting procedure changes, so that predictors fitted the old way are rebuilt.
-PREDICTOR_FIT_VERSION = 3  # 3: every fit on one thread (MLP bits no longer depend on the core count)
-
-
-def _fitted_predictors(prep: Prepared, opts: OptionSpace, pcfgs: list, seed: int, progress: bool) -> list[dict]:
-    """Cross-fitted predictors for each predictor config (fold predictors + one refitted on all of calib),
-    each cached as an artifact (the missing ones fitted together, ``cfg.jobs`` processes); their calib
-    (out-of-fold) and test estimates and the cost of one call."""
-    keys = [content_hash("predictors", PREDICTOR_FIT_VERSION, prep.model_hash, prep.data.digest,
-                         [l.name for l in prep.levels], prep.tree.family, dataclasses.asdict(pcfg), seed,
-                         prep.cfg.quant.key(), FEATURE_NAMES)  # a change of features makes old ones stale
-            for pcfg in pcfgs]
-    paths = [_cache_dir(prep.cfg) / f"predictors-{key[:16]}.pt" for key in keys]
-    arts = []
-    for path, key in zip(paths, keys):
-        try:
-            arts.append(load_artifact(path, key))
-        except ArtifactError:
-            arts.append(None)
-    missing = [i for i, a in enumerate(arts) if a is None]
-    if missing:
-        fits = fit_cross_fitted(prep.caches["calib"], opts, [pcfgs[i] for i in missing], seed, progress,
-                                jobs=prep.cfg.jobs)
-        for i, cf in zip(missing, fits):
-            arts[i] = {"folds": [m.state() for m in cf.folds], "final": cf.final.state(), "fold_of": cf.fold_of}
-            save_artifact(paths[i], keys[i], arts[i])
-    out = []
-    for art in arts:
-        cf = CrossFitted([predictor_from_state(s) for s in art["folds"]], predictor_from_state(art["final"]),
-                         art["fold_of"])
-        out.append({**cf.predict(prep.caches["calib"], prep.caches["test"], opts), "final": cf.final,
-                    "call_cost": prep.costs.call_cost(cf.final.macs)})
-    return out
-
-
-def run_study(cfg: Config, progress: bool = True, variants: dict | None = None, prep: Prepared | None = None) -> Study:
-    """Prepare caches, fit predictors (cross-fitted), evaluate every method's knobs on calib and test."""
-    t0 = time.perf_counter()
-    prep = prep or prepare(cfg, progress=progress)
-    caches = prep.caches
-    opts = OptionSpace(prep.tree, caches["calib"].node_cost)
-    timings = {"prepare_seconds": time.perf_counter() - t0, **prep.timings}
-    lambdas = lambda_grid(cfg.eval.lambda_grid)
-    methods, quality, fitted, predictors = {}, {}, {}, {}
-    t1 = time.perf_counter()
-    variants = variants or QUEE_VARIANTS
-    pcfgs = {}                                                        # variants with one config share one fit
-    for pover, _ in variants.values():
-        pcfg = dataclasses.replace(cfg.predictor, **pover)
-        pcfgs.setdefault(json.dumps(dataclasses.asdict(pcfg), sort_keys=True), pcfg)
-    for pkey, fit in zip(pcfgs, _fitted_predictors(prep, opts, list(pcfgs.values()), cfg.seed, progress)):
-        fitted[pkey] = {**fit, "quality": predictor_quality(fit["test"], caches["test"], opts)}
-    for name, (pover, variant) in variants.items():
-        pkey = json.dumps(dataclasses.asdict(dataclasses.replace(cfg.predictor, **pover)), sort_keys=True)
-        quality[name] = fitted[pkey]["quality"]                       # every name, also a shared fit's
-        predictors[name] = fitted[pkey]
-        # every call is charged: the cost of one call of the predictor that made the estimates
-        methods[name] = QueePolicy(name, fitted[pkey], caches, opts, lambdas, variant,
-                                   call_cost=fitted[pkey]["call_cost"])
-    timings["predictor_seconds"] = time.perf_counter() - t1
-    static = StaticQuant(caches)
-    ee_all = ConfidenceExit(caches, None, "ee-confidence@q")
-    methods.update({
-        "static-quant": static,
-        "ee-confidence": ConfidenceExit(caches, [0], "ee-confidence"),
-        "ee-confidence@q": ee_all,
-        "ee-confidence-perexit": PerExitConfidence(caches),
-        "best-single": BestSingle(static, ee_all),
-        "random": RandomRouting(caches, opts, seed=cfg.seed),
-        "oracle": Oracle(caches, lambdas),
-        "oracle-uniform": Oracle(caches, lambdas, uniform=True),
-    })
-    t2 = time.perf_counter()
-    points = {name: method_points(m) for name, m in tqdm(methods.items(), desc="methods",
-                                                          disable=not progress, leave=False)}
-    timings["evaluate_seconds"] = time.perf_counter() - t2
-    return Study(prep, opts, methods, points, quality, predictors, timings)
-
-
-def _warm_seed(shared, seed: int) -> None:
-    cfg, variants = shared
-    cfg = dataclasses.replace(cfg, seed=seed, jobs=1)
-    torch.manual_seed(seed)
-    prep = prepare(cfg, progress=False)
-    opts = OptionSpace(prep.tree, prep.caches["calib"].node_cost)
-    pcfgs = {json.dumps(dataclasses.asdict(p), sort_keys=True): p for p in
-             (dataclasses.replace(cfg.predictor, **pover) for pover, _ in variants.values())}
-    _fitted_predictors(prep, opts, list(pcfgs.values()), seed, progress=False)
-
-
-def run_studies(cfg: Config, seeds, progress: bool = True, variants: dict | None = None) -> list[Study]:
-    """:func:`run_study` for every seed. With several seeds, each seed's model, caches and predictors are
-    first built (where not cached) in ``cfg.jobs`` worker processes, one seed per core: every piece runs
-    on one thread either way, so the studies are the serial ones."""
-    seeds = list(seeds)
-    if len(seeds) > 1 and resolve_jobs(cfg.jobs) > 1:
-        run_jobs(_warm_seed, seeds, cfg.jobs, shared=(cfg, variants or QUEE_VARIANTS),
-                 desc="seeds (models, caches, predictors)" if progress else None)
-    studies = []
-    for seed in tqdm(seeds, desc="seeds", disable=not progress or len(seeds) == 1):
-        torch.manual_seed(seed)
-        studies.append(run_study(dataclasses.replace(cfg, seed=seed), progress, variants))
-    return studies
-
-
-def method_points(method) -> pd.DataFrame:
-    """Every knob of ``method`` on calib and test: its description plus ``cost_calib, acc_calib,
-    cost_test, acc_test`` (mean normalized BOPs and accuracy), one row per knob."""
-    batch = {sp: method.outcomes(sp) for sp in ("calib", "test")} if hasattr(method, "outcomes") else None
-    rows = []
-    for i, knob in enumerate(method.knobs):
-        oc, ot = (batch["calib"][i], batch["test"][i]) if batch else (method.outcome("calib", knob),
-                                                                     method.outcome("test", knob))
-        rows.append({**method.describe(knob), "cost_calib": oc.mean_cost, "acc_calib": oc.accuracy,
-                     "cost_test": ot.mean_cost, "acc_test": ot.accuracy})
-    return pd.DataFrame(rows)
-
-
-def select_points(points: pd.DataFrame, budgets) -> tuple[np.ndarray, np.ndarray]:
-    """The budget rule on a :func:`method_points` table: (knob row index, feasible) per budget."""
-    cc, ac = points["cost_calib"].to_numpy(), points["acc_calib"].to_numpy()
-    chosen = [select_for_budget(cc, ac, float(b)) for b in budgets]
-    return np.array([i for i, _ in chosen], dtype=int), np.array([ok for _, ok in chosen], dtype=bool)
-
-
-def points_auc(points: pd.DataFrame, auc_range, n: int = 41) -> float:
-    """AUC: mean test accuracy of the budget rule's choice over ``n`` budgets evenly spaced in
-    ``auc_range``; a budget the method cannot meet on calib scores 0 there (no operating point)."""
-    idx, ok = select_points(points, np.linspace(auc_range[0], auc_range[1], n))
-    return float(np.where(ok, points["acc_test"].to_numpy()[idx], 0.0).mean())
 
 
 def c_min_sat(study: Study) -> tuple[float, float]:
@@ -271,9 +78,9 @@ def budget_tables(studies: list[Study], budgets, n_boot: int, auc_range) -> tupl
                 m, lo, hi = paired_bootstrap(d, n_boot, seed=seed_i)
                 desc = s.methods[name].describe(knob)
                 rows.append({"method": name, "budget": b, "split": "test", "entry": desc["entry"],
-                             "lambda": desc["lambda"], "cost": out.mean_cost, "accuracy": out.accuracy,
+                             "lambda": knob_value(s.methods[name], desc), "cost": out.mean_cost, "accuracy": out.accuracy,
                              "diff_vs_best_single": m, "diff_lo": lo, "diff_hi": hi,
-                             "seed": str(s.prep.cfg.seed), "feasible": ok})
+                             "seed": str(s.cfg.seed), "feasible": ok})
                 diffs.append(d)
                 feasible.append(ok)
                 accs.append(out.accuracy)
@@ -300,21 +107,28 @@ def _quality_row(variant, depth, split, seed, p, wrong, conf) -> dict:
             **quality_metrics(p, wrong, conf)}
 
 
+def _depth_quality(err_hat, s: Study, split: str, L: int) -> list[dict]:
+    """Exit-now quality rows of one split per depth 1..L-1 and ``all`` (no variant, no seed)."""
+    p, wrong, conf, depth = exit_now_rows(err_hat, s.prep.caches[split], s.opts)
+    return [{"depth": str(t), "split": split, **quality_metrics(p[k], wrong[k], conf[k])}
+            for t in [*range(1, L), "all"] for k in [slice(None) if t == "all" else depth == t]]
+
+
 def quality_table(studies: list[Study], budgets) -> pd.DataFrame:
     """Quality of every QuEE method's exit-now estimates (Brier, ECE, AUROC beside 1 - max prob's):
     per depth 1..L-1 and ``all`` on calib (out-of-fold) and test, and on test at the (node, sample)
     decisions the method's budget-rule choice makes at each budget (``depth = visited@<budget>``)."""
     rows = []
     for s in studies:
-        seed, L = s.prep.cfg.seed, s.prep.tree.L
+        seed, L = s.cfg.seed, s.prep.tree.L
+        by_fit: dict = {}   # variants sharing one fit (e.g. quee, quee-exit-only) share its per-depth metrics
         for name, m in s.methods.items():
-            if not isinstance(m, QueePolicy):
+            if name not in s.predictors:   # QuEE variants: the methods with a predictor
                 continue
-            for split in ("calib", "test"):
-                p, wrong, conf, depth = exit_now_rows(m.err_hat[split], s.prep.caches[split], s.opts)
-                for t in [*range(1, L), "all"]:
-                    k = slice(None) if t == "all" else depth == t
-                    rows.append(_quality_row(name, str(t), split, seed, p[k], wrong[k], conf[k]))
+            fit = id(s.predictors[name])
+            if fit not in by_fit:
+                by_fit[fit] = [_depth_quality(m.err_hat[split], s, split, L) for split in ("calib", "test")]
+            rows += [{"variant": name, "seed": seed, **r} for per_split in by_fit[fit] for r in per_split]
             cache = s.prep.caches["test"]
             for b in budgets:
                 node, sample = m.visited("test", s.select(name, b)[0])
@@ -327,20 +141,41 @@ def quality_table(studies: list[Study], budgets) -> pd.DataFrame:
     return pd.DataFrame(rows)[cols]
 
 
+def verdict(lo, hi):
+    """*better* / *worse* when a paired difference's interval [lo, hi] excludes 0, else *tie* (arrays
+    elementwise)."""
+    v = np.where(np.asarray(lo) > 0, "better", np.where(np.asarray(hi) < 0, "worse", "tie"))
+    return str(v) if v.ndim == 0 else v
+
+
+def knob_value(method, desc: dict) -> float:
+    """The method's continuous knob (λ, τ, r, p; :func:`~quee_kit.methods.scalar_knob`) in a described
+    knob, NaN when it has none: what the ``lambda`` column of budgets.csv and curves.csv holds (the
+    column keeps its historic name so that stored results stay comparable)."""
+    k = scalar_knob(method)
+    return desc.get(k, np.nan) if k else np.nan
+
+
 def curves_table(studies: list[Study]) -> pd.DataFrame:
+    """One row per seed, method, knob and split: ``method, param, split, cost, accuracy, seed``;
+    ``param`` is the JSON ``{"entry": ..., "lambda": ...}`` of the knob (see :func:`knob_value`)."""
     rows = []
     for s in studies:
         for name, p in s.points.items():
             for _, r in p.iterrows():
-                param = json.dumps({"entry": r["entry"], "lambda": r["lambda"]})
+                param = json.dumps({"entry": r["entry"], "lambda": knob_value(s.methods[name], r.to_dict())})
                 for split in ("calib", "test"):
                     rows.append({"method": name, "param": param, "split": split, "cost": r[f"cost_{split}"],
-                                 "accuracy": r[f"acc_{split}"], "seed": s.prep.cfg.seed})
+                                 "accuracy": r[f"acc_{split}"], "seed": s.cfg.seed})
     return pd.DataFrame(rows)
 
 
-def _atomic_csv(df: pd.DataFrame, path: Path) -> None:
-    atomic_write_bytes(path, df.to_csv(index=False, float_format="%.6g").encode())
+def oracle_gap_share(auc: dict) -> dict:
+    """Per method, (AUC - AUC best-single) / (AUC oracle - AUC best-single) of the seed means of ``auc``
+    (method -> per-seed AUCs): the share of the oracle's advantage a method captures (None: no gap)."""
+    mean = {k: float(np.mean(v)) for k, v in auc.items()}
+    gap = mean["oracle"] - mean["best-single"]
+    return {k: (mean[k] - mean["best-single"]) / gap if gap > 0 else None for k in mean}
 
 
 def run_pipeline(cfg: Config, out: Path, progress: bool = True) -> dict:
@@ -351,19 +186,14 @@ def run_pipeline(cfg: Config, out: Path, progress: bool = True) -> dict:
     studies = run_studies(cfg, cfg.eval.seeds, progress)
     budgets, auc = budget_tables(studies, cfg.eval.budgets, cfg.eval.bootstrap, cfg.eval.auc_range)
     curves = curves_table(studies)
-    _atomic_csv(curves, out / "curves.csv")
-    _atomic_csv(budgets, out / "budgets.csv")
-    _atomic_csv(quality_table(studies, cfg.eval.budgets), out / "predictor_quality.csv")
+    atomic_write_csv(out / "curves.csv", curves)
+    atomic_write_csv(out / "budgets.csv", budgets)
+    atomic_write_csv(out / "predictor_quality.csv", quality_table(studies, cfg.eval.budgets))
     cmins = [c_min_sat(s) for s in studies]
     auc_core = core_auc(studies)
 
     def auc_summary(a):
         return {k: {"mean": float(np.mean(v)), "std": float(np.std(v)), "per_seed": v} for k, v in a.items()}
-
-    def gap_share(a):
-        mean = {k: float(np.mean(v)) for k, v in a.items()}
-        gap = mean["oracle"] - mean["best-single"]
-        return {k: (mean[k] - mean["best-single"]) / gap if gap > 0 else None for k in mean}
 
     summary = {
         "config": dataclasses.asdict(cfg),
@@ -373,17 +203,17 @@ def run_pipeline(cfg: Config, out: Path, progress: bool = True) -> dict:
                                "calib": [float(s.points["static-quant"]["acc_calib"].iloc[0]) for s in studies]},
         "c_min": [c[0] for c in cmins], "c_sat": [c[1] for c in cmins],
         "tree_nodes": len(studies[0].prep.tree),
-        "predictor_call_cost": {k: m.call_cost for k, m in studies[0].methods.items() if isinstance(m, QueePolicy)},
+        "predictor_call_cost": {k: studies[0].methods[k].call_cost for k in studies[0].predictors},
         "auc_range": list(cfg.eval.auc_range),
         "auc_core": auc_summary(auc_core),
         "auc": auc_summary(auc),
-        "oracle_gap_share_core": gap_share(auc_core),
-        "oracle_gap_share": gap_share(auc),
+        "oracle_gap_share_core": oracle_gap_share(auc_core),
+        "oracle_gap_share": oracle_gap_share(auc),
         "predictors": {name: [s.quality.get(name) for s in studies] for name in studies[0].quality},
         "timings": {"total_seconds": time.perf_counter() - t0, "per_seed": [s.timings for s in studies],
                     "peak_memory_mb": peak_memory_mb()},
     }
-    atomic_write_bytes(out / "summary.json", (json.dumps(summary, indent=2, default=float) + "\n").encode())
+    atomic_write_json(out / "summary.json", summary)
     if progress:
         pooled = budgets[budgets.seed == "all"]
         show = pooled[pooled.method.isin(["quee", "best-single", "oracle", "static-quant", "ee-confidence"])]

@@ -20,7 +20,7 @@ from .costs import CostModel
 from .models import EarlyExitModel
 from .quant import Level
 
-__all__ = ["FAMILIES", "PathTree", "PathCache", "build_path_cache", "softmax_features", "compact_features",
+__all__ = ["FAMILIES", "PathTree", "PathCache", "build_path_cache", "softmax_features", "compact_features", "node_features",
            "FEATURE_NAMES", "HISTORY_FEATURES", "DISCRETE_FEATURES"]
 
 FAMILIES = ("monotone", "free", "uniform")
@@ -35,7 +35,7 @@ DISCRETE_FEATURES = ("depth", "level", "agree_prev")  # kept out of clustering s
 class PathTree:
     """Prefix tree of a path family.
 
-    Node arrays (length ``n``): ``parent`` (-1 at depth 1), ``depth`` (1..L), ``level``
+    Node arrays (length ``n_nodes``): ``parent`` (-1 at depth 1), ``depth`` (1..L), ``level``
     (index into ``levels``). ``child[node][level]`` -> node; ``entry[level]`` -> depth-1 node.
     """
 
@@ -93,8 +93,6 @@ class PathTree:
     def nodes_at(self, t: int) -> np.ndarray:
         return np.flatnonzero(self.depth == t)
 
-    def describe(self, node: int) -> str:
-        return "-".join(self.levels[q].name for q in self.paths[node])
 
 
 def softmax_features(logits: torch.Tensor) -> torch.Tensor:
@@ -124,15 +122,19 @@ class PathCache:
     logits: (n_nodes, N, C) float32; y: (N,) int64; node_cost: (n_nodes,) normalized BOPs of
     reaching the node with every head on the way evaluated (what a dynamic policy pays);
     static_cost: (n_nodes,) the same with only the node's own head (a static model exiting there).
-    features: (n_nodes, N, len(FEATURE_NAMES)) float32, see :data:`FEATURE_NAMES`.
+    ``features`` are derived from the logits on first use.
     """
     tree: PathTree
     logits: torch.Tensor
     y: torch.Tensor
     node_cost: np.ndarray
     static_cost: np.ndarray
-    features: torch.Tensor = field(repr=False, default=None)
     stats: dict = field(default_factory=dict)
+
+    @cached_property
+    def features(self) -> torch.Tensor:
+        """(n_nodes, N, len(FEATURE_NAMES)) float32, see :data:`FEATURE_NAMES` (computed once)."""
+        return node_features(self.tree, self.logits)
 
     @cached_property
     def pred(self) -> torch.Tensor:
@@ -149,8 +151,12 @@ class PathCache:
         return self.correct.numpy()
 
     @property
-    def n(self) -> int:
+    def n_samples(self) -> int:
         return self.logits.shape[1]
+
+    @property
+    def n_nodes(self) -> int:
+        return self.logits.shape[0]
 
     def accuracy(self, node: int) -> float:
         return float(self.correct[node].float().mean())
@@ -179,7 +185,7 @@ def compact_features(logits: torch.Tensor, prev_logits: torch.Tensor | None, dep
     return torch.cat([sm, d.unsqueeze(-1), q.unsqueeze(-1), prev_max.unsqueeze(-1), agree.unsqueeze(-1)], -1)
 
 
-def _features(tree: PathTree, logits: torch.Tensor) -> torch.Tensor:
+def node_features(tree: PathTree, logits: torch.Tensor) -> torch.Tensor:
     """(n_nodes, N, F) features of every node of a cache."""
     out = torch.empty(*logits.shape[:2], len(FEATURE_NAMES))
     nq = len(tree.levels)
@@ -197,16 +203,16 @@ def build_path_cache(model: EarlyExitModel, qblocks: dict[int, list[torch.nn.Mod
                      device: str = "cpu", progress: bool = True, desc: str = "path cache") -> PathCache:
     """Evaluate every node of ``tree`` on ``(x, y)``.
 
-    ``qblocks[q][t]`` is block ``t`` prepared at level index ``q`` (see
+    ``qblocks[q][t - 1]`` is block ``t`` (1-based depth) prepared at level index ``q`` (see
     :func:`quee_kit.quant.apply_level`). Breadth-first per chunk of ``batch_size`` samples: the
     states of one depth are kept, each node's block runs once on its parent's state.
     """
     model.eval()
-    n, N = len(tree), len(x)
+    n_nodes, N = len(tree), len(x)
     logits = None
     t0 = time.perf_counter()
-    steps = n * ((N + batch_size - 1) // batch_size)
-    bar = tqdm(total=steps, desc=f"{desc} ({n} nodes)", disable=not progress, leave=False)
+    steps = n_nodes * ((N + batch_size - 1) // batch_size)
+    bar = tqdm(total=steps, desc=f"{desc} ({n_nodes} nodes)", disable=not progress, leave=False)
     for s in range(0, N, batch_size):
         xb = x[s:s + batch_size].to(device)
         root = model.stem(xb)
@@ -217,7 +223,7 @@ def build_path_cache(model: EarlyExitModel, qblocks: dict[int, list[torch.nn.Mod
                 h = qblocks[int(tree.level[node])][t - 1](states[int(tree.parent[node])])
                 out = model.heads[t - 1](h).float().cpu()
                 if logits is None:
-                    logits = torch.empty(n, N, out.shape[-1])
+                    logits = torch.empty(n_nodes, N, out.shape[-1])
                 logits[node, s:s + len(xb)] = out
                 if t < tree.L:
                     new[int(node)] = h
@@ -226,10 +232,8 @@ def build_path_cache(model: EarlyExitModel, qblocks: dict[int, list[torch.nn.Mod
     bar.close()
     seconds = time.perf_counter() - t0
     node_cost = np.array([costs.path([tree.levels[q] for q in p]) for p in tree.paths])
-    static_cost = np.array([node_cost[i] - sum(costs.head(t) for t in range(len(p) - 1))
+    static_cost = np.array([node_cost[i] - sum(costs.head(t) for t in range(1, len(p)))
                             for i, p in enumerate(tree.paths)])
-    cache = PathCache(tree, logits, y.cpu().long(), node_cost, static_cost)
-    cache.features = _features(tree, logits)
-    cache.stats = {"nodes": n, "samples": N, "seconds": seconds,
-                   "node_samples_per_s": n * N / max(seconds, 1e-9)}
-    return cache
+    return PathCache(tree, logits, y.cpu().long(), node_cost, static_cost,
+                     stats={"nodes": n_nodes, "samples": N, "seconds": seconds,
+                            "node_samples_per_s": n_nodes * N / max(seconds, 1e-9)})

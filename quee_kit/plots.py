@@ -1,7 +1,7 @@
 """Figures and tables the notebooks call: one seaborn theme, labelled axes with units.
 
-Every figure function takes plain inputs (a DataFrame from :func:`quee_kit.pipeline.exits_table`,
-a :class:`~quee_kit.costs.CostModel`, a :class:`~quee_kit.pipeline.Prepared`) and returns a
+Every figure function takes plain inputs (a DataFrame from :func:`quee_kit.prepare.exits_table`,
+a :class:`~quee_kit.costs.CostModel`, a :class:`~quee_kit.prepare.Prepared`) and returns a
 matplotlib ``Figure``; :func:`save_figure` writes it as PNG and PDF. Costs are normalized
 BOPs, 1.0 = stem + every block at the reference level + the final head (see quee_kit.costs).
 To add a figure: write a short function returning a Figure, label both axes with units
@@ -9,14 +9,16 @@ using the constants below, and call it from a notebook followed by :func:`save_f
 """
 from __future__ import annotations
 
-import os
+import io
 from pathlib import Path
-
 from typing import TYPE_CHECKING
 
 import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns
+
+from .artifacts import atomic_write_bytes, atomic_write_csv
+from .calibration import calibration_bins, expected_calibration_error
 
 if TYPE_CHECKING:   # torch is imported only by the functions that need it: the explorer page
     from .costs import CostModel  # imports this module and must start in seconds
@@ -39,7 +41,7 @@ def set_theme() -> None:
 
 
 def save_figure(fig: plt.Figure, out_dir: str | Path, name: str, setting: str | None = None) -> list[Path]:
-    """Write ``out_dir/name.png`` and ``out_dir/name.pdf`` (temp file then rename); returns both paths.
+    """Write ``out_dir/name.png`` and ``out_dir/name.pdf`` (written atomically); returns both paths.
     ``setting`` (:func:`setting_label`) is added above the figure, so every saved figure names its study."""
     if setting:
         fig.text(0.5, 1.0, setting, ha="center", va="bottom", fontsize="small", color="0.3")
@@ -47,20 +49,17 @@ def save_figure(fig: plt.Figure, out_dir: str | Path, name: str, setting: str | 
     out.mkdir(parents=True, exist_ok=True)
     paths = []
     for ext in ("png", "pdf"):
-        path, tmp = out / f"{name}.{ext}", out / f".{name}.tmp.{ext}"
-        fig.savefig(tmp, format=ext, bbox_inches="tight")
-        os.replace(tmp, path)
-        paths.append(path)
+        buf = io.BytesIO()
+        fig.savefig(buf, format=ext, bbox_inches="tight")
+        atomic_write_bytes(out / f"{name}.{ext}", buf.getvalue())
+        paths.append(out / f"{name}.{ext}")
     return paths
 
 
 def save_table(df: pd.DataFrame, out_dir: str | Path, name: str, index: bool = False) -> Path:
-    """Write ``out_dir/name.csv`` (temp file then rename); returns the path."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    path, tmp = out / f"{name}.csv", out / f".{name}.tmp.csv"
-    df.to_csv(tmp, index=index, float_format="%.6g")
-    os.replace(tmp, path)
+    """Write ``out_dir/name.csv`` (written atomically); returns the path."""
+    path = Path(out_dir) / f"{name}.csv"
+    atomic_write_csv(path, df, index=index)
     return path
 
 
@@ -100,8 +99,8 @@ def cost_table(costs: CostModel) -> pd.DataFrame:
         row.update({lv: r["cost"] for lv in levels} if r["part"].startswith(("stem", "head")) else {r["level"]: r["cost"]})
     rows["full model"] = {"MACs": sum(o.macs for o in costs.block_ops) + costs.stem_ops.macs
                           + costs.head_ops[-1].macs}
-    rows["full model"].update({lv.name: costs.stem + sum(costs.block(t, lv) for t in range(costs.depth))
-                               + costs.head(costs.depth - 1) for lv in costs.levels})
+    rows["full model"].update({lv.name: costs.stem + sum(costs.block(t, lv) for t in range(1, costs.depth + 1))
+                               + costs.head(costs.depth) for lv in costs.levels})
     return pd.DataFrame.from_dict(rows, orient="index")[["MACs"] + levels].rename_axis("part")
 
 
@@ -179,12 +178,12 @@ __all__ += ["TEST_ACCURACY_LABEL", "DIFF_LABEL", "BUDGET_LABEL", "accuracy_cost_
 
 TEST_ACCURACY_LABEL = "test accuracy (fraction correct)"
 DIFF_LABEL = "accuracy − best-single\n(percentage points, test)"
-BUDGET_LABEL = "budget (normalized BOPs, 1.0 = full model at w16a16)"
+BUDGET_LABEL = "budget (normalized BOPs, 1.0 = full model at the reference level)"
 ERROR_PROB_LABEL = "predicted probability of error ê (exit now)"
 
 
 def accuracy_cost_figure(curves: pd.DataFrame, budgets_df: pd.DataFrame, c_min, c_sat, methods,
-                         diff_methods=None, ref: str = "w16a16") -> plt.Figure:
+                         diff_methods=None, ref: str | None = None) -> plt.Figure:
     """The main figure. Left: test accuracy vs achieved test cost under the budget rule, one line per
     method (mean over seeds, band = min–max over seeds), ``c_min`` and ``c_sat`` marked, oracles dashed.
     Right: pooled paired difference vs best-single (percentage points) at each budget of
@@ -241,7 +240,7 @@ def accuracy_cost_figure(curves: pd.DataFrame, budgets_df: pd.DataFrame, c_min, 
         bx.annotate("hollow: budget infeasible on calib", (0.01, 0.01), xycoords="axes fraction",
                     fontsize="small", color="0.3")
     bx.set_xticks(np.arange(len(budgets)), [f"{b:g}" for b in budgets])
-    bx.set(xlabel=BUDGET_LABEL, ylabel=DIFF_LABEL,
+    bx.set(xlabel=BUDGET_LABEL.replace("the reference level", ref) if ref else BUDGET_LABEL, ylabel=DIFF_LABEL,
            title=f"Paired difference vs best-single, 95% bootstrap CI ({n_seeds} seed{'s' * (n_seeds > 1)})")
     _legend_below(fig, (ax, bx), ncol=7)   # one legend for both panels (same colour and marker per method)
     return fig
@@ -259,20 +258,20 @@ def _legend_below(fig: plt.Figure, axes, ncol: int) -> None:
     fig.legend(handles, labels, loc="lower center", ncol=ncol, fontsize="small", frameon=False)
 
 
-def reliability_diagram(p, err, n_bins: int = 15, label: str = "predictor", ax=None) -> plt.Figure:
+def reliability_diagram(p, wrong, n_bins: int = 15, label: str = "predictor", ax=None) -> plt.Figure:
     """Observed error rate vs mean predicted error probability in ``n_bins`` equal-width bins (the
     bins of the ECE in :func:`quee_kit.predictors.predictor_quality`), with 95% Wilson intervals per
     bin (sparse high-ê bins are noisy), the diagonal (perfect calibration) and, as grey bars on a
-    hidden second axis, the share of rows per bin. p, err: (R,) predictions and 0/1 errors, e.g. from
+    hidden second axis, the share of rows per bin. p, wrong: (R,) predictions and 0/1 errors, e.g. from
     :func:`quee_kit.predictors.exit_now_rows`. Draws on ``ax`` when given; ``label`` is its title."""
-    p, err = np.asarray(p, float), np.asarray(err, float)
-    bins = np.minimum((p * n_bins).astype(int), n_bins - 1)
+    p, wrong = np.asarray(p, float), np.asarray(wrong, float)
+    bins = calibration_bins(p, n_bins)
     count = np.bincount(bins, minlength=n_bins)
     seen = count > 0
     n = count[seen]
     mean_p = np.bincount(bins, p, n_bins)[seen] / n
-    rate = np.bincount(bins, err, n_bins)[seen] / n
-    ece = float(np.sum(np.abs(rate - mean_p) * n) / len(p))
+    rate = np.bincount(bins, wrong, n_bins)[seen] / n
+    ece = expected_calibration_error(p, wrong, n_bins)
     z = 1.96                                                          # Wilson score interval
     centre = (rate + z * z / (2 * n)) / (1 + z * z / n)
     half = z * np.sqrt(rate * (1 - rate) / n + z * z / (4 * n * n)) / (1 + z * z / n)
@@ -347,7 +346,7 @@ def noise_sweep_plot(df: pd.DataFrame) -> plt.Figure:
     return fig
 
 
-def difficulty_plot(df: pd.DataFrame) -> plt.Figure:
+def difficulty_plot(df: pd.DataFrame, ref: str | None = None) -> plt.Figure:
     """Test accuracy (left) and mean cost (right) per difficulty group, best-single beside each method
     (points joined by lines, so that differences of a few points stay visible).
 
@@ -369,7 +368,7 @@ def difficulty_plot(df: pd.DataFrame) -> plt.Figure:
     n = int(first.n.sum())
     axes[0].set(xlabel=xlabel, ylabel=TEST_ACCURACY_LABEL, title=f"Accuracy per group, budget {budget:g} ({n} test samples)")
     axes[1].set(xlabel=xlabel, ylabel="mean cost per sample\n(normalized BOPs)",   # short: no overflow
-                title="Where the compute goes (cost 1.0 = full model at w16a16)")
+                title=f"Where the compute goes (cost 1.0 = full model at {ref or 'the reference level'})")
     for ax in axes:
         ax.set_xticks(x, labels)
     _legend_below(fig, axes[0], ncol=len(series))

@@ -8,41 +8,18 @@ taken without a call (:func:`call_needed`).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
 from .budget_rule import select_for_budget  # re-exported: the rule is shared, torch-free
+from .methods import Method, Outcome, make_outcome
+from .options import OptionSpace
 from .paths import PathCache
-from .predictors import OptionSpace
 
 __all__ = ["Outcome", "make_outcome", "call_needed", "simulate", "simulate_many", "option_mask", "lambda_grid", "select_for_budget",
            "QueePolicy", "VARIANTS"]
 
 # Option restrictions of the QuEE ablations (quee-exit-only, quee-quant-only; README glossary).
 VARIANTS = ("all", "exit-only", "quant-only")
-
-
-@dataclass
-class Outcome:
-    """Per-sample result of a policy on one split: final node, cost (normalized BOPs), correctness."""
-    node: np.ndarray
-    cost: np.ndarray
-    correct: np.ndarray
-
-    @property
-    def accuracy(self) -> float:
-        return float(self.correct.mean())
-
-    @property
-    def mean_cost(self) -> float:
-        return float(self.cost.mean())
-
-
-def make_outcome(cache: PathCache, node: np.ndarray, cost: np.ndarray) -> Outcome:
-    node = np.asarray(node)
-    correct = cache.correct_np[node, np.arange(len(node))]
-    return Outcome(node, np.asarray(cost, dtype=float), correct)
 
 
 def option_mask(opts: OptionSpace, variant: str = "all") -> np.ndarray:
@@ -128,12 +105,15 @@ def lambda_grid(n: int) -> np.ndarray:
     return np.concatenate([[0.0], np.logspace(-3, 4, n - 1)])
 
 
-class QueePolicy:
+class QueePolicy(Method):
     """QuEE (or an ablation) as a method: knobs are (entry level index, λ).
 
     err_hat[split]: (n_nodes, N, O) predictions (out-of-fold on calib); call_cost: normalized cost of one
-    call of the predictor that made them.
+    call of the predictor that made them. The study builds one per QuEE variant (its fitted predictor
+    and option restriction), not from the method registry.
     """
+
+    knob_fields = ("entry", "lambda")
 
     def __init__(self, name: str, err_hat: dict[str, np.ndarray], caches: dict[str, PathCache],
                  opts: OptionSpace, lambdas: np.ndarray, variant: str = "all", mask: np.ndarray | None = None,
@@ -142,6 +122,14 @@ class QueePolicy:
         self.name, self.err_hat, self.caches, self.opts, self.call_cost = name, err_hat, caches, opts, call_cost
         self.mask = option_mask(opts, variant) if mask is None else mask
         self.knobs = [(q, float(l)) for q in range(len(opts.tree.levels)) for l in lambdas]
+        self.tree = opts.tree
+
+    def restrict(self, levels) -> "QueePolicy":
+        """Entries inside ``levels``, and every option whose level is outside them masked."""
+        m = super().restrict(levels)
+        ok = np.isin(self.opts.option_level(np.arange(self.opts.n_options)), list(levels))
+        m.mask = self.mask & ok[None, :]
+        return m
 
     def outcome(self, split: str, knob) -> Outcome:
         q, lam = knob
@@ -164,6 +152,3 @@ class QueePolicy:
                       self.call_cost, visits=steps)
         return (np.concatenate([s[1] for s in steps]) if steps else np.zeros(0, int),
                 np.concatenate([s[2] for s in steps]) if steps else np.zeros(0, int))
-
-    def describe(self, knob) -> dict:
-        return {"entry": self.opts.tree.levels[knob[0]].name, "lambda": knob[1]}

@@ -41,63 +41,33 @@ from sklearn.neighbors import NearestNeighbors
 from torch import nn
 
 from .calibrated import BinnedErrorPredictor, PlattErrorPredictor
+from .calibration import expected_calibration_error
 from .costs import mlp_macs
+from .options import OptionSpace
 from .parallel import run_jobs
-from .paths import DISCRETE_FEATURES, FEATURE_NAMES, HISTORY_FEATURES, PathCache, PathTree
+from .paths import DISCRETE_FEATURES, FEATURE_NAMES, HISTORY_FEATURES, PathCache
 
 CALIBRATED = {"binned": BinnedErrorPredictor, "platt": PlattErrorPredictor}
 
-__all__ = ["OptionSpace", "DecisionRows", "decision_rows", "feature_columns", "discretized_targets",
+__all__ = ["DecisionRows", "decision_rows", "feature_columns", "discretized_targets",
            "depth_balanced_weights", "subsample_by_depth", "holdout_by_sample",
-           "ErrorPredictor", "fit_predictor", "predictor_from_state", "fit_cross_fitted", "CrossFitted",
+           "ErrorPredictor", "predictor_macs", "fit_predictor", "predictor_from_state", "fit_cross_fitted", "CrossFitted",
            "predict_nodes", "exit_now_rows", "quality_metrics", "predictor_quality", "expected_calibration_error"]
-
-
-class OptionSpace:
-    """Options at every node of a tree.
-
-    ``target[n, o]``: node reached by option o from node n (-1 if invalid), ``valid`` its mask,
-    ``next_node[n, o]``: the node one block ahead (-1 for exit-now), ``exit_option[n]``,
-    ``block_delta[n, o]``: normalized cost-to-go of the blocks and heads, ``calls[n, o]``: predictor
-    calls on the way; :meth:`delta_cost` adds what those calls cost.
-    """
-
-    def __init__(self, tree: PathTree, node_cost: np.ndarray):
-        nq, L, n = len(tree.levels), tree.L, len(tree)
-        self.n_options, self.n_levels = L * nq, nq
-        self.target = np.full((n, self.n_options), -1, dtype=np.int64)
-        self.next_node = np.full((n, self.n_options), -1, dtype=np.int64)
-        self.exit_option = (tree.depth - 1) * nq + tree.level
-        self.target[np.arange(n), self.exit_option] = np.arange(n)
-        self.calls = np.zeros((n, self.n_options))
-        for node in range(n):
-            t = int(tree.depth[node])
-            for q2 in tree.allowed_next(int(tree.level[node])) if t < L else []:
-                cur = node
-                for m in range(t + 1, L + 1):
-                    cur = tree.child[cur][q2]
-                    o = (m - 1) * nq + q2
-                    self.target[node, o] = cur
-                    self.next_node[node, o] = tree.child[node][q2]
-                    self.calls[node, o] = (m - t) if m < L else (m - t - 1)  # decisions on the way
-        self.valid = self.target >= 0
-        tgt = np.where(self.valid, self.target, 0)
-        self.block_delta = np.where(self.valid, node_cost[tgt] - node_cost[:, None], 0.0)  # invalid: masked
-        self.tree = tree
-
-    def delta_cost(self, call_cost: float = 0.0) -> np.ndarray:
-        """(n_nodes, O) normalized cost-to-go of every option, predictor calls at ``call_cost`` each."""
-        return self.block_delta + self.calls * call_cost
-
-    def option_level(self, o: np.ndarray) -> np.ndarray:
-        return o % self.n_levels
-
-    def option_exit(self, o: np.ndarray) -> np.ndarray:
-        return o // self.n_levels + 1
 
 
 def feature_columns(history: bool = True) -> list[int]:
     return [i for i, f in enumerate(FEATURE_NAMES) if history or f not in HISTORY_FEATURES]
+
+
+def predictor_macs(cfg, n_options: int) -> int:
+    """MACs of one call of the predictor a :class:`~quee_kit.config.PredictorConfig` fits, known before
+    fitting: the MLP's layers (one MLP runs per call, shared or not), ``bins - 1`` comparisons of
+    ``binned``, one multiply-add per option of ``platt``."""
+    if cfg.kind == "binned":
+        return cfg.bins - 1
+    if cfg.kind == "platt":
+        return n_options
+    return mlp_macs([len(feature_columns(cfg.history))] + [cfg.hidden] * cfg.layers + [n_options])
 
 
 @dataclass
@@ -144,11 +114,11 @@ def discretized_targets(Z: np.ndarray, wrong: np.ndarray, group: np.ndarray, sch
     T = np.full_like(wrong, np.nan)
     for g in np.unique(group):
         rows = np.flatnonzero(group == g)
-        Zg, Eg = Z[rows], wrong[rows]
+        Zg, wrong_g = Z[rows], wrong[rows]
         Zs = (Zg - Zg.mean(0)) / (Zg.std(0) + 1e-6)
-        valid = ~np.isnan(Eg)
-        Ez = np.where(valid, Eg, 0.0)
-        group_mean = Ez.sum(0) / np.maximum(valid.sum(0), 1)
+        valid = ~np.isnan(wrong_g)
+        wrong0 = np.where(valid, wrong_g, 0.0)
+        group_mean = wrong0.sum(0) / np.maximum(valid.sum(0), 1)
         if scheme == "kmeans":
             k = min(K, len(rows))
             fit_rows = np.random.default_rng(seed).choice(len(rows), min(len(rows), 20000), replace=False)
@@ -156,14 +126,14 @@ def discretized_targets(Z: np.ndarray, wrong: np.ndarray, group: np.ndarray, sch
             cell = km.predict(Zs)
             S = np.zeros((k, wrong.shape[1]))
             C = np.zeros((k, wrong.shape[1]))
-            np.add.at(S, cell, Ez)
+            np.add.at(S, cell, wrong0)
             np.add.at(C, cell, valid)
             T[rows] = ((S + prior_weight * group_mean) / (C + prior_weight))[cell]
         elif scheme == "knn":
             ref = np.random.default_rng(seed).choice(len(rows), min(len(rows), 20000), replace=False)
             nn_ = NearestNeighbors(n_neighbors=min(knn_k, len(ref))).fit(Zs[ref])
             idx = nn_.kneighbors(Zs, return_distance=False)              # (R_g, k)
-            T[rows] = (Ez[ref][idx].sum(1) + prior_weight * group_mean) / (valid[ref][idx].sum(1) + prior_weight)
+            T[rows] = (wrong0[ref][idx].sum(1) + prior_weight * group_mean) / (valid[ref][idx].sum(1) + prior_weight)
         else:
             raise ValueError(f"predictor.targets must be kmeans, knn or raw (got {scheme!r})")
         T[rows] = np.where(valid, T[rows], np.nan)
@@ -339,11 +309,11 @@ class CrossFitted:
 
     def predict(self, calib: PathCache, test: PathCache, opts: OptionSpace) -> dict[str, np.ndarray]:
         """Out-of-fold calib and final-model test estimates ``err_hat``, both (n_nodes, N, O)."""
-        oof = np.full((len(opts.tree), calib.n, opts.n_options), np.nan, dtype=np.float32)
+        oof = np.full((len(opts.tree), calib.n_samples, opts.n_options), np.nan, dtype=np.float32)
         for k, m in enumerate(self.folds):
             ho = np.flatnonzero(self.fold_of == k)
             oof[:, ho] = predict_nodes(m, calib, opts, ho)
-        return {"calib": oof, "test": predict_nodes(self.final, test, opts, np.arange(test.n))}
+        return {"calib": oof, "test": predict_nodes(self.final, test, opts, np.arange(test.n_samples))}
 
 
 def _fit_task(shared, task):
@@ -358,7 +328,7 @@ def fit_cross_fitted(calib: PathCache, opts: OptionSpace, cfgs, seed: int = 0, p
     or a list of them (then a list of :class:`CrossFitted`). Every fit is independent and runs on one
     thread; ``jobs`` processes share them out (0: one per core) with the same result."""
     one = not isinstance(cfgs, (list, tuple))
-    cfgs, N = [cfgs] if one else list(cfgs), calib.n
+    cfgs, N = [cfgs] if one else list(cfgs), calib.n_samples
     tasks, fold_ofs = [], []
     for cfg in cfgs:
         if cfg.kind == "mlp" and cfg.targets == "kmeans" and cfg.K > N * (cfg.folds - 1) // cfg.folds:
@@ -385,14 +355,7 @@ def exit_now_rows(err_hat: np.ndarray, cache: PathCache, opts: OptionSpace, node
     p = err_hat[nodes, :, :][np.arange(len(nodes)), :, opts.exit_option[nodes]].reshape(-1)
     wrong = (~cache.correct[nodes]).numpy().reshape(-1).astype(float)
     conf = cache.features[nodes][:, :, 0].numpy().reshape(-1)
-    return p, wrong, conf, np.repeat(tree.depth[nodes], cache.n)
-
-
-def expected_calibration_error(p: np.ndarray, wrong: np.ndarray, n_bins: int = 15) -> float:
-    """ECE over ``n_bins`` equal-width bins of the predicted probability ``p``."""
-    bins = np.minimum((np.asarray(p) * n_bins).astype(int), n_bins - 1)
-    return float(sum(abs(wrong[bins == b].mean() - p[bins == b].mean()) * (bins == b).mean()
-                     for b in range(n_bins) if (bins == b).any()))
+    return p, wrong, conf, np.repeat(tree.depth[nodes], cache.n_samples)
 
 
 def quality_metrics(p: np.ndarray, wrong: np.ndarray, conf: np.ndarray, n_bins: int = 15) -> dict:

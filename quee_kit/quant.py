@@ -1,11 +1,13 @@
 """Precision levels and fake quantization.
 
-A level ``w{W}a{A}`` fake-quantizes, inside the blocks only, every ``Linear``/``Conv2d``
+A :class:`Level` ``w{W}a{A}`` fake-quantizes, inside the blocks only, every ``Linear``/``Conv2d``
 weight symmetrically per output channel at ``W`` bits and the activations entering it
 symmetrically and dynamically at ``A`` bits. The activation scale is computed **per
-sample** (one scale per sample tensor, or one per token), never over the batch, so a
-sample's output does not depend on its batch-mates. Bits >= 16 mean "run in float"
-(the reference is costed at 16 bits but computed in float32).
+sample** (one scale per sample tensor, or one per token: the level's ``granularity``, with its
+optional ``clip_percentile``), never over the batch, so a sample's output does not depend on its
+batch-mates. Bits >= 16 mean "run in float" (the reference is costed at 16 bits but computed in
+float32). Everything a level's numbers depend on is a field of the level; :func:`apply_level` is
+the one verb that applies it to a block, :func:`config_levels` builds the levels of a config.
 """
 from __future__ import annotations
 
@@ -17,28 +19,39 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["Level", "parse_level", "fake_quant_weight", "fake_quant_act", "ActQuant",
+__all__ = ["Level", "parse_level", "sorted_levels", "config_levels", "fake_quant_weight", "fake_quant_act", "ActQuant",
            "QuantLinear", "QuantConv2d", "apply_level", "FLOAT_BITS", "CastBlock", "REF_DTYPES"]
 
 FLOAT_BITS = 16  # bits >= this run in float32 (costed at their nominal bits)
 _LEVEL_RE = re.compile(r"^w(\d+)a(\d+)$")
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True)
 class Level:
+    """One precision level: weights at ``w_bits`` (per output channel), activations at ``a_bits`` with
+    one scale per sample (``granularity="tensor"``) or per token (``"token"``), optionally clipped at
+    the ``clip_percentile`` of |x| per sample. Everything that defines the level's numbers is here, so
+    a level (``dataclasses.asdict``) is its own cache key."""
     w_bits: int
     a_bits: int
+    granularity: str = "token"
+    clip_percentile: float | None = None
 
     @property
     def name(self) -> str:
         return f"w{self.w_bits}a{self.a_bits}"
 
+    @property
+    def is_float(self) -> bool:
+        """Both widths at FLOAT_BITS or more: the block runs in float (costed at its nominal bits)."""
+        return min(self.w_bits, self.a_bits) >= FLOAT_BITS
+
     def __str__(self) -> str:
         return self.name
 
 
-def parse_level(s: str | Level) -> Level:
-    """``'w4a8'`` -> ``Level(4, 8)``; bits must be in [2, 32]."""
+def parse_level(s: str | Level, granularity: str = "token", clip_percentile: float | None = None) -> Level:
+    """``'w4a8'`` -> ``Level(4, 8, granularity, clip_percentile)``; bits must be in [2, 32]."""
     if isinstance(s, Level):
         return s
     m = _LEVEL_RE.match(str(s).strip())
@@ -47,7 +60,19 @@ def parse_level(s: str | Level) -> Level:
     w, a = int(m.group(1)), int(m.group(2))
     if not (2 <= w <= 32 and 2 <= a <= 32):
         raise ValueError(f"level {s!r}: bits must be between 2 and 32")
-    return Level(w, a)
+    return Level(w, a, granularity, clip_percentile)
+
+
+def sorted_levels(levels) -> list[Level]:
+    """Levels (or their names) ordered by cost per MAC, costliest (the reference) first."""
+    return sorted((parse_level(s) for s in levels), key=lambda l: (l.w_bits * l.a_bits, l.a_bits, l.w_bits),
+                  reverse=True)
+
+
+def config_levels(q) -> list[Level]:
+    """The levels of a :class:`~quee_kit.config.QuantConfig`, ordered as :func:`sorted_levels`, each
+    carrying the config's activation granularity and clipping."""
+    return sorted_levels(parse_level(s, q.act_granularity, q.clip_percentile) for s in q.levels)
 
 
 def _qmax(bits: int) -> int:
@@ -136,9 +161,9 @@ class QuantConv2d(nn.Module):
         return self.conv(self.act(x))
 
 
-def apply_level(block: nn.Module, level: Level | str, granularity: str = "tensor",
-                clip_percentile: float | None = None, quantize_attention: bool = True) -> nn.Module:
-    """Return a quantized copy of ``block`` at ``level`` (the original is untouched).
+def apply_level(block: nn.Module, level: Level | str, quantize_attention: bool = True) -> nn.Module:
+    """Return a quantized copy of ``block`` at ``level`` (the original is untouched; a name is parsed
+    with :func:`parse_level`'s defaults).
 
     Every ``nn.Linear``/``nn.Conv2d`` inside is replaced; modules exposing
     ``matmul_quant`` (e.g. the ViT attention) get the activation quantizer for their
@@ -146,7 +171,7 @@ def apply_level(block: nn.Module, level: Level | str, granularity: str = "tensor
     widths >= 16 returns a plain copy (float reference).
     """
     level = parse_level(level)
-    act = ActQuant(level.a_bits, granularity, clip_percentile)
+    act = ActQuant(level.a_bits, level.granularity, level.clip_percentile)
     out = copy.deepcopy(block).eval()
 
     def swap(mod: nn.Module):
@@ -160,7 +185,7 @@ def apply_level(block: nn.Module, level: Level | str, granularity: str = "tensor
             if hasattr(child, "matmul_quant"):
                 child.matmul_quant = act if (quantize_attention and level.a_bits < FLOAT_BITS) else None
 
-    if level.w_bits < FLOAT_BITS or level.a_bits < FLOAT_BITS:
+    if not level.is_float:
         swap(out)
         if hasattr(out, "matmul_quant"):
             out.matmul_quant = act if (quantize_attention and level.a_bits < FLOAT_BITS) else None

@@ -13,13 +13,13 @@ timing metadata so that diffs stay small.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from .artifacts import atomic_write_json
 from .config import PROJECT_ROOT, ConfigError, read_yaml, resolve_path
 
 __all__ = ["reproduce", "store_tutorials", "notebook_paths", "NOTEBOOKS_DIR", "TUTORIALS", "KERNEL"]
@@ -80,7 +80,7 @@ def reproduce(config: str | Path, out_dir: str | Path, fast: bool = False, overr
         finally:
             seconds[nb.stem] = round(time.perf_counter() - t0, 2)
     summary = {"status": status, **common, "seconds": seconds, "total_seconds": round(sum(seconds.values()), 2)}
-    (out / "reproduce.json").write_text(json.dumps(summary, indent=2) + "\n")
+    atomic_write_json(out / "reproduce.json", summary)
     return 0 if status == "ok" else 1
 
 

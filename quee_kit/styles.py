@@ -39,5 +39,6 @@ def setting_label(fast: bool, seeds, n_test: int, n_train: int | None = None) ->
     return f"{'fast' if fast else 'full'} setting, {seed}{train}, test N={n_test:,}"
 
 
-def cost_label(ref: str = "w16a16") -> str:
-    return f"cost (normalized BOPs, 1.0 = full model at {ref})"
+def cost_label(ref: str | None = None) -> str:
+    """Axis label of a normalized cost; ``ref``: the reference level's name (the costliest level)."""
+    return f"cost (normalized BOPs, 1.0 = full model at {ref or 'the reference level'})"

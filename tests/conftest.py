@@ -1,4 +1,4 @@
-"""Shared fixtures: a small trained model and path caches on the bundled 8x8 digits (seconds)."""
+"""Shared fixtures: a small trained model, path caches and one study on the bundled 8x8 digits (seconds)."""
 import pytest
 
 from quee_kit.config import load_config
@@ -12,8 +12,23 @@ def digits_cfg(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def digits_prep(digits_cfg):
-    from quee_kit.pipeline import prepare
+    from quee_kit.prepare import prepare
     return prepare(digits_cfg, progress=False)
+
+
+# the one digits study of the tests (policy, analysis, widgets, methods): cross-fitted predictors shared
+STUDY_OVERRIDES = ["model.epochs=15", "predictor.folds=3", "predictor.epochs=15", "eval.lambda_grid=40"]
+
+
+@pytest.fixture(scope="session")
+def study_cfg(digits_cfg):
+    return load_config("configs/digits.yaml", [f"cache_dir={digits_cfg.cache_dir}", *STUDY_OVERRIDES])
+
+
+@pytest.fixture(scope="session")
+def study(study_cfg, digits_prep):
+    from quee_kit.study import run_study
+    return run_study(study_cfg, progress=False, prep=digits_prep)
 
 
 @pytest.fixture()

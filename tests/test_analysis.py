@@ -5,33 +5,24 @@ import numpy as np
 import pytest
 
 from quee_kit import analysis
-from quee_kit.config import load_config
-from quee_kit.evaluate import budget_tables, run_study
-
-
-@pytest.fixture(scope="session")
-def study(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("analysis_cache")
-    cfg = load_config("configs/digits.yaml", [f"cache_dir={tmp}", "model.epochs=15", "predictor.folds=3",
-                                              "predictor.epochs=15", "eval.lambda_grid=40"])
-    return run_study(cfg, progress=False)
+from quee_kit.evaluate import budget_tables
 
 
 def test_noise_zero_is_identity_and_nan_is_kept(study):
-    E = study.predictors["quee"]["test"]
-    assert np.isnan(E).any() and (~np.isnan(E)).any()
-    same = analysis.noisy_predictions(E, 0.0, seed=3)
-    assert same.dtype == E.dtype and np.array_equal(same, E, equal_nan=True)
-    noisy = analysis.noisy_predictions(E, 1.0, seed=3)
-    assert np.array_equal(np.isnan(noisy), np.isnan(E))
+    err_hat = study.predictors["quee"]["test"]
+    assert np.isnan(err_hat).any() and (~np.isnan(err_hat)).any()
+    same = analysis.noisy_predictions(err_hat, 0.0, seed=3)
+    assert same.dtype == err_hat.dtype and np.array_equal(same, err_hat, equal_nan=True)
+    noisy = analysis.noisy_predictions(err_hat, 1.0, seed=3)
+    assert np.array_equal(np.isnan(noisy), np.isnan(err_hat))
     v = noisy[~np.isnan(noisy)]
-    assert ((v >= 0) & (v <= 1)).all() and not np.allclose(v, E[~np.isnan(E)])
+    assert ((v >= 0) & (v <= 1)).all() and not np.allclose(v, err_hat[~np.isnan(err_hat)])
     with pytest.raises(ValueError, match="sigma"):
-        analysis.noisy_predictions(E, -1.0)
+        analysis.noisy_predictions(err_hat, -1.0)
 
 
 def test_noise_sweep_at_zero_reproduces_the_study(study):
-    budgets = study.prep.cfg.eval.budgets
+    budgets = study.cfg.eval.budgets
     df = analysis.predictor_noise_sweep(study, [0.0, 2.0], budgets)
     assert len(df) == 2 * len(budgets)
     zero = df[df.sigma == 0].set_index("budget")
@@ -51,7 +42,7 @@ def test_noise_sweep_at_zero_reproduces_the_study(study):
 def test_by_difficulty_partitions_the_test_split(study, method):
     budget = 0.05
     df = analysis.by_difficulty(study, method, budget, n_groups=4)
-    n = study.prep.caches["test"].n
+    n = study.prep.caches["test"].n_samples
     assert list(df.group) == [1, 2, 3, 4] and df.n.sum() == n and df.n.max() - df.n.min() <= 1
     out, bs = study.at_budget(method, budget)[2], study.at_budget("best-single", budget)[2]
     w = df.n / n
@@ -76,7 +67,7 @@ def test_budget_curve_matches_at_budget(study):
 
 
 def test_tables_agree_with_budget_tables(study):
-    cfg = study.prep.cfg
+    cfg = study.cfg
     budgets_df, auc = budget_tables([study], cfg.eval.budgets, 200, cfg.eval.auc_range)
     for m in ("quee", "best-single", "oracle"):
         assert analysis.auc(study, m, cfg.eval.auc_range) == pytest.approx(auc[m][0])
@@ -100,13 +91,13 @@ def test_tables_agree_with_budget_tables(study):
 
 
 def test_paired_difference_and_quality_table(study):
-    budgets = study.prep.cfg.eval.budgets[:2]
+    budgets = study.cfg.eval.budgets[:2]
     same = analysis.paired_difference(study, "quee", "quee", budgets, n_boot=100)
     assert (same.diff_pp == 0).all() and (same.verdict == "tie").all()
     d = analysis.paired_difference(study, "oracle", "best-single", budgets, n_boot=100)
     assert (d.diff_pp >= 0).all() and d.diff_pp.to_numpy() == pytest.approx(
         100 * (d.accuracy_method - d.accuracy_other).to_numpy())
-    q = analysis.quality_table(study, {"quee": "k-means", "quee-raw": "raw"}, study.prep.cfg.eval.auc_range)
+    q = analysis.quality_table(study, {"quee": "k-means", "quee-raw": "raw"}, study.cfg.eval.auc_range)
     assert list(q.label) == ["k-means", "raw"] and q.auroc.between(0, 1).all() and q.brier.between(0, 1).all()
     assert isinstance(analysis.target_variants([2, 32]), dict) and "quee-K32" in analysis.target_variants([32])
 
@@ -119,7 +110,7 @@ def test_variants_sharing_one_fit_each_get_its_quality(study_digits_shared):
 
 @pytest.fixture(scope="module")
 def study_digits_shared(digits_cfg, digits_prep):
-    from quee_kit.evaluate import run_study
+    from quee_kit.study import run_study
     cfg = dataclasses.replace(digits_cfg, predictor=dataclasses.replace(digits_cfg.predictor, folds=2, epochs=3),
                               eval=dataclasses.replace(digits_cfg.eval, lambda_grid=10))
     variants = {"quee-mlp": ({"kind": "mlp"}, "all"), "quee-K8": ({"kind": "mlp", "K": 8}, "all")}

@@ -44,7 +44,7 @@ def test_block_outputs_match_fake_quant(backend, level):
     # quantization step of a few values: max error within 2% of the block's range, mean within 1e-3.
     torch.manual_seed(1)
     block = ViTBlock(32, 2, 2).eval()
-    fake = apply_level(block, level, "token")
+    fake = apply_level(block, level)
     other = to_backend(fake, backend)
     assert to_backend(apply_level(block, "w16a16"), backend) is not None
     x = torch.randn(6, 17, 32)
@@ -69,7 +69,7 @@ def test_float_blocks_stay_float_and_unknown_backend_is_refused():
 
 @pytest.fixture(scope="module")
 def int_study(digits_cfg):
-    from quee_kit.evaluate import run_study
+    from quee_kit.study import run_study
     cfg = load_config("configs/digits.yaml", [f"cache_dir={digits_cfg.cache_dir}", "model.epochs=15",
                                               "quant.backend=int", "predictor.folds=3",
                                               "eval.lambda_grid=40"])

@@ -1,4 +1,4 @@
-"""The CLI contract (SPEC §3): files, columns, and the promises they carry, on the digits config."""
+"""The CLI contract (README, "Two commands" and "What the kit computes"): files, columns, and the promises they carry, on the digits config."""
 import json
 
 import pandas as pd

@@ -1,4 +1,5 @@
 """Config validation: one line naming the key, before any compute."""
+import dataclasses
 import subprocess
 import sys
 
@@ -45,3 +46,27 @@ def test_cli_rejects_bad_config_before_compute(tmp_path):
     assert r.returncode == 2
     assert r.stderr.strip().count("\n") == 0 and "quant.levels" in r.stderr
     assert not any(tmp_path.iterdir())  # nothing was computed or written
+
+
+def test_key_fields_are_the_config_section_less_what_cannot_change_numbers():
+    from quee_kit.config import PathsConfig, QuantConfig, key_fields
+    assert key_fields(PathsConfig()) == {"family": "monotone"}          # batch_size: same numbers either way
+    q = QuantConfig()
+    assert key_fields(q) == dataclasses.asdict(q)                        # every quant field changes the numbers
+
+
+def test_levels_carry_the_config_granularity_and_clipping():
+    from quee_kit.config import QuantConfig
+    from quee_kit.quant import config_levels
+    levels = config_levels(QuantConfig(levels=["w4a4", "w16a16"], act_granularity="tensor", clip_percentile=99.0))
+    assert [lv.name for lv in levels] == ["w16a16", "w4a4"]
+    assert {(lv.granularity, lv.clip_percentile) for lv in levels} == {("tensor", 99.0)}
+
+
+def test_notebook_setup_is_the_parameters_cell_config():
+    from pathlib import Path
+
+    from quee_kit.notebook import setup
+    cfg, fig_dir, table_dir = setup("configs/digits.yaml", ["model.epochs=3"], seed=2, fast=False, out_dir="out")
+    assert (cfg.seed, cfg.model.epochs) == (2, 3)
+    assert (fig_dir, table_dir) == (Path("out/figures"), Path("out/tables"))

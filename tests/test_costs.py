@@ -6,7 +6,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from quee_kit.config import ModelConfig
 from quee_kit.costs import CostModel, OpCounts, count_ops, level_bops
 from quee_kit.models import BACKBONES, build_model
-from quee_kit.pipeline import sorted_levels
+from quee_kit.quant import sorted_levels
 
 LEVELS = sorted_levels(["w16a16", "w8a8", "w4a8", "w3a8", "w4a4"])
 
@@ -52,14 +52,18 @@ def test_cost_model_normalization_and_ordering():
     model = build_model(ModelConfig(), (1, 28, 28), 10)
     cm = CostModel(model, (1, 28, 28), LEVELS, LEVELS[0])
     L = cm.depth
-    full_ref = cm.stem + sum(cm.block(t, LEVELS[0]) for t in range(L)) + cm.head(L - 1)
+    full_ref = cm.stem + sum(cm.block(t, LEVELS[0]) for t in range(1, L + 1)) + cm.head(L)
     assert full_ref == pytest.approx(1.0, abs=1e-12)
     # costs grow with depth and with bits
     for lv in LEVELS:
         assert all(cm.path([lv] * (t + 1)) < cm.path([lv] * (t + 2)) for t in range(L - 1))
-    for t in range(L):
+    for t in range(1, L + 1):
         costs = [cm.block(t, lv) for lv in LEVELS]
         assert costs == sorted(costs, reverse=True) and len(set(costs)) == len(costs)
     # the stem is not free: on the default model it costs more than a w4a4 block
-    assert cm.stem > cm.block(0, LEVELS[-1])
+    assert cm.stem > cm.block(1, LEVELS[-1])
+    with pytest.raises(IndexError, match="1-based"):
+        cm.head(0)
+    with pytest.raises(AttributeError, match="immutable"):
+        cm.stem = 0.0
     assert cm.call_cost(1000) == pytest.approx(1000 * 256 / cm.total_bops)

@@ -148,7 +148,7 @@ def test_one_rank_group_reuses_valid_shards_and_rebuilds_a_damaged_one(tmp_path)
         # shards 0 and 1 left by an earlier run: 0 intact, 1 with a flipped byte; 2..4 missing
         from quee_kit.artifacts import save_artifact
         for a, b in [(0, 5), (5, 10)]:
-            save_artifact(folder / f"{a:010d}-{b:010d}.pt", distributed._shard_key("k", a, b), torch.arange(a, b) ** 2)
+            save_artifact(folder / f"{a:010d}-{b:010d}.pt", distributed.shard_key("k", a, b), torch.arange(a, b) ** 2)
         raw = bytearray((folder / "0000000005-0000000010.pt").read_bytes())
         raw[-3] ^= 0xFF
         (folder / "0000000005-0000000010.pt").write_bytes(bytes(raw))

@@ -32,3 +32,16 @@ def test_readme_commands_exist_and_ci_runs_the_test_command():
     for cmd in ("make reproduce", "make test"):
         assert cmd in readme and f"\n{cmd.split()[1]}: venv" in make
     assert "make test" in (ROOT / ".ci" / "run").read_text()
+
+
+def test_modules_are_small_and_import_no_private_names():
+    """The house rules a line-based tool can check: no module over 400 lines, and no ``_name`` imported
+    from another module (what another module uses gets a public name)."""
+    import ast
+    for f in sorted((ROOT / "quee_kit").rglob("*.py")):
+        text = f.read_text()
+        assert len(text.splitlines()) <= 400, f"{f.relative_to(ROOT)}: {len(text.splitlines())} lines"
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, ast.ImportFrom) and node.module != "__future__":
+                private = [a.name for a in node.names if a.name.startswith("_")]
+                assert not private, f"{f.relative_to(ROOT)}: imports {private} from {node.module}"

@@ -7,7 +7,8 @@ import torch
 
 from quee_kit.config import ConfigError, load_config
 from quee_kit.parallel import one_thread, resolve_jobs, run_jobs
-from quee_kit.predictors import OptionSpace, fit_cross_fitted
+from quee_kit.options import OptionSpace
+from quee_kit.predictors import fit_cross_fitted
 
 
 def _square_plus(shared, item):
@@ -60,7 +61,7 @@ def test_parallel_predictor_fits_equal_serial(digits_prep):
 
 
 def test_path_caches_built_side_by_side_equal_serial(tmp_path):
-    from quee_kit.pipeline import prepare
+    from quee_kit.prepare import prepare
     caches = {}
     for jobs in (1, 2):
         cfg = load_config("configs/digits.yaml", [f"cache_dir={tmp_path / str(jobs)}", "model.epochs=2",

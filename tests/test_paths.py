@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from quee_kit.paths import PathTree
-from quee_kit.pipeline import exits_table, load_cache, sorted_levels
-from quee_kit.quant import apply_level
+from quee_kit.prepare import exits_table, load_cache
+from quee_kit.quant import apply_level, sorted_levels
 
 LEVELS = sorted_levels(["w16a16", "w8a8", "w4a8", "w3a8", "w4a4"])
 
@@ -39,9 +39,7 @@ def test_cache_equals_direct_forward(digits_prep):
         with torch.no_grad():
             h = prep.model.stem(x)
             for t, lv in enumerate(levels):
-                q = prep.cfg.quant
-                h = apply_level(prep.model.blocks[t], lv, q.act_granularity, q.clip_percentile,
-                                q.quantize_attention)(h)
+                h = apply_level(prep.model.blocks[t], lv, prep.cfg.quant.quantize_attention)(h)
             logits = prep.model.heads[len(levels) - 1](h)
         torch.testing.assert_close(cache.logits[node], logits, rtol=1e-4, atol=1e-4)
         assert (cache.pred[node] == logits.argmax(-1)).float().mean() > 0.995

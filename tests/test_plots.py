@@ -10,7 +10,7 @@ from quee_kit.config import ModelConfig
 from quee_kit.costs import CostModel
 from quee_kit.models import build_model
 from quee_kit.paths import PathTree
-from quee_kit.pipeline import sorted_levels
+from quee_kit.quant import sorted_levels
 
 LEVELS = sorted_levels(["w16a16", "w8a8", "w4a8", "w3a8", "w4a4"])
 COST_UNITS = "normalized BOPs"

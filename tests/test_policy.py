@@ -7,16 +7,11 @@ import torch
 
 from quee_kit.config import ConfigError, load_config
 from quee_kit.engine import DynamicModel
-from quee_kit.evaluate import check_config_against_data, paired_bootstrap, run_study, select_points
+from quee_kit.evaluate import paired_bootstrap
+from quee_kit.study import check_config_against_data, select_points
 from quee_kit.policy import option_mask, select_for_budget, simulate, simulate_many
-from quee_kit.predictors import OptionSpace, discretized_targets
-
-
-@pytest.fixture(scope="session")
-def study(digits_cfg, digits_prep):
-    cfg = dataclasses.replace(digits_cfg, predictor=dataclasses.replace(digits_cfg.predictor, folds=3, epochs=15),
-                              eval=dataclasses.replace(digits_cfg.eval, lambda_grid=40))
-    return run_study(cfg, progress=False, prep=digits_prep)
+from quee_kit.options import OptionSpace
+from quee_kit.predictors import discretized_targets
 
 
 def test_option_space_structure(digits_prep):
@@ -26,6 +21,8 @@ def test_option_space_structure(digits_prep):
     # at the reference entry (depth 1) a monotone path may continue at any level to any later exit
     assert opts.valid[root_ref].sum() == 1 + (tree.L - 1) * len(tree.levels)
     assert opts.delta_cost()[root_ref, opts.exit_option[root_ref]] == 0
+    with pytest.raises(ValueError, match="read-only"):   # shared by every method: never modified
+        opts.valid[root_ref, 0] = False
     leaf = tree.nodes_at(tree.L)[0]
     assert opts.valid[leaf].sum() == 1  # only exit at the last block
     # a plan's target is the node reached by repeating its level
@@ -35,16 +32,16 @@ def test_option_space_structure(digits_prep):
 
 def test_discretized_targets_known_values():
     X = np.array([[0.0], [0.1], [0.2], [10.0], [10.1], [10.2]], dtype=np.float32)
-    E = np.array([[1], [0], [0], [0], [0], [0]], dtype=np.float32)
+    wrong = np.array([[1], [0], [0], [0], [0], [0]], dtype=np.float32)
     depth = np.ones(6, int)
-    T = discretized_targets(X, E, depth, "kmeans", K=2, prior_weight=1.0)
+    T = discretized_targets(X, wrong, depth, "kmeans", K=2, prior_weight=1.0)
     mean = 1 / 6
     # cell A: 1 error in 3 -> (1 + 1*mean) / (3 + 1); cell B: 0 in 3 -> mean / 4
     np.testing.assert_allclose(T[:3, 0], (1 + mean) / 4, rtol=1e-6)
     np.testing.assert_allclose(T[3:, 0], mean / 4, rtol=1e-6)
-    np.testing.assert_array_equal(discretized_targets(X, E, depth, "raw"), E)
+    np.testing.assert_array_equal(discretized_targets(X, wrong, depth, "raw"), wrong)
     # shrinkage keeps the depth mean: the average target equals the average error
-    assert T[:, 0].mean() == pytest.approx(E.mean(), abs=0.05)
+    assert T[:, 0].mean() == pytest.approx(wrong.mean(), abs=0.05)
 
 
 def test_oracle_bounds_every_policy_at_every_lambda(study):
@@ -166,9 +163,9 @@ def test_every_test_decision_is_one_call_of_the_refitted_predictor(study):
         final = fitted["final"]
         assert q.call_cost == pytest.approx(study.prep.costs.call_cost(final.macs)) and q.call_cost > 0
         np.testing.assert_array_equal(fitted["test"], predict_nodes(final, study.prep.caches["test"], study.opts,
-                                                                    np.arange(study.prep.caches["test"].n)))
+                                                                    np.arange(study.prep.caches["test"].n_samples)))
     kinds = {n: study.predictors[n]["final"].kind for n in ("quee", "quee-binned", "quee-mlp")}
-    assert kinds == {"quee": study.prep.cfg.predictor.kind, "quee-binned": "binned", "quee-mlp": "mlp"}
+    assert kinds == {"quee": study.cfg.predictor.kind, "quee-binned": "binned", "quee-mlp": "mlp"}
     # a per-node calibration call (a few comparisons or multiply-adds) is far cheaper than an MLP call
     for name in ("quee-binned", "quee"):
         assert study.methods[name].call_cost < study.methods["quee-mlp"].call_cost / 20

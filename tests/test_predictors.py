@@ -5,7 +5,8 @@ import pytest
 from quee_kit.calibrated import SCORE, BinnedErrorPredictor, PlattErrorPredictor
 from quee_kit.evaluate import hierarchical_bootstrap, paired_bootstrap
 from quee_kit.paths import FEATURE_NAMES
-from quee_kit.predictors import (DecisionRows, OptionSpace, decision_rows, depth_balanced_weights,
+from quee_kit.options import OptionSpace
+from quee_kit.predictors import (DecisionRows, decision_rows, depth_balanced_weights,
                                  expected_calibration_error, holdout_by_sample, subsample_by_depth)
 
 

@@ -3,7 +3,10 @@ import pytest
 import torch
 
 from quee_kit.models import ViTBlock
-from quee_kit.quant import Level, apply_level, fake_quant_act, fake_quant_weight, parse_level
+import torch.nn.functional as F
+from torch import nn
+
+from quee_kit.quant import QuantConv2d, Level, apply_level, fake_quant_act, fake_quant_weight, parse_level
 
 
 def _qmax(b):
@@ -106,3 +109,20 @@ def test_parse_level():
     for bad in ["w1a8", "4a8", "w4", "w40a8"]:
         with pytest.raises(ValueError, match="level"):
             parse_level(bad)
+
+
+def test_conv_blocks_quantize_weights_and_input_per_sample():
+    """A Conv2d inside a block becomes a QuantConv2d: per-channel weights at w_bits, the input at the
+    level's a_bits with its granularity and clipping (here one scale per sample, clipped at 99%)."""
+    torch.manual_seed(0)
+    block = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1)).eval()
+    level = Level(4, 8, "tensor", 99.0)
+    q = apply_level(block, level)
+    assert isinstance(q[0], QuantConv2d)
+    x = torch.randn(2, 3, 5, 5)
+    conv = block[0]
+    ref = F.conv2d(fake_quant_act(x, 8, "tensor", 99.0), fake_quant_weight(conv.weight.detach(), 4), conv.bias,
+                   padding=1)
+    with torch.no_grad():
+        torch.testing.assert_close(q(x), ref)
+    assert parse_level("w4a8", "tensor", 99.0) == level and parse_level("w4a8") != level

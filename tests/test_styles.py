@@ -9,7 +9,7 @@ import pytest
 from matplotlib.colors import to_rgb
 
 from quee_kit import plots
-from quee_kit.evaluate import QUEE_VARIANTS
+from quee_kit.study import QUEE_VARIANTS
 from quee_kit.styles import METHOD_STYLES, method_style, setting_label
 
 BASELINES = ["static-quant", "ee-confidence", "ee-confidence@q", "ee-confidence-perexit", "best-single",

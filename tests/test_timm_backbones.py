@@ -94,7 +94,7 @@ def test_block_macs_match_flop_counter(name):
         with FlopCounterMode(display=False) as fc:
             block(h)
     assert ops.macs == fc.get_total_flops() // 2 > 0
-    q = apply_level(block, "w4a4", "token")
+    q = apply_level(block, "w4a4")
     assert sum(isinstance(m, QuantLinear) for m in q.modules()) == 4 and q.attn.matmul_quant is not None
 
 
@@ -104,8 +104,8 @@ def test_reference_level_is_the_float_block_and_low_bits_change_it(tiny_ckpt):
     h = model.stem(torch.rand(3, 3, 32, 32))
     with torch.no_grad():
         ref = model.blocks[0](h)
-        assert torch.equal(apply_level(model.blocks[0], "w16a16", "token")(h), ref)
-        low = apply_level(model.blocks[0], "w4a4", "token")(h)
+        assert torch.equal(apply_level(model.blocks[0], "w16a16")(h), ref)
+        low = apply_level(model.blocks[0], "w4a4")(h)
     assert 0 < (low - ref).abs().max() < ref.abs().max()
 
 
@@ -170,7 +170,7 @@ def test_pipeline_end_to_end_on_standin(name, tiny_ckpt, tmp_path):
     ref = test[(test.method == "static-quant")].sort_values("cost").iloc[-1]
     assert ref.cost == pytest.approx(1.0)
     # the cached reference path is the adapter's own last exit on the test split (same weights, same inputs)
-    from quee_kit.pipeline import load_data, prepare
+    from quee_kit.prepare import load_data, prepare
     cfg = load_config("configs/digits.yaml", sets)
     prep = prepare(cfg, progress=False)
     node = prep.caches["test"].node((0, 0, 0, 0))

@@ -87,7 +87,7 @@ def _stored_reference_accuracies() -> dict[int, tuple[float, float]]:
 
 
 def test_tutorial_accuracies_within_tolerance_of_stored_outputs():
-    from quee_kit.pipeline import exits_table, prepare
+    from quee_kit.prepare import exits_table, prepare
     prep = prepare(load_config("configs/mnist10k.yaml", fast=True), progress=False)  # the tutorials' model
     ex = exits_table(prep)
     acc = ex.pivot_table(index=["level", "exit"], columns="split", values="accuracy")

@@ -12,11 +12,11 @@ import pytest
 
 from quee_kit.artifacts import ArtifactError, save_artifact
 from quee_kit.config import load_config
-from quee_kit.evaluate import run_study
+from quee_kit.methods import scalar_knob
+from quee_kit.study import method_points
 from quee_kit.explorer import ExplorerModel, OperatingPoint, build_explorer_data, load_explorer_data
 from quee_kit.explorer.points import explorer_artifact
-from quee_kit.explorer.restrict import knob_points, restrict_method
-from quee_kit.explorer.state import (budget_curve, examples_per_exit, exit_errors, exit_level_counts,
+from quee_kit.explorer.state import (chosen_points, examples_per_exit, exit_errors, exit_level_counts,
                                      level_set_presets)
 from quee_kit.plots import method_style
 from quee_kit.policy import simulate
@@ -27,13 +27,6 @@ from quee_kit.explorer.widgets import BudgetExplorer  # noqa: E402
 METHODS = ["quee", "quee-exit-only", "quee-quant-only", "static-quant", "ee-confidence", "ee-confidence@q",
            "ee-confidence-perexit", "best-single", "random", "oracle", "oracle-uniform"]
 OVERRIDES = ["model.epochs=15", "predictor.folds=3", "predictor.epochs=15", "eval.lambda_grid=40"]
-
-
-@pytest.fixture(scope="session")
-def study(digits_cfg, digits_prep):
-    # the same settings as tests/test_policy.py, so the cross-fitted predictors are shared
-    cfg = load_config("configs/digits.yaml", [f"cache_dir={digits_cfg.cache_dir}", *OVERRIDES])
-    return run_study(cfg, progress=False, prep=digits_prep)
 
 
 @pytest.fixture(scope="session")
@@ -63,7 +56,9 @@ def test_budget_mode_equals_at_budget(study, explorer, method):
         assert r["knob"] == knob and r["feasible"] == ok and r["entry"] == desc["entry"]
         assert r["accuracy"] == out.accuracy and r["cost"] == out.mean_cost
         np.testing.assert_array_equal(r["node"], out.node)
-        np.testing.assert_equal(r["lambda"], float(desc["lambda"]))
+        name = scalar_knob(study.methods[method])
+        assert r["knob_name"] == name
+        np.testing.assert_equal(r["knob_value"], float(desc[name]) if name in desc else np.nan)
         html = explorer.readout.value     # the readout text the browser test reads
         assert f"accuracy: {out.accuracy:.4f}" in html and f"cost: {out.mean_cost:.4f}" in html
 
@@ -113,7 +108,7 @@ def test_methods_without_lambda_have_no_dead_controls(study, explorer):
 def _star_rgb(explorer):
     from PIL import Image
     img = np.asarray(Image.open(io.BytesIO(explorer.image.value)).convert("RGB"))
-    x, y = explorer._fig.star_pixel()
+    x, y = explorer.figure.star_pixel()
     return img[int(round(y)), int(round(x))]
 
 
@@ -162,24 +157,24 @@ def test_counts_and_examples_match_outcome(study, explorer, data):
     tree = study.prep.tree
     out = study.at_budget("quee", _budgets(explorer)[2])[2]
     counts = exit_level_counts(out.node, data.depth, data.level, data.level_names)
-    assert counts.to_numpy().sum() == len(out.node) == study.prep.caches["test"].n
+    assert counts.to_numpy().sum() == len(out.node) == study.prep.caches["test"].n_samples
     assert list(counts.index) == list(range(1, tree.L + 1)) and list(counts.columns) == data.level_names
     for t in range(1, tree.L + 1):
         for q, lv in enumerate(tree.levels):
             assert counts.loc[t, lv.name] == np.sum((tree.depth[out.node] == t) & (tree.level[out.node] == q))
-    E = study.predictors["quee"]["test"]
+    err_hat_all = study.predictors["quee"]["test"]
     max_prob = study.prep.caches["test"].features[..., 0].numpy()
-    err = exit_errors(out.node, E, study.opts.exit_option, max_prob)
+    err_hat = exit_errors(out.node, err_hat_all, study.opts.exit_option, max_prob)
     i = np.arange(len(out.node))
     inner = tree.depth[out.node] < tree.L
-    np.testing.assert_array_equal(err[inner], E[out.node, i, study.opts.exit_option[out.node]][inner])
-    np.testing.assert_allclose(err[~inner], 1 - max_prob[out.node[~inner], i[~inner]])  # no decision at L
-    stored = data.err_exit[data.methods["quee"].err_key][out.node, i]         # what the page stores
-    np.testing.assert_allclose(stored, err, rtol=1e-6)
-    ex = examples_per_exit(out.node, data.depth, 4, err)
+    np.testing.assert_array_equal(err_hat[inner], err_hat_all[out.node, i, study.opts.exit_option[out.node]][inner])
+    np.testing.assert_allclose(err_hat[~inner], 1 - max_prob[out.node[~inner], i[~inner]])  # no decision at L
+    stored = data.err_hat_exit[data.methods["quee"].err_key][out.node, i]         # what the page stores
+    np.testing.assert_allclose(stored, err_hat, rtol=1e-6)
+    ex = examples_per_exit(out.node, data.depth, 4, err_hat)
     for t, idx in ex.items():
         assert len(idx) == min(4, counts.loc[t].sum())
-        assert (tree.depth[out.node[idx]] == t).all() and (np.diff(err[idx]) >= 0).all()
+        assert (tree.depth[out.node[idx]] == t).all() and (np.diff(err_hat[idx]) >= 0).all()
         assert len(set(idx.tolist())) == len(idx)
 
 
@@ -204,7 +199,7 @@ def test_level_set_points_and_restriction(study, explorer):
     full = next(iter(presets))
     assert presets[full] == tuple(range(len(tree.levels))) and all(0 in qs for qs in presets.values())
     # restricting to every level changes nothing: recomputed points equal the study's
-    p = knob_points(restrict_method(study.methods["quee"], presets[full]))
+    p = method_points(study.methods["quee"].restrict(presets[full]))
     cols = ["cost_calib", "acc_calib", "cost_test", "acc_test"]
     np.testing.assert_array_equal(p[cols].to_numpy(), study.points["quee"][cols].to_numpy())
     assert model.table("quee", full).points is explorer.data.methods["quee"].points
@@ -219,12 +214,12 @@ def test_level_set_points_and_restriction(study, explorer):
     r = explorer.update(level_set=(0, 1), budget=0.3)                  # an ad-hoc tuple becomes a named set
     assert r["levels"] == [tree.levels[0].name, tree.levels[1].name]
     with pytest.raises(ValueError, match="no knob"):
-        restrict_method(study.methods["ee-confidence"], (1,))
+        study.methods["ee-confidence"].restrict((1,))
 
 
 def test_budget_curve_is_the_budget_rule(study, explorer):
     budgets = _budgets(explorer)
-    df = budget_curve(study.points["best-single"], budgets)
+    df = chosen_points(study.points["best-single"], budgets)
     for b, (_, row) in zip(budgets, df.iterrows()):
         _, _, out = study.at_budget("best-single", b)
         assert row["accuracy"] == out.accuracy and row["cost"] == out.mean_cost

@@ -43,10 +43,10 @@ def digit_mosaic(images: np.ndarray, rows: dict[int, np.ndarray], k: int, pad: i
     return mosaic, (ch, cw)
 
 
-def _caption(correct: bool, err: float) -> str:
+def _caption(correct: bool, err_hat: float) -> str:
     """``✓.03``: correct or not, and the predicted error with two decimals."""
     mark = "✓" if correct else "✗"
-    return f"{mark}1.00" if err >= 0.995 else f"{mark}{err:.2f}".replace("0.", ".", 1)
+    return f"{mark}1.00" if err_hat >= 0.995 else f"{mark}{err_hat:.2f}".replace("0.", ".", 1)
 
 
 class _TextSprites:
@@ -209,7 +209,7 @@ class ExplorerFigure:
         x, y = self.ax_curve.transData.transform(np.column_stack(self.op_point.get_data())[0])
         return float(x), float(self.canvas.get_width_height()[1] - y)
 
-    def set_state(self, view: dict, correct: np.ndarray, err: np.ndarray, counts: pd.DataFrame,
+    def set_state(self, view: dict, correct: np.ndarray, err_hat: np.ndarray, counts: pd.DataFrame,
                   examples: dict[int, np.ndarray], depth_of_node: np.ndarray, mode_note: str) -> None:
         self.set_pointer(view)
         c = counts.to_numpy()
@@ -229,7 +229,7 @@ class ExplorerFigure:
             for cidx, txt in enumerate(self.ex_text[r]):
                 if cidx < len(idx):
                     i = idx[cidx]
-                    txt.set_text(_caption(correct[i], err[i]))
+                    txt.set_text(_caption(correct[i], err_hat[i]))
                     txt.set_color(CORRECT_COLOR if correct[i] else WRONG_COLOR)
                 else:
                     txt.set_text("")

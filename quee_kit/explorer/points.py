@@ -4,7 +4,7 @@
 (``Study.points``: cost and accuracy on calib and test per knob) with the final test node of every
 sample under every knob, and the per-sample arrays the panels need (tree depth/level per node, test
 correctness and max prob per node, the predicted error of exiting, the test images). It is built
-once from a :class:`~quee_kit.evaluate.Study` and saved through :func:`quee_kit.artifacts.load_or_build`
+once from a :class:`~quee_kit.study.Study` and saved through :func:`quee_kit.artifacts.load_or_build`
 as a pickle payload, so loading it imports neither torch nor the study's modules. Its key hashes
 the whole config, the data file of ``npz:`` datasets and the source of the modules that compute
 the points (a changed method recomputes them). A level subset other than "all levels" needs the
@@ -24,26 +24,27 @@ import numpy as np
 import pandas as pd
 
 from ..artifacts import ArtifactError, content_hash, load_artifact, load_or_build
-from ..config import PROJECT_ROOT, load_config
+from ..config import cache_dir, load_config
 from .state import Memo
 
 __all__ = ["ExplorerData", "MethodTable", "build_explorer_data", "load_explorer_data", "explorer_artifact",
            "FORMAT"]
 
-FORMAT = 1   # bump when the stored fields change
+FORMAT = 2   # bump when the stored fields change
 _NOT_POINTS = {"plots.py", "styles.py", "reproduce.py", "cli.py", "__main__.py", "__init__.py"}  # no numbers
 
 
 @dataclass
 class MethodTable:
-    """One method's knobs within a level set. ``points``: ``entry, lambda, cost_calib, acc_calib,
-    cost_test, acc_test`` per knob; ``nodes``: (n_knobs, N) final test node per knob and sample, or
-    None when ``method`` (a live method object) computes them on demand."""
+    """One method's knobs within a level set. ``points``: the knob's named fields (``entry`` and the
+    method's ``knob_name``, e.g. ``tau``), ``cost_calib, acc_calib, cost_test, acc_test`` per knob;
+    ``nodes``: (n_knobs, N) final test node per knob and sample, or None when ``method`` (a live
+    method object) computes them on demand."""
     name: str
     points: pd.DataFrame
     knobs: list
-    has_lambda: bool          # λ is a knob (QuEE variants, oracles)
-    has_entry: bool           # λ mode also picks the entry level (QuEE variants)
+    knob_fields: tuple        # names of a knob's fields (the method's ``knob_fields``)
+    knob_name: str | None     # its continuous knob (λ, τ, r, p; :func:`quee_kit.methods.scalar_knob`)
     err_key: str | None       # which predictor's ê the examples show (None: 1 - max prob)
     nodes: np.ndarray | None = None
     method: object = None
@@ -57,9 +58,20 @@ class MethodTable:
             raise ValueError(f"{self.name}: no knob {knob} in this level set")
         return self._index[tuple(knob)]
 
+    @property
+    def has_lambda(self) -> bool:
+        """λ is a knob (QuEE variants, oracles): the explorer's λ mode applies."""
+        return self.knob_name == "lambda"
+
+    @property
+    def has_entry(self) -> bool:
+        """λ mode also picks the entry level (QuEE variants)."""
+        return self.has_lambda and "entry" in self.knob_fields
+
     def describe(self, knob) -> dict:
+        """``entry`` (a level name, or e.g. ``per-sample``) and ``value``, the continuous knob (NaN: none)."""
         row = self.points.iloc[self.knob_index(knob)]
-        return {"entry": row["entry"], "lambda": row["lambda"]}
+        return {"entry": row["entry"], "value": row.get(self.knob_name, np.nan) if self.knob_name else np.nan}
 
     def test_nodes(self, i: int) -> np.ndarray:
         if self.nodes is not None:
@@ -76,7 +88,7 @@ class MethodTable:
 class ExplorerData:
     """Everything the explorer shows for one study (test split). Arrays: ``depth``/``level``
     (n_nodes,) of the path tree (depth 1-based, level index 0 = reference), ``exit_option``
-    (n_nodes,), ``correct`` (n_nodes, N) bool, ``max_prob`` (n_nodes, N), ``err_exit[key]``
+    (n_nodes,), ``correct`` (n_nodes, N) bool, ``max_prob`` (n_nodes, N), ``err_hat_exit[key]``
     (n_nodes, N) predicted error of exiting at each node (1 - max prob at the last exit),
     ``images`` (N, C, H, W) uint8."""
     setting: str
@@ -90,7 +102,7 @@ class ExplorerData:
     exit_option: np.ndarray
     correct: np.ndarray
     max_prob: np.ndarray
-    err_exit: dict
+    err_hat_exit: dict
     images: np.ndarray
     c_min: float
     c_sat: float
@@ -117,9 +129,9 @@ class ExplorerData:
         return self._study is not None
 
     def study(self):
-        """The live :class:`~quee_kit.evaluate.Study` (loaded from the cache on first use: seconds to minutes)."""
+        """The live :class:`~quee_kit.study.Study` (loaded from the cache on first use: seconds to minutes)."""
         if self._study is None:
-            from ..evaluate import run_study
+            from ..study import run_study
             cfg = load_config(self.config, [*self.overrides, f"seed={self.seed}"], fast=self.fast)
             self._study = run_study(cfg, progress=False)
         return self._study
@@ -136,34 +148,31 @@ def _images_uint8(x) -> np.ndarray:
 
 def build_explorer_data(study, fast: bool, config: str, overrides=()) -> ExplorerData:
     """Every method's knob table with its test nodes, from a live study (seconds: outcomes are re-run)."""
-    from ..baselines import Oracle
     from ..evaluate import c_min_sat
+    from ..methods import scalar_knob
     from ..styles import setting_label
-    from ..policy import QueePolicy
     t0 = time.perf_counter()
     prep, tree = study.prep, study.prep.tree
     test = prep.caches["test"]
     max_prob = test.features[..., 0].numpy().astype(np.float32)
     n_nodes, n = max_prob.shape
     exit_option = np.asarray(study.opts.exit_option)
-    err_exit, err_keys, source = {}, {}, {}
+    err_hat_exit, err_keys, source = {}, {}, {}
     for name, p in study.predictors.items():   # variants sharing a predictor share one array
         key = next((k for k, q in source.items() if q is p), None)
         if key is None:
             key, source[name] = name, p
             e = p["test"][np.arange(n_nodes)[:, None], np.arange(n)[None, :], exit_option[:, None]]
-            err_exit[name] = np.where(np.isfinite(e), e, 1.0 - max_prob).astype(np.float32)
+            err_hat_exit[name] = np.where(np.isfinite(e), e, 1.0 - max_prob).astype(np.float32)
         err_keys[name] = key
     default_err = err_keys.get("quee")
     dtype = np.int16 if n_nodes < 2 ** 15 else np.int32
     methods = {}
     for name, m in study.methods.items():
-        outs = m.outcomes("test") if hasattr(m, "outcomes") else [m.outcome("test", k) for k in m.knobs]
-        is_quee = isinstance(m, QueePolicy)
+        outs = m.outcomes("test")
         methods[name] = MethodTable(
             name, study.points[name].reset_index(drop=True), [tuple(k) for k in m.knobs],
-            has_lambda=is_quee or isinstance(m, Oracle), has_entry=is_quee,
-            err_key=err_keys.get(name, default_err) if is_quee else default_err,
+            tuple(m.knob_fields), scalar_knob(m), err_key=err_keys.get(name, default_err),
             nodes=np.stack([np.asarray(o.node) for o in outs]).astype(dtype))
     c_min, c_sat = c_min_sat(study)
     cfg = prep.cfg
@@ -171,7 +180,7 @@ def build_explorer_data(study, fast: bool, config: str, overrides=()) -> Explore
         setting=setting_label(fast, [cfg.seed], n, len(prep.data.train)), fast=fast, seed=cfg.seed,
         config=str(config), overrides=list(overrides), level_names=[lv.name for lv in tree.levels],
         depth=np.asarray(tree.depth), level=np.asarray(tree.level), exit_option=exit_option,
-        correct=np.asarray(test.correct_np, dtype=bool), max_prob=max_prob, err_exit=err_exit,
+        correct=np.asarray(test.correct_np, dtype=bool), max_prob=max_prob, err_hat_exit=err_hat_exit,
         images=_images_uint8(prep.data.test.x), c_min=c_min, c_sat=c_sat,
         ref_acc=float(study.points["static-quant"]["acc_test"].iloc[0]),
         lambdas=np.asarray(sorted({k[-1] for k in study.methods["oracle"].knobs})), methods=methods,
@@ -195,9 +204,7 @@ def explorer_artifact(cfg) -> tuple[Path, str]:
     if data.startswith("npz:"):   # a user's file: its bytes are part of what the points were built from
         data = hashlib.sha256(Path(data[4:]).expanduser().read_bytes()).hexdigest()
     key = content_hash("explorer", FORMAT, dataclasses.asdict(cfg), data, _source_digest())
-    root = Path(cfg.cache_dir)
-    root = root if root.is_absolute() else PROJECT_ROOT / root   # the rule of quee_kit.pipeline
-    return root / f"explorer-{key[:16]}.pkl", key
+    return cache_dir(cfg) / f"explorer-{key[:16]}.pkl", key
 
 
 def load_explorer_data(config: str = "configs/mnist10k.yaml", fast: bool | None = None, seed: int = 0,
@@ -225,7 +232,7 @@ def load_explorer_data(config: str = "configs/mnist10k.yaml", fast: bool | None 
         data = load_artifact(path, key)
     else:
         def make():
-            from ..evaluate import run_study
+            from ..study import run_study
             if progress:
                 print(f"building the explorer data for the {'fast' if fast else 'full'} study (once; "
                       f"minutes when the model is not trained yet)…", flush=True)

@@ -20,9 +20,9 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from ..budget_rule import select_for_budget
+from ..budget_rule import select_points
 
-__all__ = ["OperatingPoint", "ExplorerModel", "Memo", "level_set_presets", "budget_curve", "select_points",
+__all__ = ["OperatingPoint", "ExplorerModel", "Memo", "level_set_presets", "chosen_points", "select_points",
            "exit_level_counts", "exit_errors", "examples_per_exit", "MAX_BUDGET"]
 
 MAX_BUDGET = 0.3   # above c_sat every method is flat; the slider stops here at the latest
@@ -77,15 +77,9 @@ def level_set_presets(level_names) -> dict[str, tuple[int, ...]]:
     return presets
 
 
-def select_points(points: pd.DataFrame, budgets) -> tuple[np.ndarray, np.ndarray]:
-    """The budget rule on a points table (``cost_calib, acc_calib``): (row index, feasible) per budget."""
-    cc, ac = points["cost_calib"].to_numpy(), points["acc_calib"].to_numpy()
-    chosen = [select_for_budget(cc, ac, float(b)) for b in budgets]
-    return np.array([i for i, _ in chosen], dtype=int), np.array([ok for _, ok in chosen], dtype=bool)
-
-
-def budget_curve(points: pd.DataFrame, budgets) -> pd.DataFrame:
-    """The curve as reported: for each budget, the knob the calib rule picks and its test point."""
+def chosen_points(points: pd.DataFrame, budgets) -> pd.DataFrame:
+    """For each budget, the knob row the calib rule picks and its test point (one method, one level
+    set; :func:`quee_kit.analysis.budget_curve` is the same over the seeds of live studies)."""
     idx, _ = select_points(points, budgets)
     return pd.DataFrame({"budget": np.asarray(budgets, float), "knob": idx,
                          "cost": points["cost_test"].to_numpy()[idx],
@@ -122,14 +116,14 @@ def exit_errors(node: np.ndarray, err_hat: np.ndarray | None, exit_option: np.nd
     return np.where(np.isfinite(e), e, fallback)
 
 
-def examples_per_exit(node: np.ndarray, depth: np.ndarray, k: int, err: np.ndarray) -> dict[int, np.ndarray]:
+def examples_per_exit(node: np.ndarray, depth: np.ndarray, k: int, err_hat: np.ndarray) -> dict[int, np.ndarray]:
     """Up to ``k`` test sample indices per exit (1..L), spread evenly over the exit's predicted
-    errors ``err`` (lowest first), so each row shows confident and doubtful inputs alike."""
+    errors ``err_hat`` (lowest first), so each row shows confident and doubtful inputs alike."""
     d = depth[np.asarray(node)]
     out = {}
     for t in range(1, int(depth.max()) + 1):
         idx = np.flatnonzero(d == t)
-        order = idx[np.argsort(err[idx], kind="stable")]
+        order = idx[np.argsort(err_hat[idx], kind="stable")]
         if len(order) > k:
             order = order[np.unique(np.linspace(0, len(order) - 1, k).round().astype(int))]
         out[t] = order
@@ -226,8 +220,8 @@ class ExplorerModel:
 
     # ------------------------------------------------------------------- the numbers
     def resolve(self, p: OperatingPoint) -> dict:
-        """Everything shown for a (normalized) point; memoized. Keys: method, mode, budget, lambda,
-        entry, knob, knob_index, has_lambda, has_entry, feasible (None in λ mode), accuracy, cost (test,
+        """Everything shown for a (normalized) point; memoized. Keys: method, mode, budget, lambda (NaN for a
+        method without λ), knob_name and knob_value (its continuous knob: λ, τ, r, p; None/NaN without), entry, knob, knob_index, has_lambda, has_entry, feasible (None in λ mode), accuracy, cost (test,
         normalized BOPs), level_set, levels, n, setting, color, node ((N,) final node per test sample)."""
         p = self.normalize(p)
         return self._views.get(p, lambda: self._resolve(p))
@@ -243,7 +237,9 @@ class ExplorerModel:
         knob = tab.knobs[i]
         desc = tab.describe(knob)
         row = tab.points.iloc[i]
-        return {"method": p.method, "mode": p.mode, "budget": p.budget, "lambda": float(desc["lambda"]),
+        value = float(desc["value"])
+        return {"method": p.method, "mode": p.mode, "budget": p.budget,
+                "lambda": value if tab.has_lambda else float("nan"), "knob_name": tab.knob_name, "knob_value": value,
                 "entry": str(desc["entry"]), "knob": knob, "knob_index": int(i), "has_lambda": tab.has_lambda,
                 "has_entry": tab.has_entry, "feasible": feasible, "accuracy": float(row["acc_test"]),
                 "cost": float(row["cost_test"]), "level_set": p.level_set,

@@ -18,9 +18,11 @@ from matplotlib.figure import Figure
 
 from ..styles import method_style
 from .figure import DPI, ExplorerFigure
-from .state import ExplorerModel, Memo, budget_curve, examples_per_exit, exit_level_counts
+from .state import ExplorerModel, Memo, chosen_points, examples_per_exit, exit_level_counts
 
 __all__ = ["BudgetExplorer"]
+
+KNOB_SYMBOLS = {"lambda": "λ", "tau": "τ"}   # how the readout writes a method's continuous knob
 
 _TIPS = {"mode": "drive the operating point by a budget (the budget rule picks the knob) or by λ directly",
          "method": "QuEE, its ablations, the baselines and the bounds",
@@ -87,8 +89,8 @@ class BudgetExplorer:
         self.readout = w.HTML(layout=w.Layout(min_height="3.2em"),
                               tooltip="the operating point: test accuracy and cost, and the knob chosen")
         self.readout.add_class("quee-readout-widget")
-        self._fig = ExplorerFigure(data.level_names, int(data.depth.max()), self._images, self.k, dpi=dpi)
-        width, height = self._fig.canvas.get_width_height()
+        self.figure = ExplorerFigure(data.level_names, int(data.depth.max()), self._images, self.k, dpi=dpi)
+        width, height = self.figure.canvas.get_width_height()
         # shown at exactly its pixel size (no stretching); a narrower page scrolls instead of shrinking it
         self.image = w.Image(format="png", layout=w.Layout(width=f"{width}px", min_width=f"{width}px",
                                                            height=f"{height}px"))
@@ -142,7 +144,7 @@ class BudgetExplorer:
         for name in dict.fromkeys([method, "best-single", "oracle"]):
             if name not in self.names:
                 continue
-            df = budget_curve(self.model.table(name, level_set).points, self.budget_grid)
+            df = chosen_points(self.model.table(name, level_set).points, self.budget_grid)
             df = df.loc[df["knob"].ne(df["knob"].shift())]   # one point per distinct knob
             curves.append((name, df))
             accs.append(df["accuracy"].to_numpy())
@@ -160,13 +162,13 @@ class BudgetExplorer:
         d, node = self.data, view["node"]
         i = np.arange(len(node))
         tab = self.model.table(view["method"], view["level_set"])
-        err = d.err_exit[tab.err_key][node, i] if tab.err_key else 1.0 - d.max_prob[node, i]
+        err_hat = d.err_hat_exit[tab.err_key][node, i] if tab.err_key else 1.0 - d.max_prob[node, i]
         correct = d.correct[node, i]
-        examples = examples_per_exit(node, d.depth, self.k, err)
+        examples = examples_per_exit(node, d.depth, self.k, err_hat)
         counts = exit_level_counts(node, d.depth, d.level, d.level_names)
         note = (f"budget {view['budget']:.4f}" if view["mode"] == "budget"
                 else f"λ = {view['lambda']:.3g}, entry {view['entry']}")
-        fig.set_state(view, correct, err, counts, examples, d.depth[node], note)
+        fig.set_state(view, correct, err_hat, counts, examples, d.depth[node], note)
 
     def _render(self, view: dict) -> bytes:
         """Two cached pixel layers: the curves per (method, level set), and over them the panels per
@@ -174,18 +176,18 @@ class BudgetExplorer:
         m, ls = view["method"], view["level_set"]
 
         def background():
-            self._curves(self._fig, m, ls)
-            return self._fig.background(), self._fig.ax_curve.get_ylim()
+            self._curves(self.figure, m, ls)
+            return self.figure.background(), self.figure.ax_curve.get_ylim()
 
         bg, ylim = self._backgrounds.get((m, ls), background)
 
         def layer():
-            self._panels(self._fig, view)
-            return self._fig.render_state(bg)
+            self._panels(self.figure, view)
+            return self.figure.render_state(bg)
         layer_px = self._layers.get((m, ls, view["knob_index"]), layer)
-        self._fig.ax_curve.set_ylim(*ylim)    # the y range is per method: the star must use this one
-        self._fig.set_pointer(view)
-        return self._fig.render_png(layer_px)
+        self.figure.ax_curve.set_ylim(*ylim)    # the y range is per method: the star must use this one
+        self.figure.set_pointer(view)
+        return self.figure.render_png(layer_px)
 
     def _with(self, s, method, level_set, budget):
         """``s`` with the given method, level set and budget (budget mode); ``None`` keeps the field."""
@@ -217,11 +219,13 @@ class BudgetExplorer:
             feas = ("feasible" if v["feasible"] else
                     '<b class="quee-infeasible">infeasible on calib: cheapest knob shown (hollow star)</b>')
             where = f'<span class="quee-budget">budget: {v["budget"]:.4f}</span> ({feas})'
-            knob = f"entry: {html.escape(v['entry'])} · {'λ' if v['has_lambda'] else 'knob'}: {_fmt(v['lambda'])}"
+            knob = f"entry: {html.escape(v['entry'])}"
+            if v["knob_name"]:
+                knob += f" · {KNOB_SYMBOLS.get(v['knob_name'], v['knob_name'])}: {_fmt(v['knob_value'])}"
         else:
             where = f'<span class="quee-lambda">λ: {_fmt(v["lambda"])}</span>'
             knob = f"entry: {html.escape(v['entry'])}"
-        star_x, star_y = self._fig.star_pixel()
+        star_x, star_y = self.figure.star_pixel()
         attrs = {"method": v["method"], "mode": v["mode"], "budget": repr(v["budget"]), "lambda": repr(v["lambda"]),
                  "entry": v["entry"], "feasible": str(v["feasible"]).lower(), "color": color,
                  "star-x": f"{star_x:.1f}", "star-y": f"{star_y:.1f}", "setting": v["setting"]}

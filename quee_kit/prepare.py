@@ -1,4 +1,4 @@
-"""The first stage, composed: data -> backbone + exits -> levels -> costs -> path caches.
+"""Stage one, composed: data -> backbone + exits -> levels -> costs -> path caches.
 
 Everything expensive is an artifact under ``cfg.cache_dir`` keyed by the hash of what
 built it, so notebooks and the CLI share one trained model and one cache per split.
@@ -18,22 +18,16 @@ import torch
 from . import distributed
 from .artifacts import content_hash, load_or_build, tensor_digest
 from .backends import to_backend
-from .config import PROJECT_ROOT, Config
+from .config import Config, cache_dir, key_fields
 from .costs import CostModel
 from .data import Dataset, load_dataset
 from .models import BACKBONES, EarlyExitModel, build_model
 from .parallel import one_thread, resolve_jobs, run_jobs
-from .paths import PathCache, PathTree, _features, build_path_cache
-from .quant import FLOAT_BITS, REF_DTYPES, CastBlock, Level, apply_level, parse_level
+from .paths import PathCache, PathTree, build_path_cache
+from .quant import REF_DTYPES, CastBlock, Level, apply_level, config_levels
 from .train import train_early_exit
 
-__all__ = ["Prepared", "prepare", "cache_path", "sorted_levels", "exits_table", "peak_memory_mb", "load_data"]
-
-
-def sorted_levels(names: list[str]) -> list[Level]:
-    """Levels ordered by cost per MAC, costliest (the reference) first."""
-    return sorted((parse_level(s) for s in names), key=lambda l: (l.w_bits * l.a_bits, l.a_bits, l.w_bits),
-                  reverse=True)
+__all__ = ["Prepared", "prepare", "load_cache", "cache_path", "exits_table", "peak_memory_mb", "load_data"]
 
 
 def peak_memory_mb() -> float:
@@ -42,8 +36,8 @@ def peak_memory_mb() -> float:
 
 @dataclass
 class Prepared:
-    """Everything downstream stages need. ``levels[0]`` is the reference; ``qblocks[q][t]`` is
-    block ``t`` at ``levels[q]``; ``caches`` maps split name -> :class:`PathCache`."""
+    """Everything downstream stages need. ``levels[0]`` is the reference; ``qblocks[q][t - 1]`` is
+    block ``t`` (1-based depth) at ``levels[q]``; ``caches`` maps split name -> :class:`PathCache`."""
     cfg: Config
     data: Dataset
     model: EarlyExitModel
@@ -58,12 +52,6 @@ class Prepared:
     @property
     def ref(self) -> Level:
         return self.levels[0]
-
-
-def _cache_dir(cfg: Config) -> Path:
-    """A relative ``cache_dir`` lives under the project root, shared by the CLI and the notebooks."""
-    p = Path(cfg.cache_dir)
-    return p if p.is_absolute() else PROJECT_ROOT / p
 
 
 def load_data(cfg: Config) -> Dataset:
@@ -113,7 +101,7 @@ def prepare(cfg: Config, splits: tuple[str, ...] = ("calib", "test"), progress: 
                              *([_weights_digest(cfg.model)] if cfg.model.checkpoint else []))
     t0 = time.perf_counter()
     with distributed.main_first():  # under torchrun rank 0 trains, the others then load its checkpoint
-        ckpt = load_or_build(_cache_dir(cfg) / f"model-{model_key[:16]}.pt", model_key,
+        ckpt = load_or_build(cache_dir(cfg) / f"model-{model_key[:16]}.pt", model_key,
                              lambda: _train_model(cfg, data, progress), what="checkpoint")
     timings["train_seconds"] = ckpt["train"]["seconds"]
     # heads-only: the backbone pass and head training apart; on CUDA, the stage's peak memory
@@ -124,18 +112,18 @@ def prepare(cfg: Config, splits: tuple[str, ...] = ("calib", "test"), progress: 
                         data.num_classes)
     model.load_state_dict(ckpt["state_dict"])
     model.to(cfg.device).eval()
-    levels = sorted_levels(cfg.quant.levels)
+    levels = config_levels(cfg.quant)
     q = cfg.quant
     costs = CostModel(model.cpu(), data.image_shape, levels, levels[0], q.quantize_attention)
     model.to(cfg.device)
     tree = PathTree(levels, model.depth, cfg.paths.family)
     # Quantized once, here: the weights are rounded ahead of time; the path cache and the engine both run
     # these blocks, so they compute with the same backend.
-    qblocks = {i: [to_backend(apply_level(b, lv, q.act_granularity, q.clip_percentile, q.quantize_attention),
-                              q.backend) for b in model.blocks] for i, lv in enumerate(levels)}
+    qblocks = {i: [to_backend(apply_level(b, lv, q.quantize_attention), q.backend)
+                   for b in model.blocks] for i, lv in enumerate(levels)}
     if q.ref_dtype != "float32":  # float levels (the reference) run in that dtype
         for i, lv in enumerate(levels):
-            if min(lv.w_bits, lv.a_bits) >= FLOAT_BITS:
+            if lv.is_float:
                 qblocks[i] = [CastBlock(b, REF_DTYPES[q.ref_dtype]) for b in qblocks[i]]
     weights = tensor_digest(model.state_dict())
     prep = Prepared(cfg, data, model, levels, costs, tree, qblocks, timings=timings, model_hash=weights)
@@ -152,17 +140,16 @@ def _build_split_cache(cfg: Config, split: str) -> None:
 
 
 def cache_path(prep: Prepared, split: str) -> tuple[str, Path]:
-    """The key and file of the path cache of ``split`` (keyed by data, weights, levels, family, quant options)."""
-    cfg, q = prep.cfg, prep.cfg.quant
-    key = content_hash("cache", prep.data.digest, split, prep.model_hash, [l.name for l in prep.levels],
-                       cfg.paths.family, q.act_granularity, q.clip_percentile, q.quantize_attention,
-                       *([q.ref_dtype] if q.ref_dtype != "float32" else []),  # default keys unchanged
-                       *([q.backend] if q.backend != "fake" else []))
-    return key, _cache_dir(cfg) / f"cache-{split}-{key[:16]}.pt"
+    """The key and file of the path cache of ``split``: the data, the weights, the levels and the paths and
+    quant config sections, each as a whole (:func:`~quee_kit.config.key_fields`)."""
+    cfg = prep.cfg
+    key = content_hash("cache", prep.data.digest, split, prep.model_hash, [dataclasses.asdict(l) for l in prep.levels],
+                       key_fields(cfg.paths), key_fields(cfg.quant))
+    return key, cache_dir(cfg) / f"cache-{split}-{key[:16]}.pt"
 
 
 def load_cache(prep: Prepared, split: str, progress: bool = True) -> PathCache | None:
-    """Load or build the path cache of ``split`` (keyed by data, weights, levels, family, quant options).
+    """Load or build the path cache of ``split`` (keyed as :func:`cache_path` says).
 
     Inside a torch.distributed process group (``torchrun``) the samples are sharded across ranks
     (:func:`_load_cache_sharded`): rank 0 gets the cache, the other ranks ``None``.
@@ -186,10 +173,8 @@ def load_cache(prep: Prepared, split: str, progress: bool = True) -> PathCache |
             return None
     else:
         payload = load_or_build(path, key, build, what=f"{split} cache")
-    cache = PathCache(prep.tree, payload["logits"], payload["y"], payload["node_cost"], payload["static_cost"],
-                      stats=payload["stats"])
-    cache.features = _features(prep.tree, cache.logits)
-    return cache
+    return PathCache(prep.tree, payload["logits"], payload["y"], payload["node_cost"], payload["static_cost"],
+                     stats=payload["stats"])
 
 
 def _load_cache_sharded(prep: Prepared, split: str, path: Path, key: str, progress: bool) -> dict | None:

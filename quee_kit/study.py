@@ -1,0 +1,229 @@
+"""A study: the prepared caches of one seed, its fitted predictors, every method and its points.
+
+:func:`run_study` composes the stages: :func:`~quee_kit.prepare.prepare` (model and path caches),
+cross-fitted error predictors per QuEE variant, the QuEE policies and every registered baseline
+(:mod:`quee_kit.methods`), and every method's knobs evaluated on calib and test
+(:func:`method_points`). The budget rule on those points (:func:`select_points`) is the one every
+method and the explorer share.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from . import baselines  # noqa: F401  (registers the baselines)
+from .artifacts import ArtifactError, content_hash, load_artifact, save_artifact
+from .config import Config, ConfigError, cache_dir, key_fields
+from .methods import MethodContext, build_methods
+from .options import OptionSpace
+from .parallel import resolve_jobs, run_jobs
+from .paths import FEATURE_NAMES
+from .budget_rule import select_points  # re-exported: the rule on a points table
+from .policy import QueePolicy, lambda_grid
+from .predictors import (CrossFitted, fit_cross_fitted, predictor_from_state, predictor_macs,
+                         predictor_quality)
+from .prepare import Prepared, load_data, prepare
+
+__all__ = ["Study", "run_study", "run_studies", "fit_variants", "fit_variant", "method_points", "select_points", "points_auc", "QUEE_VARIANTS",
+           "check_config_against_data", "PREDICTOR_FIT_VERSION"]
+
+# name -> (predictor overrides, option restriction); "quee" uses the config's predictor as it is. More MLP
+# ablations (no history, one MLP per depth, k-NN targets, K sweep): quee_kit.analysis.target_variants.
+QUEE_VARIANTS = {
+    "quee": ({}, "all"),
+    "quee-binned": ({"kind": "binned"}, "all"),
+    "quee-mlp": ({"kind": "mlp"}, "all"),
+    "quee-raw": ({"kind": "mlp", "targets": "raw"}, "all"),
+    "quee-exit-only": ({}, "exit-only"),
+    "quee-quant-only": ({}, "quant-only"),
+}
+
+
+def check_config_against_data(cfg: Config) -> None:
+    """Checks that need the split sizes (cheap: loads the arrays, trains nothing)."""
+    data = load_data(cfg)
+    fold = len(data.calib) * (cfg.predictor.folds - 1) // cfg.predictor.folds
+    if cfg.predictor.targets == "kmeans" and cfg.predictor.K > fold:
+        raise ConfigError(f"config: predictor.K must be <= the calib samples of a training fold ({fold}) "
+                          f"(got {cfg.predictor.K})")
+    if cfg.predictor.folds > len(data.calib):
+        raise ConfigError(f"config: predictor.folds must be <= the calib size {len(data.calib)} "
+                          f"(got {cfg.predictor.folds})")
+
+
+@dataclass
+class Study:
+    """All methods of one seed evaluated on its caches.
+
+    ``points[method]``: DataFrame of every knob (cost/accuracy on calib and test);
+    ``methods[name]``: the method objects; ``quality``: predictor quality per QuEE variant;
+    ``predictors[name]``: its fold models, feature columns and error estimates per split; ``cfg``:
+    the config the study ran (its predictor and eval sections may differ from ``prep.cfg``'s when a
+    prepared stage one was passed in).
+    """
+    prep: Prepared
+    opts: OptionSpace
+    methods: dict
+    points: dict[str, pd.DataFrame]
+    quality: dict
+    predictors: dict = field(default_factory=dict)  # QuEE variant -> fit_variant output: err_hat per split, final, call_cost
+    timings: dict = field(default_factory=dict)
+    cfg: Config | None = None
+
+    def __post_init__(self):
+        self.cfg = self.cfg or self.prep.cfg
+
+    def select(self, method: str, budget: float):
+        """(knob, feasible) chosen on calib for ``budget`` by the shared rule."""
+        (i,), (ok,) = select_points(self.points[method], [budget])
+        return self.methods[method].knobs[i], bool(ok)
+
+    def at_budget(self, method: str, budget: float, split: str = "test"):
+        knob, ok = self.select(method, budget)
+        return knob, ok, self.methods[method].outcome(split, knob)
+
+    def engine(self, method: str, budget: float):
+        """The :class:`~quee_kit.engine.DynamicModel` running ``method`` (a QuEE variant) at ``budget``."""
+        from .engine import DynamicModel
+        (entry, lam), _ = self.select(method, budget)
+        p, m, prep = self.predictors[method], self.methods[method], self.prep
+        return DynamicModel(prep.model, prep.qblocks, prep.costs, p["final"], self.opts, entry, lam, m.mask,
+                            m.call_cost)
+
+
+# Bump when the fitting procedure changes, so that predictors fitted the old way are rebuilt.
+PREDICTOR_FIT_VERSION = 3  # 3: every fit on one thread (MLP bits no longer depend on the core count)
+
+
+def fit_variants(prep: Prepared, opts: OptionSpace, pcfgs: list, seed: int, progress: bool) -> list[dict]:
+    """Cross-fitted predictors for each predictor config in ``pcfgs`` (fold predictors + one refitted on all
+    of calib), each cached as an artifact; the missing ones are fitted together, every fit on one thread,
+    shared out over ``cfg.jobs`` worker processes (the same numbers as one after another). Per config:
+    calib (out-of-fold) and test estimates ``err_hat`` (keys ``calib``, ``test``), the refitted predictor
+    (``final``) and the normalized cost of one call (``call_cost``, known from the config before fitting)."""
+    keys = [content_hash("predictors", PREDICTOR_FIT_VERSION, prep.model_hash, prep.data.digest,
+                         [l.name for l in prep.levels], prep.tree.family, dataclasses.asdict(pcfg), seed,
+                         key_fields(prep.cfg.quant), FEATURE_NAMES)  # a change of features makes old ones stale
+            for pcfg in pcfgs]
+    paths = [cache_dir(prep.cfg) / f"predictors-{key[:16]}.pt" for key in keys]
+    arts = []
+    for path, key in zip(paths, keys):
+        try:
+            arts.append(load_artifact(path, key))
+        except ArtifactError:
+            arts.append(None)
+    missing = [i for i, a in enumerate(arts) if a is None]
+    if missing:
+        fits = fit_cross_fitted(prep.caches["calib"], opts, [pcfgs[i] for i in missing], seed, progress,
+                                jobs=prep.cfg.jobs)
+        for i, cf in zip(missing, fits):
+            arts[i] = {"folds": [m.state() for m in cf.folds], "final": cf.final.state(), "fold_of": cf.fold_of}
+            save_artifact(paths[i], keys[i], arts[i])
+    out = []
+    for pcfg, art in zip(pcfgs, arts):
+        cf = CrossFitted([predictor_from_state(s) for s in art["folds"]], predictor_from_state(art["final"]),
+                         art["fold_of"])
+        macs = predictor_macs(pcfg, opts.n_options)
+        if cf.final.macs != macs:
+            raise RuntimeError(f"predictor MACs {cf.final.macs} differ from its config's {macs}")
+        out.append({**cf.predict(prep.caches["calib"], prep.caches["test"], opts), "final": cf.final,
+                    "call_cost": prep.costs.call_cost(macs)})
+    return out
+
+
+def fit_variant(prep: Prepared, opts: OptionSpace, pcfg, seed: int, progress: bool) -> dict:
+    """:func:`fit_variants` for one predictor config."""
+    return fit_variants(prep, opts, [pcfg], seed, progress)[0]
+
+
+def _predictor_configs(cfg: Config, variants: dict) -> dict:
+    """Distinct predictor configs of ``variants`` (variants with one config share one fit), by a JSON key."""
+    pcfgs = {}
+    for pover, _ in variants.values():
+        pcfg = dataclasses.replace(cfg.predictor, **pover)
+        pcfgs.setdefault(json.dumps(dataclasses.asdict(pcfg), sort_keys=True), pcfg)
+    return pcfgs
+
+
+def run_study(cfg: Config, progress: bool = True, variants: dict | None = None, prep: Prepared | None = None) -> Study:
+    """Prepare caches, fit predictors (cross-fitted), evaluate every method's knobs on calib and test."""
+    t0 = time.perf_counter()
+    prep = prep or prepare(cfg, progress=progress)
+    caches = prep.caches
+    opts = OptionSpace(prep.tree, caches["calib"].node_cost)
+    timings = {"prepare_seconds": time.perf_counter() - t0, **prep.timings}
+    lambdas = lambda_grid(cfg.eval.lambda_grid)
+    methods, quality, predictors = {}, {}, {}
+    t1 = time.perf_counter()
+    variants = variants or QUEE_VARIANTS
+    pcfgs = _predictor_configs(cfg, variants)
+    fitted = dict(zip(pcfgs, fit_variants(prep, opts, list(pcfgs.values()), cfg.seed, progress)))
+    for fit in fitted.values():
+        fit["quality"] = predictor_quality(fit["test"], caches["test"], opts)
+    for name, (pover, variant) in variants.items():
+        pkey = json.dumps(dataclasses.asdict(dataclasses.replace(cfg.predictor, **pover)), sort_keys=True)
+        quality[name] = fitted[pkey]["quality"]                       # every name, also a shared fit's
+        predictors[name] = fitted[pkey]
+        # every call is charged: the cost of one call of the predictor that made the estimates
+        methods[name] = QueePolicy(name, fitted[pkey], caches, opts, lambdas, variant,
+                                   call_cost=fitted[pkey]["call_cost"])
+    timings["predictor_seconds"] = time.perf_counter() - t1
+    methods.update(build_methods(MethodContext(caches, opts, lambdas, cfg.seed, built=dict(methods))))
+    t2 = time.perf_counter()
+    points = {name: method_points(m) for name, m in tqdm(methods.items(), desc="methods",
+                                                          disable=not progress, leave=False)}
+    timings["evaluate_seconds"] = time.perf_counter() - t2
+    return Study(prep, opts, methods, points, quality, predictors, timings, cfg)
+
+
+def _warm_seed(shared, seed: int) -> None:
+    cfg, variants = shared
+    cfg = dataclasses.replace(cfg, seed=seed, jobs=1)
+    torch.manual_seed(seed)
+    prep = prepare(cfg, progress=False)
+    fit_variants(prep, OptionSpace(prep.tree, prep.caches["calib"].node_cost),
+                 list(_predictor_configs(cfg, variants).values()), seed, progress=False)
+
+
+def run_studies(cfg: Config, seeds, progress: bool = True, variants: dict | None = None) -> list[Study]:
+    """:func:`run_study` for every seed. With several seeds, each seed's model, caches and predictors are
+    first built (where not cached) in ``cfg.jobs`` worker processes, one seed per core: every piece runs
+    on one thread either way, so the studies are the serial ones."""
+    seeds = list(seeds)
+    if len(seeds) > 1 and resolve_jobs(cfg.jobs) > 1:
+        run_jobs(_warm_seed, seeds, cfg.jobs, shared=(cfg, variants or QUEE_VARIANTS),
+                 desc="seeds (models, caches, predictors)" if progress else None)
+    studies = []
+    for seed in tqdm(seeds, desc="seeds", disable=not progress or len(seeds) == 1):
+        torch.manual_seed(seed)
+        studies.append(run_study(dataclasses.replace(cfg, seed=seed), progress, variants))
+    return studies
+
+
+def method_points(method) -> pd.DataFrame:
+    """Every knob of ``method`` on calib and test: its named fields (``describe``) plus ``cost_calib, acc_calib,
+    cost_test, acc_test`` (mean normalized BOPs and accuracy), one row per knob."""
+    batch = {sp: method.outcomes(sp) for sp in ("calib", "test")}
+    rows = []
+    for knob, oc, ot in zip(method.knobs, batch["calib"], batch["test"]):
+        rows.append({**method.describe(knob), "cost_calib": oc.mean_cost, "acc_calib": oc.accuracy,
+                     "cost_test": ot.mean_cost, "acc_test": ot.accuracy})
+    df = pd.DataFrame(rows)
+    named = [c for c in dict.fromkeys(["entry", *method.knob_fields]) if c in df]   # a union's fields: NaN where absent
+    return df[named + [c for c in df if c not in named]]
+
+
+def points_auc(points: pd.DataFrame, auc_range, n: int = 41) -> float:
+    """AUC: mean test accuracy of the budget rule's choice over ``n`` budgets evenly spaced in
+    ``auc_range``; a budget the method cannot meet on calib scores 0 there (no operating point)."""
+    idx, ok = select_points(points, np.linspace(auc_range[0], auc_range[1], n))
+    return float(np.where(ok, points["acc_test"].to_numpy()[idx], 0.0).mean())
+
+
