@@ -55,6 +55,9 @@ class DataConfig:
     verify: bool = True             # md5 of CIFAR/SVHN files must match the official release (false: any copy)
     workers: int = 4                # image-decoding workers for image folders (imagenet)
     image_size: int | None = None   # image folders: side decoded to; None = the backbone's input size (else 224)
+    # Data dials in [0, 1] (quee_kit/dials.py, fixed seed): 0 = the plain data. In-memory datasets only.
+    difficulty: float = 0.0         # the same random warp + noise for every image, scaled by the dial
+    heterogeneity: float = 0.0      # per-image contrast / brightness / noise drawn from a spread scaled by the dial
 
     def validate(self, p: str) -> None:
         from .dataset_files import check_files
@@ -74,6 +77,9 @@ class DataConfig:
             _fail(f"{p}.image_size", "null or an int >= 8", self.image_size)
         if self.sizes is not None and (len(self.sizes) != 3 or min(self.sizes) < 1):
             _fail(f"{p}.sizes", "null or three positive ints [train, calib, test]", self.sizes)
+        for k in ("difficulty", "heterogeneity"):
+            if not 0.0 <= getattr(self, k) <= 1.0:
+                _fail(f"{p}.{k}", "a number in [0, 1] (0 = the plain data)", getattr(self, k))
 
 
 @dataclass

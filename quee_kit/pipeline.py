@@ -71,7 +71,7 @@ def load_data(cfg: Config) -> Dataset:
     input_config = getattr(BACKBONES.get(cfg.model.arch), "input_config", None)
     return load_dataset(d.name, split_seed=d.split_seed, sizes=tuple(d.sizes) if d.sizes else None,
                         data_dir=d.root, download=d.download, verify=d.verify, workers=d.workers,
-                        image_size=d.image_size,
+                        image_size=d.image_size, difficulty=d.difficulty, heterogeneity=d.heterogeneity,
                         input_config=(lambda: input_config(cfg.model)) if input_config else None)
 
 
