@@ -220,6 +220,9 @@ class EvalConfig:
     lambda_grid: int = 120        # log-spaced lambda values (plus 0) swept per entry level
     bootstrap: int = 2000         # paired bootstrap resamples for the 95% intervals
     seeds: list[int] = field(default_factory=lambda: [0])
+    # QuEE variants to fit and report (quee_kit.evaluate.QUEE_VARIANTS); null = all. quee and quee-exit-only
+    # share one fit, so [quee, quee-exit-only] costs one predictor fit per seed instead of four.
+    variants: list[str] | None = None
 
     def validate(self, p: str) -> None:
         if not self.budgets or min(self.budgets) <= 0:
@@ -232,6 +235,11 @@ class EvalConfig:
             _fail(f"{p}.bootstrap", "an int >= 100", self.bootstrap)
         if not self.seeds:
             _fail(f"{p}.seeds", "a non-empty list of ints", self.seeds)
+        if self.variants is not None:
+            from .evaluate import QUEE_VARIANTS
+            if "quee" not in self.variants or not set(self.variants) <= set(QUEE_VARIANTS):
+                _fail(f"{p}.variants", "null or a list holding quee and any of " + ", ".join(QUEE_VARIANTS),
+                      self.variants)
 
 
 @dataclass

@@ -309,12 +309,16 @@ def run_pipeline(cfg: Config, out: Path, progress: bool = True) -> dict:
     studies = []
     for seed in tqdm(cfg.eval.seeds, desc="seeds", disable=not progress or len(cfg.eval.seeds) == 1):
         torch.manual_seed(seed)
-        studies.append(run_study(dataclasses.replace(cfg, seed=seed), progress))
+        variants = None if cfg.eval.variants is None else {k: QUEE_VARIANTS[k] for k in cfg.eval.variants}
+        studies.append(run_study(dataclasses.replace(cfg, seed=seed), progress, variants))
     budgets, auc = budget_tables(studies, cfg.eval.budgets, cfg.eval.bootstrap, cfg.eval.auc_range)
     curves = curves_table(studies)
     _atomic_csv(curves, out / "curves.csv")
     _atomic_csv(budgets, out / "budgets.csv")
     _atomic_csv(quality_table(studies, cfg.eval.budgets), out / "predictor_quality.csv")
+    from .conditions import room_summary, room_table  # room for per-input precision (conditions.py)
+    room = room_table(studies)
+    _atomic_csv(room, out / "room.csv")
     cmins = [c_min_sat(s) for s in studies]
     auc_core = core_auc(studies)
 
@@ -340,6 +344,7 @@ def run_pipeline(cfg: Config, out: Path, progress: bool = True) -> dict:
         "auc": auc_summary(auc),
         "oracle_gap_share_core": gap_share(auc_core),
         "oracle_gap_share": gap_share(auc),
+        "room": room_summary(room),
         "predictors": {name: [s.quality.get(name) for s in studies] for name in studies[0].quality},
         "timings": {"total_seconds": time.perf_counter() - t0, "per_seed": [s.timings for s in studies],
                     "peak_memory_mb": peak_memory_mb()},
@@ -349,5 +354,5 @@ def run_pipeline(cfg: Config, out: Path, progress: bool = True) -> dict:
         pooled = budgets[budgets.seed == "all"]
         show = pooled[pooled.method.isin(["quee", "best-single", "oracle", "static-quant", "ee-confidence"])]
         print(show.pivot_table(index="method", columns="budget", values="accuracy").round(4).to_string())
-        print(f"wrote {out}/curves.csv, budgets.csv, predictor_quality.csv, summary.json in {summary['timings']['total_seconds']:.0f} s")
+        print(f"wrote {out}/curves.csv, budgets.csv, predictor_quality.csv, room.csv, summary.json in {summary['timings']['total_seconds']:.0f} s")
     return summary

@@ -45,3 +45,12 @@ def test_cli_rejects_bad_config_before_compute(tmp_path):
     assert r.returncode == 2
     assert r.stderr.strip().count("\n") == 0 and "quant.levels" in r.stderr
     assert not any(tmp_path.iterdir())  # nothing was computed or written
+
+
+def test_eval_variants_names_known_quee_variants():
+    from quee_kit.config import ConfigError, load_config
+    assert load_config(None, ["eval.variants=[quee, quee-exit-only]"]).eval.variants == ["quee", "quee-exit-only"]
+    with pytest.raises(ConfigError, match=r"eval\.variants must be null or a list holding quee"):
+        load_config(None, ["eval.variants=[quee-exit-only]"])
+    with pytest.raises(ConfigError, match=r"eval\.variants"):
+        load_config(None, ["eval.variants=[quee, quee-fancy]"])
