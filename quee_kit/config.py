@@ -140,6 +140,7 @@ class QuantConfig:
     clip_percentile: float | None = None  # e.g. 99.9 clips activations at that percentile of |x| (per sample)
     quantize_attention: bool = True       # attention matmuls at a_bits (and costed so) or float (costed at reference)
     ref_dtype: str = "float32"            # the float reference level runs in float32 | bfloat16 (costed at its bits either way)
+    residual: bool = False                # also quantize each block's input (the un-normalized residual stream) at a_bits
 
     def validate(self, p: str) -> None:
         from .quant import parse_level

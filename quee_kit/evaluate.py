@@ -114,12 +114,21 @@ class Study:
 PREDICTOR_FIT_VERSION = 2
 
 
+def _quant_key(q) -> dict:
+    """The quant config as the predictor key sees it: ``residual`` only when on, so that predictors fitted
+    before the option existed stay valid."""
+    d = dataclasses.asdict(q)
+    if not d.get("residual"):
+        d.pop("residual", None)
+    return d
+
+
 def _fit_variant(prep: Prepared, opts: OptionSpace, pcfg, seed: int, progress: bool):
     """Cross-fitted predictors for one predictor config (fold predictors + one refitted on all of calib),
     cached as an artifact; their calib (out-of-fold) and test estimates and the cost of one call."""
     key = content_hash("predictors", PREDICTOR_FIT_VERSION, prep.model_hash, prep.data.digest,
                        [l.name for l in prep.levels], prep.tree.family, dataclasses.asdict(pcfg), seed,
-                       dataclasses.asdict(prep.cfg.quant), FEATURE_NAMES)  # a change of features makes old ones stale
+                       _quant_key(prep.cfg.quant), FEATURE_NAMES)  # a change of features makes old ones stale
     path = _cache_dir(prep.cfg) / f"predictors-{key[:16]}.pt"
 
     def build():

@@ -22,7 +22,7 @@ from .costs import CostModel
 from .data import Dataset, load_dataset
 from .models import BACKBONES, EarlyExitModel, build_model
 from .paths import PathCache, PathTree, _features, build_path_cache
-from .quant import FLOAT_BITS, REF_DTYPES, CastBlock, Level, apply_level, parse_level
+from .quant import FLOAT_BITS, REF_DTYPES, CastBlock, Level, apply_level, parse_level, quantize_residual
 from .train import train_early_exit
 
 __all__ = ["Prepared", "prepare", "sorted_levels", "exits_table", "peak_memory_mb", "load_data"]
@@ -129,6 +129,9 @@ def prepare(cfg: Config, splits: tuple[str, ...] = ("calib", "test"), progress: 
     tree = PathTree(levels, model.depth, cfg.paths.family)
     qblocks = {i: [apply_level(b, lv, q.act_granularity, q.clip_percentile, q.quantize_attention)
                    for b in model.blocks] for i, lv in enumerate(levels)}
+    if q.residual:  # the residual stream entering each block quantized too (hypothesis of the conditions study)
+        qblocks = {i: [quantize_residual(b, levels[i], q.act_granularity, q.clip_percentile) for b in bs]
+                   for i, bs in qblocks.items()}
     if q.ref_dtype != "float32":  # float levels (the reference) run in that dtype
         for i, lv in enumerate(levels):
             if min(lv.w_bits, lv.a_bits) >= FLOAT_BITS:
@@ -149,7 +152,8 @@ def load_cache(prep: Prepared, split: str, progress: bool = True) -> PathCache |
     cfg, q = prep.cfg, prep.cfg.quant
     key = content_hash("cache", prep.data.digest, split, prep.model_hash, [l.name for l in prep.levels],
                        cfg.paths.family, q.act_granularity, q.clip_percentile, q.quantize_attention,
-                       *([q.ref_dtype] if q.ref_dtype != "float32" else []))  # default keys unchanged
+                       *([q.ref_dtype] if q.ref_dtype != "float32" else []),  # default keys unchanged
+                       *(["residual"] if q.residual else []))
     sp = prep.data.split(split)
 
     def build():

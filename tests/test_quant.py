@@ -106,3 +106,15 @@ def test_parse_level():
     for bad in ["w1a8", "4a8", "w4", "w40a8"]:
         with pytest.raises(ValueError, match="level"):
             parse_level(bad)
+
+
+def test_quantize_residual_quantizes_the_block_input_only_below_float():
+    from quee_kit.quant import quantize_residual
+    torch.manual_seed(0)
+    block = torch.nn.Linear(8, 8)
+    x = torch.randn(3, 5, 8) * 4
+    assert quantize_residual(block, "w16a16", "token") is block        # the float reference is untouched
+    wrapped = quantize_residual(block, "w8a4", "token")
+    with torch.no_grad():
+        torch.testing.assert_close(wrapped(x), block(fake_quant_act(x, 4, "token")))
+        assert not torch.allclose(wrapped(x), block(x))                 # 4-bit input: the output changes
