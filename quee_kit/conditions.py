@@ -15,8 +15,8 @@ Room, on one split of a path cache (every number a share of samples or an AUROC)
   A right and B wrong, score = ê_B − ê_A. Both are *stratified* AUROCs: the chance that, at the same node
   and level pair, a flipped sample outranks an unflipped one (strata without both kinds are skipped), so a
   score that only tells levels apart (w4a4 flips more than w8a8) earns nothing. 0.5 = unpredictable.
-- ``oracle_uniform_gap``: core AUC of ``oracle`` − ``oracle-uniform`` (points): what perfect per-input
-  precision choice adds over one level per path, even with perfect knowledge.
+- ``oracle_uniform_gap``: core AUC of ``oracle`` − ``oracle-uniform`` on the split (points): what perfect
+  per-input precision choice adds over one level per path, even with perfect knowledge.
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 from scipy.stats import rankdata
 
-from .evaluate import Study, c_min_sat, points_auc
+from .evaluate import Study, c_min_sat, select_points
 from .paths import PathCache
 from .predictors import OptionSpace
 
@@ -107,13 +107,14 @@ def room_measures(err_hat: np.ndarray, cache: PathCache, opts: OptionSpace) -> d
 
 def room_table(studies: list[Study], variant: str = "quee") -> pd.DataFrame:
     """Per seed and split (calib: out-of-fold estimates; test: the refitted predictor), one row per exit
-    with the shares, and the node-level measures (flip rate, AUROCs) and ``oracle_uniform_gap`` (core AUC
-    points, test) repeated on every row of the seed."""
+    with the shares, and the node-level measures (flip rate, AUROCs) and ``oracle_uniform_gap`` (core AUC of
+    that split, points) repeated on every row of the seed and split."""
     rows = []
     for s in studies:
-        lo_hi = c_min_sat(s)
-        gap = 100 * (points_auc(s.points["oracle"], lo_hi) - points_auc(s.points["oracle-uniform"], lo_hi))
+        budgets = np.linspace(*c_min_sat(s), 41)                   # the core AUC's budgets
         for split in ("calib", "test"):
+            auc = {m: _split_auc(s.points[m], budgets, split) for m in ("oracle", "oracle-uniform")}
+            gap = 100 * (auc["oracle"] - auc["oracle-uniform"])
             m = room_measures(s.predictors[variant][split], s.prep.caches[split], s.opts)
             for t in range(s.prep.tree.L):
                 rows.append({"seed": s.prep.cfg.seed, "split": split, "exit": t + 1,
@@ -121,6 +122,13 @@ def room_table(studies: list[Study], variant: str = "quee") -> pd.DataFrame:
                              "flip_rate": m["flip_rate"], "flip_auroc": m["flip_auroc"],
                              "hurt_auroc": m["hurt_auroc"], "oracle_uniform_gap": gap})
     return pd.DataFrame(rows)
+
+
+def _split_auc(points: pd.DataFrame, budgets, split: str) -> float:
+    """Mean ``split`` accuracy of the budget rule's choice (made on calib) over ``budgets``; 0 where infeasible
+    (on test this is :func:`quee_kit.evaluate.points_auc`)."""
+    idx, ok = select_points(points, budgets)
+    return float(np.where(ok, points[f"acc_{split}"].to_numpy()[idx], 0.0).mean())
 
 
 def room_summary(table: pd.DataFrame | Study | list) -> dict:

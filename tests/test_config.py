@@ -34,7 +34,7 @@ def test_overrides_apply_and_types_coerce():
 
 
 def test_shipped_configs_are_valid():
-    for name in ["configs/mnist10k.yaml", "configs/digits.yaml"]:
+    for name in ["configs/mnist10k.yaml", "configs/digits.yaml", "configs/conditions.yaml"]:
         load_config(name)
 
 
