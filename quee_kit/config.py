@@ -55,6 +55,9 @@ class DataConfig:
     verify: bool = True             # md5 of CIFAR/SVHN files must match the official release (false: any copy)
     workers: int = 4                # image-decoding workers for image folders (imagenet)
     image_size: int | None = None   # image folders: side decoded to; None = the backbone's input size (else 224)
+    # Data dials in [0, 1] (quee_kit/dials.py, fixed seed): 0 = the plain data. In-memory datasets only.
+    difficulty: float = 0.0         # the same random warp + noise for every image, scaled by the dial
+    heterogeneity: float = 0.0      # per-image contrast / brightness / noise drawn from a spread scaled by the dial
 
     def validate(self, p: str) -> None:
         from .dataset_files import check_files
@@ -74,6 +77,9 @@ class DataConfig:
             _fail(f"{p}.image_size", "null or an int >= 8", self.image_size)
         if self.sizes is not None and (len(self.sizes) != 3 or min(self.sizes) < 1):
             _fail(f"{p}.sizes", "null or three positive ints [train, calib, test]", self.sizes)
+        for k in ("difficulty", "heterogeneity"):
+            if not 0.0 <= getattr(self, k) <= 1.0:
+                _fail(f"{p}.{k}", "a number in [0, 1] (0 = the plain data)", getattr(self, k))
 
 
 @dataclass
@@ -135,6 +141,7 @@ class QuantConfig:
     quantize_attention: bool = True       # attention matmuls at a_bits (and costed so) or float (costed at reference)
     ref_dtype: str = "float32"            # the float reference level runs in float32 | bfloat16 (costed at its bits either way)
     backend: str = "fake"                 # how quantized blocks compute: fake (float32) | compiled | int (int8 GEMMs) | int-compiled
+    residual: bool = False                # also quantize each block's input (the un-normalized residual stream) at a_bits
 
     def validate(self, p: str) -> None:
         from .quant import parse_level
@@ -217,6 +224,9 @@ class EvalConfig:
     lambda_grid: int = 120        # log-spaced lambda values (plus 0) swept per entry level
     bootstrap: int = 2000         # paired bootstrap resamples for the 95% intervals
     seeds: list[int] = field(default_factory=lambda: [0])
+    # QuEE variants to fit and report (quee_kit.evaluate.QUEE_VARIANTS); null = all. quee and quee-exit-only
+    # share one fit, so [quee, quee-exit-only] costs one predictor fit per seed instead of four.
+    variants: list[str] | None = None
 
     def validate(self, p: str) -> None:
         if not self.budgets or min(self.budgets) <= 0:
@@ -229,6 +239,11 @@ class EvalConfig:
             _fail(f"{p}.bootstrap", "an int >= 100", self.bootstrap)
         if not self.seeds:
             _fail(f"{p}.seeds", "a non-empty list of ints", self.seeds)
+        if self.variants is not None:
+            from .evaluate import QUEE_VARIANTS
+            if "quee" not in self.variants or not set(self.variants) <= set(QUEE_VARIANTS):
+                _fail(f"{p}.variants", "null or a list holding quee and any of " + ", ".join(QUEE_VARIANTS),
+                      self.variants)
 
 
 @dataclass

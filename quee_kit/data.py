@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from .dataset_files import DataError, default_data_dir  # default: $QUEE_KIT_DATA, else the repository's data/
+from .dials import apply_dials, check_dial
 
 MNIST10K_SHA256 = "c127f28ba6587b035da58af9c862de40ecd72470e8f3396f0cf542242845222b"
 REBUILD_HINT = "rebuild it with `python data/build_mnist10k.py`"
@@ -216,7 +217,8 @@ def _to_tensor(x: np.ndarray) -> torch.Tensor:
 
 
 def load_dataset(name: str, split_seed: int = 0, sizes: tuple[int, int, int] | None = None,
-                 data_dir: str | Path | None = None, **options) -> Dataset:
+                 data_dir: str | Path | None = None, difficulty: float = 0.0, heterogeneity: float = 0.0,
+                 **options) -> Dataset:
     """Load ``name`` and split it with a fixed-seed permutation.
 
     sizes: (train, calib, test) sample counts, default mnist10k 6000/2000/2000,
@@ -224,7 +226,14 @@ def load_dataset(name: str, split_seed: int = 0, sizes: tuple[int, int, int] | N
     official split, sizes cap (train, calib, test) and default to (rest, dataset calib, all).
     data_dir: folder holding the data (default: $QUEE_KIT_DATA or data/).
     options: passed to the loader (real datasets: download, verify, workers, input_config).
+    difficulty, heterogeneity: data dials in [0, 1] (:mod:`quee_kit.dials`), applied to the raw arrays
+    before the split (so they enter the digest); in-memory datasets only (not official splits).
     """
+    try:
+        check_dial("data.difficulty", difficulty)
+        check_dial("data.heterogeneity", heterogeneity)
+    except ValueError as e:
+        raise DataError(str(e)) from None
     if name.startswith("npz:"):
         x, y = _load_npz(name[4:])
     else:
@@ -232,9 +241,12 @@ def load_dataset(name: str, split_seed: int = 0, sizes: tuple[int, int, int] | N
         check_dataset_available(name, data_dir, options.get("download", False))
         raw = DATASETS[name](Path(data_dir) if data_dir is not None else default_data_dir(), **options)
         if isinstance(raw, OfficialSplits):
+            if difficulty or heterogeneity:
+                raise DataError(f"data.difficulty/heterogeneity: {name} has an official split; the dials apply "
+                                "to in-memory datasets (mnist10k, digits, npz:PATH)")
             return _split_official(name, raw, split_seed, sizes)
         x, y = raw
-    x, y = np.asarray(x), np.asarray(y)
+    x, y = apply_dials(np.asarray(x), difficulty, heterogeneity), np.asarray(y)
     n = len(y)
     if sizes is None and name == "mnist10k":
         sizes = (6000, 2000, 2000)

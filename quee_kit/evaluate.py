@@ -17,7 +17,7 @@ from .config import Config
 from .methods import scalar_knob
 from .predictors import exit_now_rows, quality_metrics
 from .prepare import peak_memory_mb
-from .study import Study, check_config_against_data, points_auc, run_studies
+from .study import QUEE_VARIANTS, Study, check_config_against_data, points_auc, run_studies
 
 __all__ = ["paired_bootstrap", "hierarchical_bootstrap", "budget_tables", "core_auc", "quality_table",
            "curves_table", "c_min_sat", "knob_value", "verdict", "oracle_gap_share", "run_pipeline"]
@@ -183,12 +183,16 @@ def run_pipeline(cfg: Config, out: Path, progress: bool = True) -> dict:
     check_config_against_data(cfg)
     t0 = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
-    studies = run_studies(cfg, cfg.eval.seeds, progress)
+    variants = None if cfg.eval.variants is None else {k: QUEE_VARIANTS[k] for k in cfg.eval.variants}
+    studies = run_studies(cfg, cfg.eval.seeds, progress, variants)
     budgets, auc = budget_tables(studies, cfg.eval.budgets, cfg.eval.bootstrap, cfg.eval.auc_range)
     curves = curves_table(studies)
     atomic_write_csv(out / "curves.csv", curves)
     atomic_write_csv(out / "budgets.csv", budgets)
     atomic_write_csv(out / "predictor_quality.csv", quality_table(studies, cfg.eval.budgets))
+    from .conditions import room_summary, room_table  # room for per-input precision (reads these studies)
+    room = room_table(studies)
+    atomic_write_csv(out / "room.csv", room)
     cmins = [c_min_sat(s) for s in studies]
     auc_core = core_auc(studies)
 
@@ -209,6 +213,7 @@ def run_pipeline(cfg: Config, out: Path, progress: bool = True) -> dict:
         "auc": auc_summary(auc),
         "oracle_gap_share_core": oracle_gap_share(auc_core),
         "oracle_gap_share": oracle_gap_share(auc),
+        "room": room_summary(room),
         "predictors": {name: [s.quality.get(name) for s in studies] for name in studies[0].quality},
         "timings": {"total_seconds": time.perf_counter() - t0, "per_seed": [s.timings for s in studies],
                     "peak_memory_mb": peak_memory_mb()},
@@ -218,5 +223,5 @@ def run_pipeline(cfg: Config, out: Path, progress: bool = True) -> dict:
         pooled = budgets[budgets.seed == "all"]
         show = pooled[pooled.method.isin(["quee", "best-single", "oracle", "static-quant", "ee-confidence"])]
         print(show.pivot_table(index="method", columns="budget", values="accuracy").round(4).to_string())
-        print(f"wrote {out}/curves.csv, budgets.csv, predictor_quality.csv, summary.json in {summary['timings']['total_seconds']:.0f} s")
+        print(f"wrote {out}/curves.csv, budgets.csv, predictor_quality.csv, room.csv, summary.json in {summary['timings']['total_seconds']:.0f} s")
     return summary

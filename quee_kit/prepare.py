@@ -24,7 +24,7 @@ from .data import Dataset, load_dataset
 from .models import BACKBONES, EarlyExitModel, build_model
 from .parallel import one_thread, resolve_jobs, run_jobs
 from .paths import PathCache, PathTree, build_path_cache
-from .quant import REF_DTYPES, CastBlock, Level, apply_level, config_levels
+from .quant import REF_DTYPES, CastBlock, Level, apply_level, config_levels, quantize_residual
 from .train import train_early_exit
 
 __all__ = ["Prepared", "prepare", "load_cache", "cache_path", "exits_table", "peak_memory_mb", "load_data"]
@@ -61,7 +61,7 @@ def load_data(cfg: Config) -> Dataset:
     input_config = getattr(BACKBONES.get(cfg.model.arch), "input_config", None)
     return load_dataset(d.name, split_seed=d.split_seed, sizes=tuple(d.sizes) if d.sizes else None,
                         data_dir=d.root, download=d.download, verify=d.verify, workers=d.workers,
-                        image_size=d.image_size,
+                        image_size=d.image_size, difficulty=d.difficulty, heterogeneity=d.heterogeneity,
                         input_config=(lambda: input_config(cfg.model)) if input_config else None)
 
 
@@ -119,7 +119,9 @@ def prepare(cfg: Config, splits: tuple[str, ...] = ("calib", "test"), progress: 
     tree = PathTree(levels, model.depth, cfg.paths.family)
     # Quantized once, here: the weights are rounded ahead of time; the path cache and the engine both run
     # these blocks, so they compute with the same backend.
-    qblocks = {i: [to_backend(apply_level(b, lv, q.quantize_attention), q.backend)
+    # q.residual: the residual stream entering each block is quantized too (a hypothesis of the conditions study)
+    qblocks = {i: [to_backend(quantize_residual(apply_level(b, lv, q.quantize_attention), lv) if q.residual
+                              else apply_level(b, lv, q.quantize_attention), q.backend)
                    for b in model.blocks] for i, lv in enumerate(levels)}
     if q.ref_dtype != "float32":  # float levels (the reference) run in that dtype
         for i, lv in enumerate(levels):

@@ -20,7 +20,8 @@ import torch.nn.functional as F
 from torch import nn
 
 __all__ = ["Level", "parse_level", "sorted_levels", "config_levels", "fake_quant_weight", "fake_quant_act", "ActQuant",
-           "QuantLinear", "QuantConv2d", "apply_level", "FLOAT_BITS", "CastBlock", "REF_DTYPES"]
+           "QuantLinear", "QuantConv2d", "apply_level", "FLOAT_BITS", "CastBlock", "REF_DTYPES", "ResidualQuant",
+           "quantize_residual"]
 
 FLOAT_BITS = 16  # bits >= this run in float32 (costed at their nominal bits)
 _LEVEL_RE = re.compile(r"^w(\d+)a(\d+)$")
@@ -210,3 +211,27 @@ class CastBlock(nn.Module):
 
     def forward(self, x):
         return self.block(x.to(self.dtype)).float()
+
+
+# ---------------------------------------------------------------- quantized residual stream (optional)
+
+class ResidualQuant(nn.Module):
+    """A block whose *input* (the residual stream, not normalized) is fake-quantized by ``act`` first, so
+    the stream a low level carries is stored at ``a_bits`` too (``quant.residual``). Costed like the block:
+    quantizing is elementwise work the cost model leaves out, as it does residual adds."""
+
+    def __init__(self, block: nn.Module, act: ActQuant):
+        super().__init__()
+        self.block, self.act = block, act
+
+    def forward(self, x):
+        return self.block(self.act(x))
+
+
+def quantize_residual(block: nn.Module, level: Level | str) -> nn.Module:
+    """``block`` (already quantized by :func:`apply_level`) with its input quantized at the level's
+    activation bits, granularity and clipping; a float level (a_bits >= 16) returns ``block`` unchanged."""
+    level = parse_level(level)
+    if level.a_bits >= FLOAT_BITS:
+        return block
+    return ResidualQuant(block, ActQuant(level.a_bits, level.granularity, level.clip_percentile)).eval()

@@ -60,6 +60,20 @@ def test_run_outputs(run_dir):
     assert s["oracle_gap_share"]["best-single"] == pytest.approx(0.0)
 
 
+def test_run_writes_the_room_for_per_input_precision(run_dir):
+    room = pd.read_csv(run_dir / "room.csv")
+    assert {"seed", "split", "exit", "dependent", "hurt", "help", "flip_rate", "flip_auroc", "hurt_auroc",
+            "oracle_uniform_gap"} <= set(room.columns)
+    assert len(room) == 2 * 2 * 4                       # seeds x splits x exits (digits: 4 blocks)
+    # a sample that a cheaper level hurts or helps has level-dependent correctness, never the other way round
+    assert (room.hurt <= room.dependent + 1e-12).all() and (room.help <= room.dependent + 1e-12).all()
+    assert room[["dependent", "flip_rate"]].stack().between(0, 1).all()
+    s = json.loads((run_dir / "summary.json").read_text())
+    assert set(s["room"]) == {"calib", "test"}
+    last = room[(room.split == "test") & (room.exit == 4)].dependent.mean()   # room.csv keeps 6 significant digits
+    assert s["room"]["test"]["dependent_share_last"] == pytest.approx(last, rel=1e-5)
+
+
 def test_same_config_and_seed_give_same_numbers(run_dir, tmp_path):
     # a second run reuses the cached artifacts and must report identical numbers
     out2 = tmp_path / "again"

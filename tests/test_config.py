@@ -35,7 +35,7 @@ def test_overrides_apply_and_types_coerce():
 
 
 def test_shipped_configs_are_valid():
-    for name in ["configs/mnist10k.yaml", "configs/digits.yaml"]:
+    for name in ["configs/mnist10k.yaml", "configs/digits.yaml", "configs/conditions.yaml"]:
         load_config(name)
 
 
@@ -70,3 +70,12 @@ def test_notebook_setup_is_the_parameters_cell_config():
     cfg, fig_dir, table_dir = setup("configs/digits.yaml", ["model.epochs=3"], seed=2, fast=False, out_dir="out")
     assert (cfg.seed, cfg.model.epochs) == (2, 3)
     assert (fig_dir, table_dir) == (Path("out/figures"), Path("out/tables"))
+
+
+def test_eval_variants_names_known_quee_variants():
+    from quee_kit.config import ConfigError, load_config
+    assert load_config(None, ["eval.variants=[quee, quee-exit-only]"]).eval.variants == ["quee", "quee-exit-only"]
+    with pytest.raises(ConfigError, match=r"eval\.variants must be null or a list holding quee"):
+        load_config(None, ["eval.variants=[quee-exit-only]"])
+    with pytest.raises(ConfigError, match=r"eval\.variants"):
+        load_config(None, ["eval.variants=[quee, quee-fancy]"])

@@ -126,3 +126,15 @@ def test_conv_blocks_quantize_weights_and_input_per_sample():
     with torch.no_grad():
         torch.testing.assert_close(q(x), ref)
     assert parse_level("w4a8", "tensor", 99.0) == level and parse_level("w4a8") != level
+
+
+def test_quantize_residual_quantizes_the_block_input_only_below_float():
+    from quee_kit.quant import quantize_residual
+    torch.manual_seed(0)
+    block = torch.nn.Linear(8, 8)
+    x = torch.randn(3, 5, 8) * 4
+    assert quantize_residual(block, "w16a16") is block                 # the float reference is untouched
+    wrapped = quantize_residual(block, "w8a4")                          # a level's granularity: token
+    with torch.no_grad():
+        torch.testing.assert_close(wrapped(x), block(fake_quant_act(x, 4, "token")))
+        assert not torch.allclose(wrapped(x), block(x))                 # 4-bit input: the output changes

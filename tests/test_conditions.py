@@ -1,0 +1,80 @@
+"""Tests of quee_kit.conditions: the room measure on a hand-built tree with known values."""
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import roc_auc_score
+
+from quee_kit.conditions import flip_rows, level_dependence, room_measures, stratified_auroc
+from quee_kit.paths import PathCache, PathTree
+from quee_kit.predictors import OptionSpace
+from quee_kit.quant import parse_level
+
+# Two levels (reference, cheap), two blocks, monotone: nodes (0,), (1,), (0,0), (0,1), (1,1).
+CORRECT = {(0,): [1, 1, 0, 0], (1,): [1, 0, 0, 1], (0, 0): [1, 1, 1, 0], (0, 1): [1, 0, 1, 1], (1, 1): [0, 0, 1, 1]}
+
+
+@pytest.fixture()
+def tiny():
+    tree = PathTree([parse_level("w16a16"), parse_level("w4a4")], depth=2, family="monotone")
+    assert len(tree) == 5
+    logits = torch.zeros(len(tree), 4, 2)
+    for path, c in CORRECT.items():   # class 0 is the label: correct iff logit 0 > logit 1
+        logits[tree.index[path], :, 0] = torch.tensor(c, dtype=torch.float32) * 2 - 1
+    cost = np.array([0.5, 0.1, 1.0, 0.6, 0.2])
+    cache = PathCache(tree, logits, torch.zeros(4, dtype=torch.int64), cost, cost)
+    opts = OptionSpace(tree, cost)
+    err_hat = np.full((len(tree), 4, opts.n_options), np.nan)
+    node = tree.index[(0,)]
+    err_hat[node, :, 2] = 0.1                       # run to exit 2 at the reference: option (2-1)*2+0
+    err_hat[node, :, 3] = [0.2, 0.5, 0.3, 0.15]     # run to exit 2 at w4a4: option (2-1)*2+1
+    return cache, opts, err_hat
+
+
+def test_level_dependence_known_shares(tiny):
+    cache, opts, _ = tiny
+    tree = opts.tree
+    uniform = np.array([[tree.index[(q,) * t] for t in (1, 2)] for q in (0, 1)])
+    got = level_dependence(cache.correct_np[uniform])
+    # exit 1: ref 1100 vs cheap 1001; exit 2: ref 1110 vs cheap 0011
+    np.testing.assert_allclose(got["dependent"], [0.5, 0.75])
+    np.testing.assert_allclose(got["hurt"], [0.25, 0.5])
+    np.testing.assert_allclose(got["help"], [0.25, 0.25])
+
+
+def test_level_dependence_is_zero_with_one_level():
+    c = np.random.default_rng(0).random((1, 3, 50)) > 0.5
+    got = level_dependence(c)
+    assert not got["dependent"].any() and not got["hurt"].any() and not got["help"].any()
+
+
+def test_flip_rows_and_room_measures_known_values(tiny):
+    cache, opts, err_hat = tiny
+    rows = flip_rows(err_hat, cache, opts)
+    # only node (0,) has a cheaper next level; A = (0,0) 1110, B = (0,1) 1011
+    assert rows["flip"].tolist() == [False, True, False, True]
+    assert rows["hurt"].tolist() == [False, True, False, False]
+    np.testing.assert_allclose(rows["delta"], [0.1, 0.4, 0.2, 0.05])
+    m = room_measures(err_hat, cache, opts)
+    assert m["flip_rate"] == 0.5
+    assert m["flip_auroc"] == pytest.approx(0.5)   # |delta| of flips 0.4, 0.05 vs 0.1, 0.2: 2 of 4 pairs
+    assert m["hurt_auroc"] == pytest.approx(1.0)   # the one hurt sample has the largest delta
+    assert m["dependent_share"] == pytest.approx([0.5, 0.75])
+
+
+def test_stratified_auroc_ignores_scores_that_only_separate_strata():
+    # stratum 0 mostly positives with score 5, stratum 1 mostly negatives with score 0: pooled AUROC > 0.5,
+    # yet within each stratum the score is constant, so it ranks nothing.
+    score = np.array([5, 5, 5, 0, 0, 0])
+    label = np.array([1, 1, 0, 1, 0, 0], dtype=bool)
+    stratum = np.array([0, 0, 0, 1, 1, 1])
+    assert roc_auc_score(label, score) > 0.6
+    assert stratified_auroc(score, label, stratum) == (pytest.approx(0.5), 3)
+
+
+def test_stratified_auroc_equals_sklearn_in_one_stratum_and_skips_pure_strata():
+    rng = np.random.default_rng(1)
+    score, label = rng.normal(size=200), rng.random(200) < 0.3
+    score[label] += 0.7
+    got, used = stratified_auroc(np.r_[score, [9.0, 9.0]], np.r_[label, [True, True]], np.r_[np.zeros(200), [1, 1]])
+    assert got == pytest.approx(roc_auc_score(label, score)) and used == label.sum()
+    assert np.isnan(stratified_auroc([1.0, 2.0], [True, True], [0, 0])[0])
