@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import multiprocessing
 import os
+import pickle
 import warnings
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -47,9 +48,9 @@ def one_thread():
 _SHARED: Any = None
 
 
-def _start_worker(shared) -> None:
+def _start_worker(payload: bytes) -> None:
     global _SHARED
-    _SHARED = shared
+    _SHARED = pickle.loads(payload)
     torch.set_num_threads(1)
 
 
@@ -62,7 +63,8 @@ def run_jobs(fn: Callable[[Any, Any], Any], items: Iterable, jobs: int | None = 
     """``[fn(shared, item) for item in items]``, in order, on one torch thread per call.
 
     With ``jobs`` > 1 (0: one per core) and more than one item, the calls run in that many spawned
-    worker processes; ``shared`` is sent once to each worker, ``fn`` must be importable (a module-level
+    worker processes; ``shared`` is sent once to each worker (a copy by plain pickle: this process's
+    tensors stay where they are), ``fn`` must be importable (a module-level
     function). Under ``torchrun`` every rank already has its core: the calls run in this process.
     ``desc``: show a progress bar with that label.
     """
@@ -74,8 +76,11 @@ def run_jobs(fn: Callable[[Any, Any], Any], items: Iterable, jobs: int | None = 
         with one_thread():
             return [fn(shared, it) for it in tqdm(items, desc=desc, disable=desc is None, leave=False)]
     ctx = multiprocessing.get_context("spawn")
+    # Plain pickle, by value: multiprocessing's own pickler would move this process's tensors to shared
+    # memory in place, leaving every numpy view already taken of them pointing at freed memory.
+    payload = pickle.dumps(shared, protocol=pickle.HIGHEST_PROTOCOL)
     try:
-        with ProcessPoolExecutor(n, mp_context=ctx, initializer=_start_worker, initargs=(shared,)) as pool:
+        with ProcessPoolExecutor(n, mp_context=ctx, initializer=_start_worker, initargs=(payload,)) as pool:
             return list(tqdm(pool.map(_call, [fn] * len(items), items), total=len(items), desc=desc,
                              disable=desc is None, leave=False))
     except BrokenProcessPool:

@@ -69,3 +69,16 @@ def test_path_caches_built_side_by_side_equal_serial(tmp_path):
         caches[jobs] = prepare(cfg, progress=False).caches
     for split in ("calib", "test"):
         assert torch.equal(caches[1][split].logits, caches[2][split].logits)
+
+
+def _total(shared, item):
+    return int(shared.sum()) + item
+
+
+def test_sending_tensors_to_workers_leaves_them_in_place():
+    # multiprocessing's pickler would move the tensor to shared memory, leaving `view` dangling
+    t = torch.arange(100_000)
+    view = t.numpy()
+    assert run_jobs(_total, [0, 1], jobs=2, shared=t) == [int(t.sum()), int(t.sum()) + 1]
+    assert not t.is_shared()
+    assert np.array_equal(view, np.arange(100_000))
