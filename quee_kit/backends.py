@@ -84,6 +84,8 @@ class IntLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lead = x.shape[:-1]
+        if x.numel() == 0:
+            return x.new_zeros(*lead, self.out_features)
         x2 = x.reshape(-1, x.shape[-1])
         rows_per_sample = x2.shape[0] // x.shape[0] if x.dim() > 1 else 1
         scale = act_scale(x2, self.act, rows_per_sample)

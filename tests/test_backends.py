@@ -35,6 +35,7 @@ def test_int_linear_equals_fake_quant_linear(w_bits, a_bits, granularity, clip):
     # the same products, summed exactly in int32 instead of float32
     ref = F.linear(fake_quant_act(x, a_bits, granularity, clip), fake.weight, fake.bias)
     torch.testing.assert_close(il(x), ref, rtol=1e-5, atol=1e-5)
+    assert il(x[:0]).shape == (0, 9, 40)                                # an empty batch is an empty answer
 
 
 @pytest.mark.parametrize("backend", [b for b in BACKENDS if b != "fake"])
