@@ -30,16 +30,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .quant import ActQuant, QuantLinear
+from .quant import ActQuant, QuantLinear, qmax
 
 __all__ = ["BACKENDS", "IntLinear", "CompiledBlock", "to_backend", "int_mm_available", "act_scale"]
 
 BACKENDS = ("fake", "compiled", "int", "int-compiled")
 INT_MAX_BITS = 8  # values of at most this many bits fit int8 operands
-
-
-def _qmax(bits: int) -> int:
-    return 2 ** (bits - 1) - 1
 
 
 def act_scale(x2d: torch.Tensor, act: ActQuant, rows_per_sample: int) -> torch.Tensor:
@@ -50,7 +46,7 @@ def act_scale(x2d: torch.Tensor, act: ActQuant, rows_per_sample: int) -> torch.T
         amax = groups.abs().amax(1)
     else:
         amax = torch.quantile(groups.abs(), act.clip_percentile / 100.0, dim=1)
-    scale = amax.clamp_min(1e-12) / _qmax(act.bits)
+    scale = amax.clamp_min(1e-12) / qmax(act.bits)
     if act.granularity == "tensor":
         scale = scale.repeat_interleave(rows_per_sample)
     return scale[:, None]
@@ -75,7 +71,7 @@ class IntLinear(nn.Module):
     def __init__(self, layer: QuantLinear):
         super().__init__()
         w = layer.weight  # already fake-quantized: integers times its per-channel scale
-        scale = (w.abs().amax(1).clamp_min(1e-12) / _qmax(layer.w_bits))
+        scale = (w.abs().amax(1).clamp_min(1e-12) / qmax(layer.w_bits))
         self.register_buffer("weight_int", torch.round(w / scale[:, None]).to(torch.int8))
         self.register_buffer("weight_scale", scale)
         self.register_buffer("bias", layer.bias)
@@ -89,7 +85,7 @@ class IntLinear(nn.Module):
         x2 = x.reshape(-1, x.shape[-1])
         rows_per_sample = x2.shape[0] // x.shape[0] if x.dim() > 1 else 1
         scale = act_scale(x2, self.act, rows_per_sample)
-        q = _qmax(self.act.bits)
+        q = qmax(self.act.bits)
         # x / scale as fake quantization divides (not x * (1/scale)), so the integers are the same
         xq = torch.div(x2, scale).round_().clamp_(-q, q).to(torch.int8)
         m = xq.shape[0]

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 __all__ = ["Level", "parse_level", "sorted_levels", "config_levels", "fake_quant_weight", "fake_quant_act", "ActQuant",
-           "QuantLinear", "QuantConv2d", "apply_level", "FLOAT_BITS", "CastBlock", "REF_DTYPES", "ResidualQuant",
+           "QuantLinear", "QuantConv2d", "apply_level", "FLOAT_BITS", "CastBlock", "REF_DTYPES", "ResidualQuant", "qmax",
            "quantize_residual"]
 
 FLOAT_BITS = 16  # bits >= this run in float32 (costed at their nominal bits)
@@ -76,13 +76,13 @@ def config_levels(q) -> list[Level]:
     return sorted_levels(parse_level(s, q.act_granularity, q.clip_percentile) for s in q.levels)
 
 
-def _qmax(bits: int) -> int:
+def qmax(bits: int) -> int:
     # Restricted symmetric range [-(2^(b-1)-1), 2^(b-1)-1]: zero is exact, +/- symmetric.
     return 2 ** (bits - 1) - 1
 
 
 def _round_clamp(x: torch.Tensor, scale: torch.Tensor, bits: int) -> torch.Tensor:
-    q = _qmax(bits)
+    q = qmax(bits)
     return torch.clamp(torch.round(x / scale), -q, q) * scale
 
 
@@ -91,7 +91,7 @@ def fake_quant_weight(w: torch.Tensor, bits: int) -> torch.Tensor:
     if bits >= FLOAT_BITS:
         return w
     amax = w.detach().abs().flatten(1).amax(1).clamp_min(1e-12)
-    scale = (amax / _qmax(bits)).view(-1, *([1] * (w.dim() - 1)))
+    scale = (amax / qmax(bits)).view(-1, *([1] * (w.dim() - 1)))
     return _round_clamp(w, scale, bits)
 
 
@@ -117,8 +117,8 @@ def fake_quant_act(x: torch.Tensor, bits: int, granularity: str = "tensor",
         amax = flat.amax(1)
     else:
         amax = torch.quantile(flat, clip_percentile / 100.0, dim=1)
-    scale = (amax.clamp_min(1e-12) / _qmax(bits)).reshape(shape)
-    x = torch.maximum(torch.minimum(x, scale * _qmax(bits)), -scale * _qmax(bits)) \
+    scale = (amax.clamp_min(1e-12) / qmax(bits)).reshape(shape)
+    x = torch.maximum(torch.minimum(x, scale * qmax(bits)), -scale * qmax(bits)) \
         if clip_percentile is not None else x
     return _round_clamp(x, scale, bits)
 
