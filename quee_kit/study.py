@@ -31,7 +31,7 @@ from .predictors import (CrossFitted, fit_cross_fitted, predictor_from_state, pr
                          predictor_quality)
 from .prepare import Prepared, load_data, prepare
 
-__all__ = ["Study", "run_study", "run_studies", "fit_variants", "fit_variant", "method_points", "select_points", "points_auc", "QUEE_VARIANTS",
+__all__ = ["Study", "run_study", "run_studies", "fit_variants", "method_points", "select_points", "points_auc", "QUEE_VARIANTS",
            "check_config_against_data", "PREDICTOR_FIT_VERSION"]
 
 # name -> (predictor overrides, option restriction); "quee" uses the config's predictor as it is. More MLP
@@ -73,7 +73,7 @@ class Study:
     methods: dict
     points: dict[str, pd.DataFrame]
     quality: dict
-    predictors: dict = field(default_factory=dict)  # QuEE variant -> fit_variant output: err_hat per split, final, call_cost
+    predictors: dict = field(default_factory=dict)  # QuEE variant -> fit_variants output: err_hat per split, final, call_cost
     timings: dict = field(default_factory=dict)
     cfg: Config | None = None
 
@@ -102,12 +102,10 @@ class Study:
 PREDICTOR_FIT_VERSION = 3  # 3: every fit on one thread (MLP bits no longer depend on the core count)
 
 
-def fit_variants(prep: Prepared, opts: OptionSpace, pcfgs: list, seed: int, progress: bool) -> list[dict]:
-    """Cross-fitted predictors for each predictor config in ``pcfgs`` (fold predictors + one refitted on all
-    of calib), each cached as an artifact; the missing ones are fitted together, every fit on one thread,
-    shared out over ``cfg.jobs`` worker processes (the same numbers as one after another). Per config:
-    calib (out-of-fold) and test estimates ``err_hat`` (keys ``calib``, ``test``), the refitted predictor
-    (``final``) and the normalized cost of one call (``call_cost``, known from the config before fitting)."""
+def _predictor_artifacts(prep: Prepared, opts: OptionSpace, pcfgs: list, seed: int, progress: bool) -> list[dict]:
+    """The stored fold predictors, refitted predictor and fold assignment of each predictor config in
+    ``pcfgs``, each an artifact; the missing ones are fitted together, every fit on one thread, shared out
+    over ``cfg.jobs`` worker processes (the same numbers as one after another)."""
     keys = [content_hash("predictors", PREDICTOR_FIT_VERSION, prep.model_hash, prep.data.digest,
                          [l.name for l in prep.levels], prep.tree.family, dataclasses.asdict(pcfg), seed,
                          key_fields(prep.cfg.quant), FEATURE_NAMES)  # a change of features makes old ones stale
@@ -126,8 +124,16 @@ def fit_variants(prep: Prepared, opts: OptionSpace, pcfgs: list, seed: int, prog
         for i, cf in zip(missing, fits):
             arts[i] = {"folds": [m.state() for m in cf.folds], "final": cf.final.state(), "fold_of": cf.fold_of}
             save_artifact(paths[i], keys[i], arts[i])
+    return arts
+
+
+def fit_variants(prep: Prepared, opts: OptionSpace, pcfgs: list, seed: int, progress: bool) -> list[dict]:
+    """Cross-fitted predictors for each predictor config in ``pcfgs`` (fold predictors + one refitted on all
+    of calib; :func:`_predictor_artifacts`). Per config: calib (out-of-fold) and test estimates ``err_hat``
+    (keys ``calib``, ``test``), the refitted predictor (``final``) and the normalized cost of one call
+    (``call_cost``, known from the config before fitting)."""
     out = []
-    for pcfg, art in zip(pcfgs, arts):
+    for pcfg, art in zip(pcfgs, _predictor_artifacts(prep, opts, pcfgs, seed, progress)):
         cf = CrossFitted([predictor_from_state(s) for s in art["folds"]], predictor_from_state(art["final"]),
                          art["fold_of"])
         macs = predictor_macs(pcfg, opts.n_options)
@@ -138,18 +144,14 @@ def fit_variants(prep: Prepared, opts: OptionSpace, pcfgs: list, seed: int, prog
     return out
 
 
-def fit_variant(prep: Prepared, opts: OptionSpace, pcfg, seed: int, progress: bool) -> dict:
-    """:func:`fit_variants` for one predictor config."""
-    return fit_variants(prep, opts, [pcfg], seed, progress)[0]
+def _predictor_key(cfg: Config, pover: dict) -> str:
+    """A QuEE variant's predictor config as a JSON key: variants with one config share one fit."""
+    return json.dumps(dataclasses.asdict(dataclasses.replace(cfg.predictor, **pover)), sort_keys=True)
 
 
 def _predictor_configs(cfg: Config, variants: dict) -> dict:
-    """Distinct predictor configs of ``variants`` (variants with one config share one fit), by a JSON key."""
-    pcfgs = {}
-    for pover, _ in variants.values():
-        pcfg = dataclasses.replace(cfg.predictor, **pover)
-        pcfgs.setdefault(json.dumps(dataclasses.asdict(pcfg), sort_keys=True), pcfg)
-    return pcfgs
+    """Distinct predictor configs of ``variants``, by :func:`_predictor_key`."""
+    return {_predictor_key(cfg, pover): dataclasses.replace(cfg.predictor, **pover) for pover, _ in variants.values()}
 
 
 def run_study(cfg: Config, progress: bool = True, variants: dict | None = None, prep: Prepared | None = None) -> Study:
@@ -168,7 +170,7 @@ def run_study(cfg: Config, progress: bool = True, variants: dict | None = None, 
     for fit in fitted.values():
         fit["quality"] = predictor_quality(fit["test"], caches["test"], opts)
     for name, (pover, variant) in variants.items():
-        pkey = json.dumps(dataclasses.asdict(dataclasses.replace(cfg.predictor, **pover)), sort_keys=True)
+        pkey = _predictor_key(cfg, pover)
         quality[name] = fitted[pkey]["quality"]                       # every name, also a shared fit's
         predictors[name] = fitted[pkey]
         # every call is charged: the cost of one call of the predictor that made the estimates
@@ -188,8 +190,8 @@ def _warm_seed(shared, seed: int) -> None:
     cfg = dataclasses.replace(cfg, seed=seed, jobs=1)
     torch.manual_seed(seed)
     prep = prepare(cfg, progress=False)
-    fit_variants(prep, OptionSpace(prep.tree, prep.caches["calib"].node_cost),
-                 list(_predictor_configs(cfg, variants).values()), seed, progress=False)
+    _predictor_artifacts(prep, OptionSpace(prep.tree, prep.caches["calib"].node_cost),  # stored, not predicted
+                         list(_predictor_configs(cfg, variants).values()), seed, progress=False)
 
 
 def run_studies(cfg: Config, seeds, progress: bool = True, variants: dict | None = None) -> list[Study]:
