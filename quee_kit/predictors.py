@@ -44,7 +44,7 @@ from .calibrated import BinnedErrorPredictor, PlattErrorPredictor
 from .calibration import expected_calibration_error
 from .costs import mlp_macs
 from .options import OptionSpace
-from .parallel import run_jobs
+from .parallel import one_thread, run_jobs
 from .paths import DISCRETE_FEATURES, FEATURE_NAMES, HISTORY_FEATURES, PathCache
 
 CALIBRATED = {"binned": BinnedErrorPredictor, "platt": PlattErrorPredictor}
@@ -124,10 +124,11 @@ def discretized_targets(Z: np.ndarray, wrong: np.ndarray, group: np.ndarray, sch
             fit_rows = np.random.default_rng(seed).choice(len(rows), min(len(rows), 20000), replace=False)
             km = KMeans(n_clusters=k, n_init=2, random_state=seed).fit(Zs[fit_rows])
             cell = km.predict(Zs)
-            S = np.zeros((k, wrong.shape[1]))
-            C = np.zeros((k, wrong.shape[1]))
-            np.add.at(S, cell, wrong0)
-            np.add.at(C, cell, valid)
+            # errors and valid options per cell and option: sums of 0/1 values, exact in float64 in any order
+            O = wrong.shape[1]
+            at = (cell[:, None] * O + np.arange(O)).ravel()
+            S = np.bincount(at, weights=wrong0.ravel(), minlength=k * O).reshape(k, O)
+            C = np.bincount(at, weights=valid.ravel(), minlength=k * O).reshape(k, O)
             T[rows] = ((S + prior_weight * group_mean) / (C + prior_weight))[cell]
         elif scheme == "knn":
             ref = np.random.default_rng(seed).choice(len(rows), min(len(rows), 20000), replace=False)
@@ -260,9 +261,10 @@ def _fit_mlp(rows: DecisionRows, cfg, L: int, n_options: int, seed: int) -> Erro
     for _ in range(cfg.epochs):
         model.train()
         idx = torch.as_tensor(g.permutation(tr_idx))
+        Xe, De, Te, Me, We = (a.index_select(0, idx) for a in (Xt, Dt, Tt, Mt, Wt))  # this epoch's order; batches: slices
         for s in range(0, len(idx), 2048):
-            b = idx[s:s + 2048]
-            loss = _masked_bce(model(Xt[b], Dt[b]), Tt[b], Mt[b], Wt[b])
+            b = slice(s, s + 2048)
+            loss = _masked_bce(model(Xe[b], De[b]), Te[b], Me[b], We[b])
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -294,7 +296,8 @@ def predict_nodes(predictor, cache: PathCache, opts: OptionSpace, samples: np.nd
     rows = decision_rows(cache, opts, samples, errors=False)
     out = np.full((len(opts.tree), len(samples), opts.n_options), np.nan, dtype=np.float32)
     nodes = np.unique(rows.node)
-    out[nodes] = predictor.predict_rows(rows.x, rows.depth, rows.node).reshape(len(nodes), len(samples), -1)
+    with one_thread():   # the same bits on any thread count, like the fits
+        out[nodes] = predictor.predict_rows(rows.x, rows.depth, rows.node).reshape(len(nodes), len(samples), -1)
     out[~np.broadcast_to(opts.valid[:, None, :], out.shape)] = np.nan
     return out
 
