@@ -16,9 +16,18 @@ from .config import load_config
 from .evaluate import budget_tables
 from .study import QUEE_VARIANTS, Study, run_study
 
-__all__ = ["setting_studies", "dial_sweep", "dial_sweep_plot"]
+__all__ = ["setting_configs", "setting_studies", "dial_sweep", "dial_sweep_plot"]
 
 SWEEP_VARIANTS = ("quee", "quee-exit-only")   # one predictor fit per seed serves both
+
+
+def setting_configs(config, dials: dict, seeds=(0,), overrides=(), fast: bool = False,
+                    variants=SWEEP_VARIANTS) -> list[tuple[object, dict]]:
+    """``(cfg, variants)`` of every study :func:`dial_sweep` runs (one per dial value and seed): what
+    :func:`quee_kit.warm.warm` builds ahead of it."""
+    chosen = {k: QUEE_VARIANTS[k] for k in variants}
+    return [(dataclasses.replace(load_config(config, [*overrides, f"{key}={json.dumps(v)}"], fast=fast), seed=int(s)),
+             chosen) for key, values in dials.items() for v in values for s in seeds]
 
 
 def setting_studies(config, seeds, overrides=(), fast: bool = False, variants=SWEEP_VARIANTS,

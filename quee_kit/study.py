@@ -23,7 +23,7 @@ from .artifacts import ArtifactError, content_hash, load_artifact, save_artifact
 from .config import Config, ConfigError, cache_dir, key_fields
 from .methods import MethodContext, build_methods
 from .options import OptionSpace
-from .parallel import resolve_jobs, run_jobs
+from .parallel import resolve_jobs
 from .paths import FEATURE_NAMES
 from .budget_rule import select_points  # re-exported: the rule on a points table
 from .policy import QueePolicy, lambda_grid
@@ -31,7 +31,7 @@ from .predictors import (CrossFitted, fit_cross_fitted, predictor_from_state, pr
                          predictor_quality)
 from .prepare import Prepared, load_data, prepare
 
-__all__ = ["Study", "run_study", "run_studies", "fit_variants", "method_points", "select_points", "points_auc", "QUEE_VARIANTS",
+__all__ = ["Study", "run_study", "run_studies", "fit_variants", "predictor_configs", "store_predictors", "method_points", "select_points", "points_auc", "QUEE_VARIANTS",
            "check_config_against_data", "PREDICTOR_FIT_VERSION"]
 
 # name -> (predictor overrides, option restriction); "quee" uses the config's predictor as it is. More MLP
@@ -149,8 +149,9 @@ def _predictor_key(cfg: Config, pover: dict) -> str:
     return json.dumps(dataclasses.asdict(dataclasses.replace(cfg.predictor, **pover)), sort_keys=True)
 
 
-def _predictor_configs(cfg: Config, variants: dict) -> dict:
-    """Distinct predictor configs of ``variants``, by :func:`_predictor_key`."""
+def predictor_configs(cfg: Config, variants: dict) -> dict:
+    """The distinct predictor configs of ``variants`` (QuEE variant name -> (predictor overrides, option
+    restriction)), keyed by their JSON: variants with one predictor config share one fit."""
     return {_predictor_key(cfg, pover): dataclasses.replace(cfg.predictor, **pover) for pover, _ in variants.values()}
 
 
@@ -165,7 +166,7 @@ def run_study(cfg: Config, progress: bool = True, variants: dict | None = None, 
     methods, quality, predictors = {}, {}, {}
     t1 = time.perf_counter()
     variants = variants or QUEE_VARIANTS
-    pcfgs = _predictor_configs(cfg, variants)
+    pcfgs = predictor_configs(cfg, variants)
     fitted = dict(zip(pcfgs, fit_variants(prep, opts, list(pcfgs.values()), cfg.seed, progress)))
     for fit in fitted.values():
         fit["quality"] = predictor_quality(fit["test"], caches["test"], opts)
@@ -185,23 +186,23 @@ def run_study(cfg: Config, progress: bool = True, variants: dict | None = None, 
     return Study(prep, opts, methods, points, quality, predictors, timings, cfg)
 
 
-def _warm_seed(shared, seed: int) -> None:
-    cfg, variants = shared
-    cfg = dataclasses.replace(cfg, seed=seed, jobs=1)
-    torch.manual_seed(seed)
-    prep = prepare(cfg, progress=False)
-    _predictor_artifacts(prep, OptionSpace(prep.tree, prep.caches["calib"].node_cost),  # stored, not predicted
-                         list(_predictor_configs(cfg, variants).values()), seed, progress=False)
+def store_predictors(cfg: Config, pcfgs: list) -> None:
+    """Fit and store (where not stored yet) the cross-fitted predictors of each predictor config in
+    ``pcfgs`` on ``cfg``'s calib cache, as :func:`run_study` would, without predicting anything."""
+    torch.manual_seed(cfg.seed)
+    prep = prepare(cfg, splits=("calib",), progress=False)
+    _predictor_artifacts(prep, OptionSpace(prep.tree, prep.caches["calib"].node_cost), list(pcfgs), cfg.seed,
+                         progress=False)
 
 
 def run_studies(cfg: Config, seeds, progress: bool = True, variants: dict | None = None) -> list[Study]:
     """:func:`run_study` for every seed. With several seeds, each seed's model, caches and predictors are
-    first built (where not cached) in ``cfg.jobs`` worker processes, one seed per core: every piece runs
-    on one thread either way, so the studies are the serial ones."""
+    first built (where not cached) in ``cfg.jobs`` worker processes (:func:`quee_kit.warm.warm`): every
+    piece runs on one thread either way, so the studies are the serial ones."""
     seeds = list(seeds)
     if len(seeds) > 1 and resolve_jobs(cfg.jobs) > 1:
-        run_jobs(_warm_seed, seeds, cfg.jobs, shared=(cfg, variants or QUEE_VARIANTS),
-                 desc="seeds (models, caches, predictors)" if progress else None)
+        from .warm import warm
+        warm([(dataclasses.replace(cfg, seed=s), variants or None) for s in seeds], cfg.jobs, progress)
     studies = []
     for seed in tqdm(seeds, desc="seeds", disable=not progress or len(seeds) == 1):
         torch.manual_seed(seed)
