@@ -40,6 +40,8 @@ def test_every_other_notebook_runs_on_fast_parameters(tmp_path):
     assert reproduce(CONFIG, tmp_path, fast=True, only=others, progress=False) == 0
     summary = json.loads((tmp_path / "reproduce.json").read_text())
     assert summary["status"] == "ok" and sorted(summary["seconds"]) == sorted(others)
+    # the plan built every model, cache and predictor first: the notebooks (two at a time) only loaded them
+    assert summary["built_by_notebooks"] == []
     pngs = {p.name for p in (tmp_path / "figures").glob("*.png")}
     for stem in others:
         assert any(n.startswith(stem[:2]) or stem.startswith("07") for n in pngs), stem
@@ -52,7 +54,8 @@ def test_failing_notebook_is_named_with_its_cell(tmp_path, capsys):
     _write_notebook(nbs / "01_fine.ipynb", "x = 1")
     _write_notebook(nbs / "02_boom.ipynb", "x = 1", "raise ValueError('boom')")
     _write_notebook(nbs / "03_never.ipynb", "x = 1")
-    assert reproduce(CONFIG, tmp_path / "out", fast=True, progress=False, notebooks_dir=nbs) == 1
+    # one notebook at a time: with two, 03 may start before 02 fails (then it runs to its end)
+    assert reproduce(CONFIG, tmp_path / "out", fast=True, progress=False, notebooks_dir=nbs, overrides=["jobs=1"]) == 1
     lines = [l for l in capsys.readouterr().err.splitlines() if l.startswith("reproduce:")]
     # cells: parameters (0), papermill's injected parameters (1), x = 1 (2), raise (3)
     assert len(lines) == 1 and "02_boom.ipynb" in lines[0] and "cell 3" in lines[0] and "ValueError: boom" in lines[0]
@@ -88,3 +91,16 @@ def test_notebook_is_parameterized(path):
 
 def test_tutorials_exist():
     assert set(TUTORIALS) <= {p.stem for p in notebook_paths(NOTEBOOKS_DIR)}
+
+
+def test_notebooks_side_by_side_write_the_serial_tables(tmp_path):
+    # two notebooks at a time, each kernel on one thread, against one at a time on the default threads
+    stems = ["04_path_cache_and_costs", "08_conditions_for_success"]
+    for jobs in (1, 2):
+        assert reproduce(CONFIG, tmp_path / str(jobs), fast=True, only=stems, progress=False,
+                         overrides=[f"jobs={jobs}"]) == 0
+        assert json.loads((tmp_path / str(jobs) / "reproduce.json").read_text())["jobs"] == jobs
+    tables = sorted(p.name for p in (tmp_path / "1" / "tables").glob("*.csv"))
+    assert len(tables) >= 6 and any(t.startswith("08_noise_sweep") for t in tables)
+    for name in tables:
+        assert (tmp_path / "1" / "tables" / name).read_bytes() == (tmp_path / "2" / "tables" / name).read_bytes(), name
