@@ -82,8 +82,9 @@ def qmax(bits: int) -> int:
 
 
 def _round_clamp(x: torch.Tensor, scale: torch.Tensor, bits: int) -> torch.Tensor:
+    """``clamp(round(x / scale), -q, q) * scale``, in place on the quotient (one new tensor, not four)."""
     q = qmax(bits)
-    return torch.clamp(torch.round(x / scale), -q, q) * scale
+    return (x / scale).round_().clamp_(-q, q).mul_(scale)
 
 
 def fake_quant_weight(w: torch.Tensor, bits: int) -> torch.Tensor:
@@ -109,14 +110,14 @@ def fake_quant_act(x: torch.Tensor, bits: int, granularity: str = "tensor",
         flat = x.detach().abs().reshape(x.shape[0], -1)
         shape = (x.shape[0],) + (1,) * (x.dim() - 1)
     elif granularity == "token":
-        flat = x.detach().abs().reshape(-1, x.shape[-1])
+        flat = x.detach().abs()   # reduced over its last dim in place of a reshaped copy (the same maxima)
         shape = x.shape[:-1] + (1,)
     else:
         raise ValueError(f"granularity must be 'tensor' or 'token' (got {granularity!r})")
     if clip_percentile is None or clip_percentile >= 100:
-        amax = flat.amax(1)
+        amax = flat.amax(-1)
     else:
-        amax = torch.quantile(flat, clip_percentile / 100.0, dim=1)
+        amax = torch.quantile(flat, clip_percentile / 100.0, dim=-1)
     scale = (amax.clamp_min(1e-12) / qmax(bits)).reshape(shape)
     x = torch.maximum(torch.minimum(x, scale * qmax(bits)), -scale * qmax(bits)) \
         if clip_percentile is not None else x
