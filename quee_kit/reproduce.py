@@ -141,10 +141,14 @@ def reproduce(config: str | Path, out_dir: str | Path, fast: bool = False, overr
     params = {nb.stem: {**common, **per_notebook.get(nb.stem, {})} for nb in notebooks}
     (out / "notebooks").mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    studies = [st for nb in notebooks for st in _studies(nb.stem, _parameters(nb, params[nb.stem]))]
-    build = warm(studies, cfg.jobs, progress) if studies else {}
+    planned = {nb.stem: _studies(nb.stem, _parameters(nb, params[nb.stem])) for nb in notebooks}
+    studies = [st for sts in planned.values() for st in sts]
+    build = warm(studies, cfg.jobs, progress) if studies else []
     build_seconds = time.perf_counter() - t0
     before = _artifact_files(cache_dir(cfg))
+    # a planned notebook finds everything built: its own worker processes (06 shares out seeds) would only load
+    run_params = {stem: {**p, "overrides": [*p["overrides"], "jobs=1"]} if planned[stem] else p
+                  for stem, p in params.items()}
     seconds, status, jobs = {}, "ok", min(resolve_jobs(cfg.jobs), max(len(notebooks), 1))
     # Side by side, each kernel gets one thread: the threads of two kernels spinning on the same cores cost
     # twice the CPU time. The tables are those of a serial run (tests/test_reproduce.py): what the notebooks
@@ -157,7 +161,7 @@ def reproduce(config: str | Path, out_dir: str | Path, fast: bool = False, overr
         while queue or running:
             while queue and len(running) < jobs and status == "ok":
                 nb = queue.pop(0)
-                running[pool.submit(_execute, nb, out / "notebooks" / nb.name, params[nb.stem], threads)] = nb
+                running[pool.submit(_execute, nb, out / "notebooks" / nb.name, run_params[nb.stem], threads)] = nb
             if not running:
                 break
             f = next(as_completed(running))
@@ -173,7 +177,7 @@ def reproduce(config: str | Path, out_dir: str | Path, fast: bool = False, overr
     summary = {"status": status, **common, "jobs": jobs, "build_seconds": round(build_seconds, 2),
                "notebook_seconds": round(time.perf_counter() - t1, 2), "seconds": seconds,
                "total_seconds": round(time.perf_counter() - t0, 2),
-               "build": {k: round(v, 2) for k, v in build.items()},
+               "build": build,
                "built_by_notebooks": sorted(_artifact_files(cache_dir(cfg)) - before)}
     atomic_write_json(out / "reproduce.json", summary)
     return 0 if status == "ok" else 1

@@ -84,9 +84,9 @@ def study_tasks(cfg: Config, variants: dict | None = None) -> list[Task]:
     model, the calib and test path caches, and one task per distinct predictor config. Names hash the config sections each artifact
     is keyed on, so two studies that share a model (or a cache, or a fit) share that task."""
     from .study import QUEE_VARIANTS, predictor_configs
-    seed = f"seed {cfg.seed}"
     model = "train " + content_hash(dataclasses.asdict(cfg.data), dataclasses.asdict(cfg.model), cfg.seed,
                                     cfg.cache_dir, cfg.device)[:16]
+    seed = f"seed {cfg.seed}, model {model[6:12]}"   # the model's tag tells apart settings of one seed
     caches = {split: f"cache {split} " + content_hash(model, split, key_fields(cfg.quant),
                                                       key_fields(cfg.paths))[:16] for split in ("calib", "test")}
     tasks = [Task(model, _train, (cfg,), (), estimated_seconds(cfg, "train"), f"train, {seed}")]
@@ -196,10 +196,11 @@ def run_graph(tasks, jobs: int | None = 0, progress: bool = True) -> dict[str, f
     return done
 
 
-def warm(studies, jobs: int | None = 0, progress: bool = True) -> dict[str, float]:
+def warm(studies, jobs: int | None = 0, progress: bool = True) -> list[dict]:
     """Build what every ``(cfg, variants)`` study of ``studies`` reads (:func:`study_tasks`), shared out
-    over ``jobs`` processes (:func:`run_graph`). Returns the seconds of each task by label."""
+    over ``jobs`` processes (:func:`run_graph`). Returns one row per task: ``task`` (its label), ``name``
+    and ``seconds``, in the order they finished."""
     tasks = [t for cfg, variants in studies for t in study_tasks(cfg, variants)]
     graph = _unique(tasks)
     seconds = run_graph(tasks, jobs, progress)
-    return {graph[n].label or n: s for n, s in seconds.items()}
+    return [{"task": graph[n].label or n, "name": n, "seconds": round(s, 2)} for n, s in seconds.items()]
