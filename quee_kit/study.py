@@ -31,8 +31,9 @@ from .predictors import (CrossFitted, fit_cross_fitted, predictor_from_state, pr
                          predictor_quality)
 from .prepare import Prepared, load_data, prepare
 
-__all__ = ["Study", "run_study", "run_studies", "fit_variants", "predictor_configs", "store_predictors", "method_points", "select_points", "points_auc", "QUEE_VARIANTS",
-           "check_config_against_data", "PREDICTOR_FIT_VERSION"]
+__all__ = ["Study", "run_study", "run_studies", "fit_variants", "predictor_configs", "store_predictors",
+           "method_points", "select_points", "points_auc", "QUEE_VARIANTS", "check_config_against_data",
+           "PREDICTOR_FIT_VERSION"]
 
 # name -> (predictor overrides, option restriction); "quee" uses the config's predictor as it is. More MLP
 # ablations (no history, one MLP per depth, k-NN targets, K sweep): quee_kit.analysis.target_variants.

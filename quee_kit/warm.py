@@ -38,11 +38,11 @@ class Task:
     label: str = ""
 
 
-# Seconds on one core of a 2-core AMD EPYC (torch 2.13 CPU), for the default ViT on 28x28 digits: they
-# only decide which ready task starts first (the longest chain), never what is computed.
-SECONDS_PER_TRAIN_SAMPLE_EPOCH = 0.00056    # 30 epochs x 6,000 digits: 100 s
-SECONDS_PER_NODE_SAMPLE = 0.000038          # 461 nodes x 2,000 digits: 35 s
-SECONDS_PER_FIT = {"mlp": 4.5, "binned": 0.3, "platt": 0.5}   # one fit on 2,000 calib digits
+# Seconds on one core of a 2-core AMD EPYC (torch 2.13 CPU, both cores busy), for the default ViT on 28x28
+# digits: they only decide which ready task starts first (the longest chain), never what is computed.
+SECONDS_PER_TRAIN_SAMPLE_EPOCH = 0.00041    # 30 epochs x 6,000 digits: 74 s
+SECONDS_PER_NODE_SAMPLE = 0.000035          # 461 nodes x 2,000 digits: 32 s
+SECONDS_PER_FIT = {"mlp": 3.0, "binned": 0.2, "platt": 0.4}   # one fit on 2,000 calib digits (k-NN: twice)
 
 
 def _sizes(cfg: Config) -> tuple[int, int, int]:
@@ -81,8 +81,9 @@ def _fit(cfg: Config, pcfg) -> None:
 def study_tasks(cfg: Config, variants: dict | None = None) -> list[Task]:
     """The tasks that leave everything :func:`~quee_kit.study.run_study` of ``cfg`` with ``variants``
     (``None``: :data:`~quee_kit.study.QUEE_VARIANTS`; ``{}``: no predictors) reads on disk: the trained
-    model, the calib and test path caches, and one task per distinct predictor config. Names hash the config sections each artifact
-    is keyed on, so two studies that share a model (or a cache, or a fit) share that task."""
+    model, the calib and test path caches, and one task per distinct predictor config. Names hash the
+    config sections each artifact is keyed on, so two studies that share a model (or a cache, or a fit)
+    share that task."""
     from .study import QUEE_VARIANTS, predictor_configs
     model = "train " + content_hash(dataclasses.asdict(cfg.data), dataclasses.asdict(cfg.model), cfg.seed,
                                     cfg.cache_dir, cfg.device)[:16]
