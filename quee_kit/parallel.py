@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterable
 
 import torch
 
-__all__ = ["cores", "resolve_jobs", "one_thread", "run_jobs"]
+__all__ = ["cores", "resolve_jobs", "one_thread", "run_jobs", "warn_workers_failed"]
 
 
 def cores() -> int:
@@ -43,6 +43,13 @@ def one_thread():
         yield
     finally:
         torch.set_num_threads(threads)
+
+
+def warn_workers_failed() -> None:
+    """The warning given when spawned workers die before any work (the work then runs in this process):
+    e.g. a script without an ``if __name__ == "__main__":`` guard, which spawned workers re-run."""
+    warnings.warn("jobs: worker processes could not start (does the calling script lack an "
+                  "`if __name__ == '__main__':` guard?); running the work in this process")
 
 
 _SHARED: Any = None
@@ -84,8 +91,6 @@ def run_jobs(fn: Callable[[Any, Any], Any], items: Iterable, jobs: int | None = 
             return list(tqdm(pool.map(_call, [fn] * len(items), items), total=len(items), desc=desc,
                              disable=desc is None, leave=False))
     except BrokenProcessPool:
-        # e.g. a script without an ``if __name__ == "__main__":`` guard, which spawned workers re-run
-        warnings.warn("jobs: worker processes could not start (does the calling script lack an "
-                      "`if __name__ == '__main__':` guard?); running the work in this process")
+        warn_workers_failed()
         with one_thread():
             return [fn(shared, it) for it in items]

@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import multiprocessing
 import time
-import warnings
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -21,7 +20,7 @@ from typing import Callable
 
 from .artifacts import content_hash
 from .config import Config, key_fields
-from .parallel import one_thread, resolve_jobs
+from .parallel import one_thread, resolve_jobs, warn_workers_failed
 
 __all__ = ["Task", "study_tasks", "run_graph", "warm", "estimated_seconds"]
 
@@ -188,9 +187,7 @@ def run_graph(tasks, jobs: int | None = 0, progress: bool = True) -> dict[str, f
                 pool.shutdown(cancel_futures=True)
                 raise
     except BrokenProcessPool:
-        # e.g. a script without an ``if __name__ == "__main__":`` guard, which spawned workers re-run
-        warnings.warn("jobs: worker processes could not start (does the calling script lack an "
-                      "`if __name__ == '__main__':` guard?); running the work in this process")
+        warn_workers_failed()
         todo.sort(key=lambda n: -chain[n])
         serial()
     bar.close()
