@@ -58,9 +58,9 @@ class BinnedErrorPredictor:
             edges[node] = np.quantile(s, np.arange(1, bins) / bins)
             b = np.searchsorted(edges[node], s, side="right")
             node_mean = wrong.sum(0) / np.maximum(valid.sum(0), 1)
-            S, C = np.zeros((bins, n_opt)), np.zeros((bins, n_opt))
-            np.add.at(S, b, wrong)
-            np.add.at(C, b, valid)
+            # per-bin sums of 0/1 values are exact integers whatever the order: one (bins, r) indicator product
+            onehot = (b == np.arange(bins)[:, None]).astype(float)
+            S, C = onehot @ wrong, onehot @ valid
             table[node] = np.where(valid.any(0), (S + prior_weight * node_mean) / (C + prior_weight), np.nan)
         return cls(edges, table)
 
@@ -79,24 +79,21 @@ class BinnedErrorPredictor:
         return cls(state["edges"], state["table"])
 
 
-def _platt_fit(s: np.ndarray, y: np.ndarray, valid: np.ndarray, iters: int = 25, ridge: float = 1e-5):
-    """Logistic regression of soft targets ``y`` (N, O) on one score ``s`` (N,), every column at once, by
-    Newton's method (2 parameters per column); ``ridge`` keeps the slope finite under separation.
-    Returns (a, b), both (O,), on the raw score."""
-    mu, sd = s.mean(), s.std() + 1e-6
-    z = (s - mu) / sd                                      # standardized for a well-conditioned Newton step
+def _platt_fit(z: np.ndarray, y: np.ndarray, iters: int = 25, ridge: float = 1e-5):
+    """Logistic regression of soft targets ``y`` (N, C) on standardized scores ``z`` (N, C), column ``c`` on
+    ``z[:, c]`` alone, by Newton's method (2 parameters per column); ``ridge`` keeps the slope finite under
+    separation. Returns (a, b), both (C,), on ``z``."""
     a, b = np.zeros(y.shape[1]), np.zeros(y.shape[1])
-    w = valid.astype(float)
-    n = np.maximum(w.sum(0), 1)
+    n = np.full(y.shape[1], float(len(y)))
     for _ in range(iters):
-        p = 1 / (1 + np.exp(-(z[:, None] * a + b)))
-        r, v = w * (p - y), w * p * (1 - p)
-        ga, gb = (z[:, None] * r).sum(0) / n + ridge * a, r.sum(0) / n
-        haa = (z[:, None] ** 2 * v).sum(0) / n + ridge
-        hab, hbb = (z[:, None] * v).sum(0) / n, v.sum(0) / n + 1e-9
+        p = 1 / (1 + np.exp(-(z * a + b)))
+        r, v = p - y, p * (1 - p)
+        ga, gb = (z * r).sum(0) / n + ridge * a, r.sum(0) / n
+        haa = (z ** 2 * v).sum(0) / n + ridge
+        hab, hbb = (z * v).sum(0) / n, v.sum(0) / n + 1e-9
         det = haa * hbb - hab ** 2
         a, b = a - (hbb * ga - hab * gb) / det, b - (haa * gb - hab * ga) / det
-    return a / sd, b - a * mu / sd
+    return a, b
 
 
 class PlattErrorPredictor:
@@ -113,19 +110,34 @@ class PlattErrorPredictor:
     def fit(cls, rows, n_nodes: int) -> "PlattErrorPredictor":
         """``rows``: :class:`~quee_kit.predictors.DecisionRows` of the fitting samples."""
         coef = np.full((n_nodes, rows.wrong.shape[1], 2), np.nan)
-        score = rows.x[:, SCORE].astype(float)
-        for node, r, valid, wrong in _node_rows(rows):
-            n_wrong, n = wrong.sum(0), valid.sum(0)
-            # Platt's smoothed targets: (n_wrong + 1) / (n_wrong + 2) for a wrong row, 1 / (n_right + 2) for a right one
-            y = np.where(wrong > 0, (n_wrong + 1) / (n_wrong + 2), 1 / (n - n_wrong + 2))
-            a, b = _platt_fit(score[r], y, valid)
-            coef[node] = np.where(valid.any(0)[:, None], np.stack([a, b], 1), np.nan)
+        nodes = np.unique(rows.node)
+        S = len(rows.node) // len(nodes)                         # node-major rows, S samples per node
+        if len(nodes) * S != len(rows.node) or not np.array_equal(rows.node[::S], nodes):
+            raise ValueError("Platt fit: decision rows must be node-major with the same samples at every node")
+        score = rows.x[:, SCORE].astype(float).reshape(len(nodes), S)
+        mu, sd = score.mean(1), score.std(1) + 1e-6
+        z = (score - mu[:, None]) / sd[:, None]                  # standardized per node: a well-conditioned Newton step
+        wrong = rows.wrong.reshape(len(nodes), S, -1)
+        # An option is valid at a node for all its rows or for none (about 3 of 30 are): every valid
+        # (node, option) pair is one column of one fit, all nodes at once.
+        ni, ci = np.nonzero(~np.isnan(wrong[:, 0]))
+        w = np.ascontiguousarray(wrong[ni, :, ci].T)             # (S, pairs) 0/1 errors, C order: sums over
+        # rows then add row by row, as a node's own (S, 30) fit did, so the coefficients keep their bits
+        n_wrong = w.sum(0)
+        # Platt's smoothed targets: (n_wrong + 1) / (n_wrong + 2) for a wrong row, 1 / (n_right + 2) for a right one
+        y = np.where(w > 0, (n_wrong + 1) / (n_wrong + 2), 1 / (np.full(len(ni), S) - n_wrong + 2))
+        a, b = _platt_fit(np.ascontiguousarray(z[ni].T), np.ascontiguousarray(y))
+        coef[nodes[ni], ci] = np.stack([a / sd[ni], b - a * mu[ni] / sd[ni]], 1)   # back on the raw score
         return cls(coef)
 
     def predict_rows(self, x: np.ndarray, depth: np.ndarray, node: np.ndarray) -> np.ndarray:
         """(R, F) every feature column, (R,) depths and nodes -> (R, O) error probabilities."""
-        c = self.coef[np.asarray(node)]                          # (R, O, 2)
-        return (1 / (1 + np.exp(-(c[..., 0] * x[:, SCORE, None] + c[..., 1])))).astype(np.float32)
+        node = np.asarray(node)
+        ri, oi = np.nonzero(~np.isnan(self.coef[node, :, 0]))   # fitted options only (NaN elsewhere)
+        c = self.coef[node[ri], oi]                              # (P, 2)
+        out = np.full((len(node), self.coef.shape[1]), np.nan, dtype=np.float32)
+        out[ri, oi] = 1 / (1 + np.exp(-(c[:, 0] * x[ri, SCORE] + c[:, 1])))
+        return out
 
     def state(self) -> dict:
         return {"kind": self.kind, "coef": self.coef}

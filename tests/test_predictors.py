@@ -102,3 +102,61 @@ def test_platt_recovers_a_logistic_model_and_keeps_the_score_ranking():
     assert (np.diff(p[order]) >= 0).all()                 # more confident -> lower predicted error
     same = PlattErrorPredictor.from_state(m.state()).predict_rows(x, rows.depth, rows.node)
     np.testing.assert_array_equal(same[:, 0], p)
+
+
+def _rows_of_nodes(rng, n_nodes, S, n_opt, valid_sets):
+    """Node-major rows: S samples at each of n_nodes nodes, options valid per node as in a cache."""
+    x = np.zeros((n_nodes * S, len(FEATURE_NAMES)), np.float32)
+    x[:, SCORE] = rng.normal(2.0, 2.0, n_nodes * S)
+    wrong = (rng.random((n_nodes * S, n_opt)) < 0.3).astype(np.float32)
+    for k, ok in enumerate(valid_sets):
+        wrong[k * S:(k + 1) * S, [o for o in range(n_opt) if o not in ok]] = np.nan
+    node = np.repeat(np.arange(n_nodes), S)
+    return DecisionRows(x, wrong, np.ones(len(node), int), np.zeros(len(node), int), node, np.tile(np.arange(S), n_nodes))
+
+
+def test_platt_fits_every_node_and_option_as_its_own_newton_fit():
+    # all (node, option) pairs are fitted together: each must equal a one-column Newton fit on its node alone
+    rng = np.random.default_rng(3)
+    rows = _rows_of_nodes(rng, 3, 300, 4, [{0, 2}, {1}, {0, 1, 3}])
+    m = PlattErrorPredictor.fit(rows, n_nodes=4)
+    for k, ok in enumerate([{0, 2}, {1}, {0, 1, 3}]):
+        s = rows.x[k * 300:(k + 1) * 300, SCORE].astype(float)
+        z = (s - s.mean()) / (s.std() + 1e-6)
+        for o in range(4):
+            if o not in ok:
+                assert np.isnan(m.coef[k, o]).all()
+                continue
+            w = rows.wrong[k * 300:(k + 1) * 300, o]
+            nw = w.sum()
+            y = np.where(w > 0, (nw + 1) / (nw + 2), 1 / (300 - nw + 2))
+            a = b = 0.0
+            for _ in range(25):
+                p = 1 / (1 + np.exp(-(a * z + b)))
+                r, v = p - y, p * (1 - p)
+                ga, gb = (z * r).mean() + 1e-5 * a, r.mean()
+                haa, hab, hbb = (z * z * v).mean() + 1e-5, (z * v).mean(), v.mean() + 1e-9
+                det = haa * hbb - hab ** 2
+                a, b = a - (hbb * ga - hab * gb) / det, b - (haa * gb - hab * ga) / det
+            sd = s.std() + 1e-6
+            np.testing.assert_allclose(m.coef[k, o], [a / sd, b - a * s.mean() / sd], rtol=1e-9, atol=1e-12)
+    assert np.isnan(m.coef[3]).all()                                      # a node without rows
+    shuffled = DecisionRows(rows.x[::-1], rows.wrong[::-1], rows.depth, rows.level, rows.node[::-1], rows.sample)
+    with pytest.raises(ValueError, match="node-major"):
+        PlattErrorPredictor.fit(shuffled, n_nodes=4)
+
+
+def test_binned_table_counts_every_bin_of_every_node():
+    rng = np.random.default_rng(4)
+    rows = _rows_of_nodes(rng, 2, 200, 3, [{0, 1}, {2}])
+    m = BinnedErrorPredictor.fit(rows, n_nodes=2, bins=4, prior_weight=2.0)
+    for k, ok in enumerate([{0, 1}, {2}]):
+        r = slice(k * 200, (k + 1) * 200)
+        b = np.searchsorted(m.edges[k], rows.x[r, SCORE], side="right")
+        for o in range(3):
+            w = rows.wrong[r, o]
+            if o not in ok:
+                assert np.isnan(m.table[k, :, o]).all()
+                continue
+            want = [(w[b == j].sum() + 2.0 * w.mean()) / ((b == j).sum() + 2.0) for j in range(4)]
+            np.testing.assert_allclose(m.table[k, :, o], want, rtol=1e-6)
