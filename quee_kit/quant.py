@@ -96,6 +96,22 @@ def fake_quant_weight(w: torch.Tensor, bits: int) -> torch.Tensor:
     return _round_clamp(w, scale, bits)
 
 
+def _abs_max_last(x: torch.Tensor) -> torch.Tensor:
+    """``x.abs().amax(-1)``. For a short last dim (a head's 16 channels, a 17-token attention row) torch's
+    reduction is slow, so the halves are folded with ``maximum`` instead: twice as fast, and a maximum is
+    exact in any order, so the values are the same."""
+    a = x.abs()
+    if a.shape[-1] > 32 or a.shape[-1] == 0:
+        return a.amax(-1)
+    while a.shape[-1] > 1:
+        h = a.shape[-1] // 2
+        m = torch.maximum(a[..., :h], a[..., h:2 * h])
+        if a.shape[-1] % 2:                         # odd: the last one joins the first
+            m[..., :1] = torch.maximum(m[..., :1], a[..., 2 * h:])
+        a = m
+    return a[..., 0]
+
+
 def fake_quant_act(x: torch.Tensor, bits: int, granularity: str = "tensor",
                    clip_percentile: float | None = None) -> torch.Tensor:
     """Symmetric dynamic fake quantization with a scale per sample (dim 0) or per token (last dim).
@@ -107,17 +123,17 @@ def fake_quant_act(x: torch.Tensor, bits: int, granularity: str = "tensor",
     if bits >= FLOAT_BITS:
         return x
     if granularity == "tensor":
-        flat = x.detach().abs().reshape(x.shape[0], -1)
+        flat = x.detach().reshape(x.shape[0], -1)
         shape = (x.shape[0],) + (1,) * (x.dim() - 1)
     elif granularity == "token":
-        flat = x.detach().abs()   # reduced over its last dim in place of a reshaped copy (the same maxima)
+        flat = x.detach()   # reduced over its last dim in place of a reshaped copy (the same maxima)
         shape = x.shape[:-1] + (1,)
     else:
         raise ValueError(f"granularity must be 'tensor' or 'token' (got {granularity!r})")
     if clip_percentile is None or clip_percentile >= 100:
-        amax = flat.amax(-1)
+        amax = _abs_max_last(flat)
     else:
-        amax = torch.quantile(flat, clip_percentile / 100.0, dim=-1)
+        amax = torch.quantile(flat.abs(), clip_percentile / 100.0, dim=-1)
     scale = (amax.clamp_min(1e-12) / qmax(bits)).reshape(shape)
     x = torch.maximum(torch.minimum(x, scale * qmax(bits)), -scale * qmax(bits)) \
         if clip_percentile is not None else x

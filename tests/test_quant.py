@@ -138,3 +138,14 @@ def test_quantize_residual_quantizes_the_block_input_only_below_float():
     with torch.no_grad():
         torch.testing.assert_close(wrapped(x), block(fake_quant_act(x, 4, "token")))
         assert not torch.allclose(wrapped(x), block(x))                 # 4-bit input: the output changes
+
+
+@pytest.mark.parametrize("last", [1, 5, 16, 17, 33])
+def test_per_token_scale_of_short_and_strided_last_dims_is_the_exact_max(last):
+    # short last dims (a head's channels, an attention row) fold halves with maximum: the same maxima,
+    # so the same quantized values as the plain abs().amax reference, also on a permuted (strided) view
+    torch.manual_seed(2)
+    x = (torch.randn(3, 6, 4, last) * torch.rand(3, 6, 4, 1) * 4).permute(0, 2, 1, 3)
+    scale = x.abs().amax(-1, keepdim=True).clamp_min(1e-12) / _qmax(4)
+    ref = (x / scale).round().clamp(-7, 7) * scale
+    assert torch.equal(fake_quant_act(x, 4, "token"), ref)
