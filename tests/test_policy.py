@@ -217,3 +217,34 @@ def test_best_single_and_quee_can_meet_a_budget_of_exactly_c_min(study):
         knob, ok = study.select(name, c_min)
         assert ok, name
         assert study.methods[name].outcome("calib", knob).mean_cost <= c_min + 1e-12, name
+
+
+def _dense_rule(err_hat, opts, lams, entry, mask, call_cost):
+    """The rule written the plain way: every option scored, the disallowed ones at +inf, first minimum."""
+    tree, delta, N = opts.tree, opts.delta_cost(call_cost), err_hat.shape[1]
+    node = np.full((len(lams), N), tree.entry[entry])
+    for k, lam in enumerate(lams):
+        for i in range(N):
+            while True:
+                n = node[k, i]
+                score = np.where(mask[n], err_hat[n, i] + lam * delta[n], np.inf)
+                nxt = opts.next_node[n, score.argmin()]
+                if nxt < 0:
+                    break
+                node[k, i] = nxt
+    return node
+
+
+@pytest.mark.parametrize("variant", ["all", "exit-only", "quant-only"])
+def test_vectorized_rule_equals_the_plain_rule(digits_prep, variant):
+    # simulate_many scores each node's allowed options only, grouped by node: it must take the decisions
+    # of the dense rule, ties included (err_hat on a coarse grid makes many), for every lambda and entry
+    cache = digits_prep.caches["test"]
+    opts = OptionSpace(digits_prep.tree, cache.node_cost)
+    rng = np.random.default_rng(5)
+    err = (rng.integers(0, 4, (len(opts.tree), 40, opts.n_options)) / 4).astype(np.float32)
+    mask = option_mask(opts, variant)
+    lams = np.array([0.0, 0.5, 3.0, 40.0])
+    for entry in range(len(opts.tree.levels)):
+        node, cost = simulate_many(err[:, :40], cache, opts, lams, entry, mask, call_cost=0.01)
+        np.testing.assert_array_equal(node, _dense_rule(err, opts, lams, entry, mask, 0.01))
