@@ -29,7 +29,7 @@ SCORE = FEATURE_NAMES.index("log_odds")
 
 def _node_rows(rows):
     """Per node present in ``rows``: (node, its row indices, valid (r, O) mask of the options that exist
-    there, 0/1 errors (r, O) with 0 where invalid). Both calibrated predictors fit one node at a time."""
+    there, 0/1 errors (r, O) with 0 where invalid). The binned predictor fits one node at a time."""
     for node in np.unique(rows.node):
         r = np.flatnonzero(rows.node == node)
         valid = ~np.isnan(rows.wrong[r])
@@ -111,6 +111,8 @@ class PlattErrorPredictor:
         """``rows``: :class:`~quee_kit.predictors.DecisionRows` of the fitting samples."""
         coef = np.full((n_nodes, rows.wrong.shape[1], 2), np.nan)
         nodes = np.unique(rows.node)
+        if not len(nodes):
+            return cls(coef)
         S = len(rows.node) // len(nodes)                         # node-major rows, S samples per node
         if len(nodes) * S != len(rows.node) or not np.array_equal(rows.node[::S], nodes):
             raise ValueError("Platt fit: decision rows must be node-major with the same samples at every node")
@@ -121,8 +123,9 @@ class PlattErrorPredictor:
         # An option is valid at a node for all its rows or for none (about 3 of 30 are): every valid
         # (node, option) pair is one column of one fit, all nodes at once.
         ni, ci = np.nonzero(~np.isnan(wrong[:, 0]))
-        w = np.ascontiguousarray(wrong[ni, :, ci].T)             # (S, pairs) 0/1 errors, C order: sums over
-        # rows then add row by row, as a node's own (S, 30) fit did, so the coefficients keep their bits
+        # (S, pairs) in C order: numpy then sums each column row after row, as it did over a node's own
+        # (S, 30) block when nodes were fitted one at a time, so the coefficients keep their bits
+        w = np.ascontiguousarray(wrong[ni, :, ci].T)             # 0/1 errors
         n_wrong = w.sum(0)
         # Platt's smoothed targets: (n_wrong + 1) / (n_wrong + 2) for a wrong row, 1 / (n_right + 2) for a right one
         y = np.where(w > 0, (n_wrong + 1) / (n_wrong + 2), 1 / (np.full(len(ni), S) - n_wrong + 2))

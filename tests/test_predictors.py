@@ -112,7 +112,8 @@ def _rows_of_nodes(rng, n_nodes, S, n_opt, valid_sets):
     for k, ok in enumerate(valid_sets):
         wrong[k * S:(k + 1) * S, [o for o in range(n_opt) if o not in ok]] = np.nan
     node = np.repeat(np.arange(n_nodes), S)
-    return DecisionRows(x, wrong, np.ones(len(node), int), np.zeros(len(node), int), node, np.tile(np.arange(S), n_nodes))
+    return DecisionRows(x, wrong, np.ones(len(node), int), np.zeros(len(node), int), node,
+                        np.tile(np.arange(S), n_nodes))
 
 
 def test_platt_fits_every_node_and_option_as_its_own_newton_fit():
