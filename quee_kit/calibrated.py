@@ -22,9 +22,17 @@ import numpy as np
 
 from .paths import FEATURE_NAMES
 
-__all__ = ["BinnedErrorPredictor", "PlattErrorPredictor", "SCORE"]
+__all__ = ["BinnedErrorPredictor", "PlattErrorPredictor", "SCORE", "cell_sums"]
 
 SCORE = FEATURE_NAMES.index("log_odds")
+
+
+def cell_sums(cell: np.ndarray, k: int, values: np.ndarray) -> np.ndarray:
+    """(k, O) column sums of the rows of ``values`` (R, O) in each cell ``cell`` (R,) of 0..k-1. For 0/1
+    values (errors, valid options) every sum is an exact integer, whatever the order of the additions."""
+    O = values.shape[1]
+    at = (cell[:, None] * O + np.arange(O)).ravel()
+    return np.bincount(at, weights=values.ravel().astype(float), minlength=k * O).reshape(k, O)
 
 
 def _node_rows(rows):
@@ -58,9 +66,7 @@ class BinnedErrorPredictor:
             edges[node] = np.quantile(s, np.arange(1, bins) / bins)
             b = np.searchsorted(edges[node], s, side="right")
             node_mean = wrong.sum(0) / np.maximum(valid.sum(0), 1)
-            # per-bin sums of 0/1 values are exact integers whatever the order: one (bins, r) indicator product
-            onehot = (b == np.arange(bins)[:, None]).astype(float)
-            S, C = onehot @ wrong, onehot @ valid
+            S, C = cell_sums(b, bins, wrong), cell_sums(b, bins, valid)
             table[node] = np.where(valid.any(0), (S + prior_weight * node_mean) / (C + prior_weight), np.nan)
         return cls(edges, table)
 

@@ -40,7 +40,7 @@ from sklearn.cluster import KMeans
 from sklearn.neighbors import NearestNeighbors
 from torch import nn
 
-from .calibrated import BinnedErrorPredictor, PlattErrorPredictor
+from .calibrated import BinnedErrorPredictor, PlattErrorPredictor, cell_sums
 from .calibration import expected_calibration_error
 from .costs import mlp_macs
 from .options import OptionSpace
@@ -124,11 +124,7 @@ def discretized_targets(Z: np.ndarray, wrong: np.ndarray, group: np.ndarray, sch
             fit_rows = np.random.default_rng(seed).choice(len(rows), min(len(rows), 20000), replace=False)
             km = KMeans(n_clusters=k, n_init=2, random_state=seed).fit(Zs[fit_rows])
             cell = km.predict(Zs)
-            # errors and valid options per cell and option: sums of 0/1 values, exact in float64 in any order
-            O = wrong.shape[1]
-            at = (cell[:, None] * O + np.arange(O)).ravel()
-            S = np.bincount(at, weights=wrong0.ravel(), minlength=k * O).reshape(k, O)
-            C = np.bincount(at, weights=valid.ravel(), minlength=k * O).reshape(k, O)
+            S, C = cell_sums(cell, k, wrong0), cell_sums(cell, k, valid)   # errors, valid options per cell
             T[rows] = ((S + prior_weight * group_mean) / (C + prior_weight))[cell]
         elif scheme == "knn":
             ref = np.random.default_rng(seed).choice(len(rows), min(len(rows), 20000), replace=False)
