@@ -142,7 +142,7 @@ class PlattErrorPredictor:
     def predict_rows(self, x: np.ndarray, depth: np.ndarray, node: np.ndarray) -> np.ndarray:
         """(R, F) every feature column, (R,) depths and nodes -> (R, O) error probabilities."""
         node = np.asarray(node)
-        ri, oi = np.nonzero(~np.isnan(self.coef[node, :, 0]))   # fitted options only (NaN elsewhere)
+        ri, oi = np.nonzero(~np.isnan(self.coef[:, :, 0])[node])   # fitted options only (NaN elsewhere)
         c = self.coef[node[ri], oi]                              # (P, 2)
         out = np.full((len(node), self.coef.shape[1]), np.nan, dtype=np.float32)
         out[ri, oi] = 1 / (1 + np.exp(-(c[:, 0] * x[ri, SCORE] + c[:, 1])))
