@@ -78,6 +78,11 @@ class IntLinear(nn.Module):
         self.act = layer.act
         self.in_features, self.out_features = layer.in_features, layer.out_features
 
+    @property
+    def rowwise(self) -> bool:
+        """Whether an output row depends on its input row alone (see ``ViTBlock.first_token``)."""
+        return self.act.rowwise
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lead = x.shape[:-1]
         if x.numel() == 0:

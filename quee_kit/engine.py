@@ -19,7 +19,7 @@ from torch import nn
 from torch.profiler import record_function
 
 from .costs import CostModel
-from .models import EarlyExitModel
+from .models import EarlyExitModel, first_token_state
 from .paths import compact_features
 from .policy import call_needed
 from .options import OptionSpace
@@ -57,6 +57,7 @@ class DynamicModel(nn.Module):
         # nodes where err_hat can change the decision (as in the cache simulation)
         self.calls_at = call_needed(opts, self.mask, call_cost, [self.lam])[0]
         self.tree = opts.tree
+        self.cls_last = getattr(model.heads[-1], "reads_cls", False)
         # block_cost[t, q]: normalized cost of block index t (0-based; depth t + 1) at level q
         self.block_cost = np.array([[costs.block(t + 1, lv) for lv in self.tree.levels] for t in range(self.tree.L)])
 
@@ -70,7 +71,8 @@ class DynamicModel(nn.Module):
         node = np.full(N, tree.entry[self.entry])
         dev = next(self.model.parameters()).device            # backbone on the GPU, predictors on the CPU
         with record_function("engine.blocks"):
-            h = self.qblocks[self.entry][0](self.model.stem(x.to(dev)))
+            h, first = self.model.stem(x.to(dev)), self.qblocks[self.entry][0]
+            h = first_token_state(first, h) if tree.L == 1 and self.cls_last else first(h)
         # Costs are accumulated from what actually runs: stem, each block at its level, each head,
         # each predictor call.
         cost += self.costs.stem + self.costs.block(1, tree.levels[self.entry])
@@ -101,7 +103,9 @@ class DynamicModel(nn.Module):
                 h, prev_logits = h[kt.to(dev)], logits[kt]
                 levels, counts = np.unique(tree.level[node], return_counts=True)
             with record_function("engine.blocks"):
-                parts = [self.qblocks[int(q)][t](part)
+                # the last block: only what the exit reads, as in the path cache
+                run = first_token_state if t == tree.L - 1 and self.cls_last else (lambda b, part: b(part))
+                parts = [run(self.qblocks[int(q)][t], part)
                          for q, part in zip(levels, torch.split(h, counts.tolist()))]
                 h = parts[0] if len(parts) == 1 else torch.cat(parts)
             blocks_run += len(idx)

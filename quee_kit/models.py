@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 __all__ = ["EarlyExitModel", "ViTStem", "ViTBlock", "Attention", "ExitHead", "BACKBONES",
-           "register_backbone", "build_model"]
+           "register_backbone", "build_model", "first_token_state"]
 
 
 class EarlyExitModel(nn.Module):
@@ -71,14 +71,24 @@ class Attention(nn.Module):
         self.proj = nn.Linear(dim, dim)
         self.matmul_quant = None
 
-    def forward(self, x):
+    def forward(self, x, first_only: bool = False):
+        """(B, N, D) -> (B, N, D); ``first_only``: (B, 1, D), the output of token 0 alone (every token still
+        attends, only the projection is left out for the others)."""
         B, N, D = x.shape
-        q, k, v = self.qkv(x).reshape(B, N, 3, self.heads, self.dh).permute(2, 0, 3, 1, 4)
+        qkv = self.qkv(x).reshape(B, N, 3, self.heads, self.dh)
         mq = self.matmul_quant or (lambda t: t)
-        att = (mq(q) @ mq(k).transpose(-2, -1)) * self.dh ** -0.5
+        if getattr(self.matmul_quant, "rowwise", False):
+            # one scale per token and head: the groups of quantizing q, k and v one by one, in one
+            # contiguous pass instead of three over strided views
+            qkv, mqkv = mq(qkv), (lambda t: t)
+        else:
+            mqkv = mq
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)
+        att = (mqkv(q) @ mqkv(k).transpose(-2, -1)) * self.dh ** -0.5
         att = att.softmax(-1)
-        out = (mq(att) @ mq(v)).transpose(1, 2).reshape(B, N, D)
-        return self.proj(out)
+        out = (mq(att) @ mqkv(v)).transpose(1, 2).reshape(B, N, D)
+        # contiguous: a strided (B, 1, D) view goes through another matrix-product path, which rounds differently
+        return self.proj(out[:, :1].contiguous() if first_only else out)
 
 
 class ViTBlock(nn.Module):
@@ -95,6 +105,16 @@ class ViTBlock(nn.Module):
         x = x + self.attn(self.norm1(x))
         return x + self.fc2(self.act(self.fc1(self.norm2(x))))
 
+    def first_token(self, x):
+        """``self(x)[:, :1]`` at a fraction of the cost: all tokens attend, then the projection, the MLP and
+        the norms run on token 0 alone (what an exit that reads the CLS token needs after the last block).
+        ``None`` when a layer after the attention mixes rows, e.g. a quantizer with one scale per sample
+        (a layer with ``rowwise = False``): then only the full forward gives the same numbers."""
+        if not all(getattr(m, "rowwise", True) for m in (self.attn.proj, self.fc1, self.fc2)):
+            return None
+        h = x[:, :1] + self.attn(self.norm1(x), first_only=True)
+        return h + self.fc2(self.act(self.fc1(self.norm2(h))))
+
 
 class ExitHead(nn.Module):
     """LayerNorm + Linear on the CLS token: (B, N, D) -> (B, num_classes)."""
@@ -106,6 +126,22 @@ class ExitHead(nn.Module):
 
     def forward(self, h):
         return self.fc(self.norm(h[:, 0]))
+
+
+def first_token_state(block: nn.Module, h: torch.Tensor) -> torch.Tensor:
+    """``block(h)[:, :1]``, the state an exit reading the CLS token needs after the last block: through
+    ``block.first_token`` where the block has one (and it applies), else the full forward, sliced.
+
+    Both give the same bits: every row of a linear layer, a norm and a per-token quantizer depends on that
+    row alone. Only matrix products of very few rows take other kernels that round differently (on x86 with
+    MKL: fewer than 4), so the shortcut runs when the batch has at least as many samples as a sample has
+    tokens: its products then have at least as many rows as the full forward of one sample has.
+    """
+    if h.shape[0] >= h.shape[1] and hasattr(block, "first_token"):
+        out = block.first_token(h)
+        if out is not None:
+            return out
+    return block(h)[:, :1]
 
 
 BACKBONES: dict[str, Callable] = {}

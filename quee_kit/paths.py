@@ -17,7 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .costs import CostModel
-from .models import EarlyExitModel
+from .models import EarlyExitModel, first_token_state
 from .quant import Level
 
 __all__ = ["FAMILIES", "PathTree", "PathCache", "build_path_cache", "softmax_features", "compact_features", "node_features",
@@ -205,9 +205,12 @@ def build_path_cache(model: EarlyExitModel, qblocks: dict[int, list[torch.nn.Mod
 
     ``qblocks[q][t - 1]`` is block ``t`` (1-based depth) prepared at level index ``q`` (see
     :func:`quee_kit.quant.apply_level`). Breadth-first per chunk of ``batch_size`` samples: the
-    states of one depth are kept, each node's block runs once on its parent's state.
+    states of one depth are kept, each node's block runs once on its parent's state. When the last exit
+    reads only the CLS token, the last block computes that token alone
+    (:func:`~quee_kit.models.first_token_state`, the same numbers), as the dynamic engine does.
     """
     model.eval()
+    cls_last = getattr(model.heads[tree.L - 1], "reads_cls", False)
     n_nodes, N = len(tree), len(x)
     logits = None
     t0 = time.perf_counter()
@@ -220,7 +223,9 @@ def build_path_cache(model: EarlyExitModel, qblocks: dict[int, list[torch.nn.Mod
         for t in range(1, tree.L + 1):
             new = {}
             for node in tree.nodes_at(t):
-                h = qblocks[int(tree.level[node])][t - 1](states[int(tree.parent[node])])
+                block, parent = qblocks[int(tree.level[node])][t - 1], states[int(tree.parent[node])]
+                # after the last block only the exit reads the state: its CLS token is all a CLS head needs
+                h = first_token_state(block, parent) if t == tree.L and cls_last else block(parent)
                 out = model.heads[t - 1](h).float().cpu()
                 if logits is None:
                     logits = torch.empty(n_nodes, N, out.shape[-1])

@@ -130,13 +130,15 @@ def fake_quant_act(x: torch.Tensor, bits: int, granularity: str = "tensor",
         shape = x.shape[:-1] + (1,)
     else:
         raise ValueError(f"granularity must be 'tensor' or 'token' (got {granularity!r})")
-    if clip_percentile is None or clip_percentile >= 100:
-        amax = _abs_max_last(flat)
-    else:
-        amax = torch.quantile(flat.abs(), clip_percentile / 100.0, dim=-1)
+    by_max = clip_percentile is None or clip_percentile >= 100
+    amax = _abs_max_last(flat) if by_max else torch.quantile(flat.abs(), clip_percentile / 100.0, dim=-1)
     scale = (amax.clamp_min(1e-12) / qmax(bits)).reshape(shape)
     x = torch.maximum(torch.minimum(x, scale * qmax(bits)), -scale * qmax(bits)) \
         if clip_percentile is not None else x
+    if by_max:
+        # No clamp needed: |x| <= amax, and scale is amax / q rounded once, so |x / scale| <= q (1 + 2^-23)
+        # (or < q where amax < 1e-12), which rounds to at most q. The clamp would change no value.
+        return (x / scale).round_().mul_(scale)
     return _round_clamp(x, scale, bits)
 
 
@@ -146,6 +148,11 @@ class ActQuant:
     bits: int
     granularity: str = "tensor"
     clip_percentile: float | None = None
+
+    @property
+    def rowwise(self) -> bool:
+        """Whether each token's quantized values depend on that token alone (per-token scales, or float)."""
+        return self.granularity == "token" or self.bits >= FLOAT_BITS
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return fake_quant_act(x, self.bits, self.granularity, self.clip_percentile)
@@ -160,6 +167,11 @@ class QuantLinear(nn.Module):
         self.register_buffer("bias", None if layer.bias is None else layer.bias.detach().clone())
         self.in_features, self.out_features = layer.in_features, layer.out_features
         self.w_bits, self.act = w_bits, act
+
+    @property
+    def rowwise(self) -> bool:
+        """Whether an output row depends on its input row alone (see ``ViTBlock.first_token``)."""
+        return self.act.rowwise
 
     def forward(self, x):
         return F.linear(self.act(x), self.weight, self.bias)
@@ -229,6 +241,11 @@ class CastBlock(nn.Module):
     def forward(self, x):
         return self.block(x.to(self.dtype)).float()
 
+    def first_token(self, x):
+        """The wrapped block's ``first_token`` (see :func:`quee_kit.models.first_token_state`), or None."""
+        out = self.block.first_token(x.to(self.dtype)) if hasattr(self.block, "first_token") else None
+        return None if out is None else out.float()
+
 
 # ---------------------------------------------------------------- quantized residual stream (optional)
 
@@ -243,6 +260,11 @@ class ResidualQuant(nn.Module):
 
     def forward(self, x):
         return self.block(self.act(x))
+
+    def first_token(self, x):
+        """The wrapped block's ``first_token`` on the quantized stream (see
+        :func:`quee_kit.models.first_token_state`), or None."""
+        return self.block.first_token(self.act(x)) if hasattr(self.block, "first_token") else None
 
 
 def quantize_residual(block: nn.Module, level: Level | str) -> nn.Module:

@@ -46,6 +46,21 @@ def test_cache_equals_direct_forward(digits_prep):
         assert cache.node_cost[node] == pytest.approx(prep.costs.path(levels))
 
 
+def test_last_depth_logits_equal_the_full_last_block(digits_prep):
+    # the cache runs the last block on the CLS token only; its logits must be those of the full block, bit
+    # for bit, on the cache's own first chunk (the same batch as the cache's products)
+    prep, cache = digits_prep, digits_prep.caches["test"]
+    tree, L = prep.tree, prep.tree.L
+    x = prep.data.test.x[:prep.cfg.paths.batch_size]
+    assert prep.model.heads[L - 1].reads_cls and len(x) >= 17
+    with torch.no_grad():
+        for node in np.random.default_rng(1).choice(tree.nodes_at(L), 8, replace=False):
+            h = prep.model.stem(x)
+            for t, q in enumerate(tree.paths[node]):
+                h = prep.qblocks[q][t](h)
+            assert torch.equal(cache.logits[node, :len(x)], prep.model.heads[L - 1](h))
+
+
 def test_exits_table(digits_prep):
     df = exits_table(digits_prep)
     ref = df[(df.level == "w16a16") & (df.split == "test")].sort_values("exit")

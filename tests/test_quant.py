@@ -149,3 +149,41 @@ def test_per_token_scale_of_short_and_strided_last_dims_is_the_exact_max(last):
     scale = x.abs().amax(-1, keepdim=True).clamp_min(1e-12) / _qmax(4)
     ref = (x / scale).round().clamp(-7, 7) * scale
     assert torch.equal(fake_quant_act(x, 4, "token"), ref)
+
+
+@pytest.mark.parametrize("level,granularity", [("w16a16", "token"), ("w8a8", "token"), ("w4a4", "token"),
+                                               ("w4a8", "tensor")])
+@pytest.mark.parametrize("wrap", ["none", "residual", "int"])
+def test_first_token_state_is_the_full_forward_sliced(level, granularity, wrap):
+    # The last block of the path cache and the engine computes only the CLS token for a CLS exit: it must
+    # give the bits of the full forward, or fall back to it (a per-sample scale mixes every token's values)
+    from quee_kit.backends import to_backend
+    from quee_kit.models import first_token_state
+    from quee_kit.quant import quantize_residual
+    torch.manual_seed(3)
+    lv = parse_level(level, granularity)
+    block = apply_level(ViTBlock(32, 4, 2).eval(), lv)
+    block = quantize_residual(block, lv) if wrap == "residual" else to_backend(block, "int") if wrap == "int" else block
+    x = torch.randn(40, 17, 32) * torch.rand(40, 17, 1) * 4
+    shortcut = hasattr(block, "first_token") and block.first_token(x) is not None
+    assert shortcut == (granularity == "token")
+    with torch.no_grad():
+        for n in (40, 17, 3):           # below 17 samples the full forward runs (few-row products round otherwise)
+            assert torch.equal(first_token_state(block, x[:n]), block(x[:n])[:, :1])
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4, 8, 12])
+def test_per_max_scale_needs_no_clamp(bits):
+    # fake_quant_act skips the clamp when the scale comes from the max |x|: x / scale never rounds past q.
+    # The same bits as the clamped form, on rows whose extremes sit exactly at +-max and on tiny rows.
+    torch.manual_seed(bits)
+    x = torch.randn(200, 17, 64) * torch.rand(200, 17, 1) * 10
+    x[:20] *= 1e-14                                   # below the 1e-12 floor of the scale
+    x[20:40, :, 0] = -x[20:40].abs().amax(-1) * 1.0   # the extreme is a negative value
+    q = _qmax(bits)
+    scale = x.abs().amax(-1, keepdim=True).clamp_min(1e-12) / q
+    ref = (x / scale).round().clamp(-q, q) * scale
+    assert torch.equal(fake_quant_act(x, bits, "token"), ref)
+    flat = x.reshape(200, -1)
+    scale = flat.abs().amax(-1, keepdim=True).clamp_min(1e-12) / q
+    assert torch.equal(fake_quant_act(x, bits, "tensor").reshape(200, -1), (flat / scale).round().clamp(-q, q) * scale)
