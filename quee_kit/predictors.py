@@ -287,14 +287,27 @@ def fit_predictor(cache: PathCache, opts: OptionSpace, cfg, samples: np.ndarray,
     return _fit_mlp(rows, cfg, opts.tree.L, opts.n_options, seed)
 
 
-def predict_nodes(predictor, cache: PathCache, opts: OptionSpace, samples: np.ndarray) -> np.ndarray:
-    """``err_hat`` of ``samples`` at every node: (n_nodes, len(samples), O), NaN at invalid options and leaves."""
+def _decision_predictions(predictor, cache: PathCache, opts: OptionSpace, samples: np.ndarray):
+    """The decision nodes (ascending) and ``err_hat`` of ``samples`` there, (nodes, len(samples), O) with
+    NaN at invalid options."""
     rows = decision_rows(cache, opts, samples, errors=False)
-    out = np.full((len(opts.tree), len(samples), opts.n_options), np.nan, dtype=np.float32)
     nodes = np.unique(rows.node)
     with one_thread():   # the same bits on any thread count, like the fits
-        out[nodes] = predictor.predict_rows(rows.x, rows.depth, rows.node).reshape(len(nodes), len(samples), -1)
-    out[~np.broadcast_to(opts.valid[:, None, :], out.shape)] = np.nan
+        p = predictor.predict_rows(rows.x, rows.depth, rows.node).reshape(len(nodes), len(samples), -1)
+    return nodes, np.where(opts.valid[nodes][:, None, :], p, np.float32(np.nan)).astype(np.float32, copy=False)
+
+
+def _leaves_nan(out: np.ndarray, nodes: np.ndarray) -> np.ndarray:
+    """``out`` with NaN at every node not in ``nodes`` (each element written once: these arrays are large)."""
+    out[np.setdiff1d(np.arange(len(out)), nodes)] = np.nan
+    return out
+
+
+def predict_nodes(predictor, cache: PathCache, opts: OptionSpace, samples: np.ndarray) -> np.ndarray:
+    """``err_hat`` of ``samples`` at every node: (n_nodes, len(samples), O), NaN at invalid options and leaves."""
+    nodes, p = _decision_predictions(predictor, cache, opts, samples)
+    out = _leaves_nan(np.empty((len(opts.tree), len(samples), opts.n_options), dtype=np.float32), nodes)
+    out[nodes] = p
     return out
 
 
@@ -308,10 +321,12 @@ class CrossFitted:
 
     def predict(self, calib: PathCache, test: PathCache, opts: OptionSpace) -> dict[str, np.ndarray]:
         """Out-of-fold calib and final-model test estimates ``err_hat``, both (n_nodes, N, O)."""
-        oof = np.full((len(opts.tree), calib.n_samples, opts.n_options), np.nan, dtype=np.float32)
+        oof = np.empty((len(opts.tree), calib.n_samples, opts.n_options), dtype=np.float32)
         for k, m in enumerate(self.folds):
             ho = np.flatnonzero(self.fold_of == k)
-            oof[:, ho] = predict_nodes(m, calib, opts, ho)
+            nodes, p = _decision_predictions(m, calib, opts, ho)
+            oof[nodes[:, None], ho[None, :]] = p
+        _leaves_nan(oof, nodes)
         return {"calib": oof, "test": predict_nodes(self.final, test, opts, np.arange(test.n_samples))}
 
 
