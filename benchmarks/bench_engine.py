@@ -2,14 +2,16 @@
 
 For every backend (``quant.backend``: fake, compiled, int, int-compiled) the study is built with that
 backend (path caches and predictors), so the engine runs the same blocks as the cache it was tuned on.
-Timed, in microseconds per test sample at batch sizes 1, 32 and 256 (best of ``--repeats`` passes):
+Timed, in microseconds per test sample at batch sizes 1, 32 and 256 (best of ``--repeats`` passes, each
+alternating with a pass of the float full model, which every speed-up is taken against):
 
 * ``full``: stem, every block at one level, the last head; the float model (``w16a16``) is the baseline;
 * ``engine``: QuEE's :class:`~quee_kit.engine.DynamicModel` at each default budget (entry and λ chosen
   on calib), after checking that it exits every test sample at the node the cache simulation says.
 
 Writes ``OUT/engine.csv`` (``backend,mode,budget,batch_size,us_per_sample,speedup_vs_float_full`` and
-then ``level,blocks_per_sample,cost_bops,engine_vs_cache_mismatches``) and prints a markdown table; ``--profile`` adds a
+then ``level,blocks_per_sample,cost_bops,engine_vs_cache_mismatches,float_full_us``, the float model's time
+beside that row) and prints a markdown table; ``--profile`` adds a
 ``torch.profiler`` breakdown of the engine at budget 0.05 (best backend) to ``OUT/engine_profile.txt``::
 
     python benchmarks/bench_engine.py --out results/bench
@@ -34,22 +36,30 @@ from quee_kit.study import run_study
 from quee_kit.policy import simulate
 
 COLUMNS = ["backend", "mode", "budget", "batch_size", "us_per_sample", "speedup_vs_float_full", "level",
-           "blocks_per_sample", "cost_bops", "engine_vs_cache_mismatches"]
+           "blocks_per_sample", "cost_bops", "engine_vs_cache_mismatches", "float_full_us"]
 
 
-def per_sample_us(fn, x: torch.Tensor, batch: int, repeats: int) -> float:
-    """Best of ``repeats`` passes over ``x`` in batches of ``batch``, µs per sample (device synchronized)."""
+def per_sample_us(fn, x: torch.Tensor, batch: int, repeats: int, ref=None) -> tuple[float, float | None]:
+    """Best of ``repeats`` passes over ``x`` in batches of ``batch``, µs per sample (device synchronized).
+
+    With ``ref`` (the float full model), each pass of ``fn`` alternates with a pass of ``ref`` and the best
+    of those is returned too: a speed-up is then the ratio of two times taken side by side, not against one
+    float timing taken minutes earlier (this machine drifts by 10-20% over a run)."""
     sync = torch.cuda.synchronize if x.is_cuda else (lambda: None)
-    fn(x[:batch])  # warm-up: compiled blocks compile here, CUDA kernels load
-    best = float("inf")
+    fns = [fn] + ([ref] if ref is not None else [])
+    for f in fns:
+        f(x[:batch])  # warm-up: compiled blocks compile here, CUDA kernels load
+    best = [float("inf")] * len(fns)
     for _ in range(repeats):
-        sync()
-        t = time.perf_counter()
-        for s in range(0, len(x), batch):
-            fn(x[s:s + batch])
-        sync()
-        best = min(best, time.perf_counter() - t)
-    return best / len(x) * 1e6
+        for i, f in enumerate(fns):
+            sync()
+            t = time.perf_counter()
+            for s in range(0, len(x), batch):
+                f(x[s:s + batch])
+            sync()
+            best[i] = min(best[i], time.perf_counter() - t)
+    us = [b / len(x) * 1e6 for b in best]
+    return us[0], (us[1] if ref is not None else None)
 
 
 def full_model(model, blocks):
@@ -109,7 +119,7 @@ def main() -> None:
     sizes = [int(s) for s in args.batch_sizes.split(",")]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    rows, float_us, engines = [], {}, {}
+    rows, engines = [], {}
     for backend in backends:
         cfg = dataclasses.replace(base, quant=dataclasses.replace(base.quant, backend=backend))
         t0 = time.perf_counter()
@@ -118,15 +128,15 @@ def main() -> None:
         dev = next(prep.model.parameters()).device
         x = prep.data.test.x.to(dev)
         print(f"{backend}: study ready in {time.perf_counter() - t0:.0f} s", flush=True)
+        # the float model, eager (its blocks stay float under every backend): every row is timed beside it
+        ref = full_model(prep.model, prep.qblocks[0])
         for q, lv in enumerate(prep.levels):
             run = full_model(prep.model, prep.qblocks[q])
             for bs in sizes:
-                us = per_sample_us(run, x[:args.batch1_samples] if bs == 1 else x, bs, args.repeats)
-                if q == 0 and bs not in float_us:
-                    float_us[bs] = us  # the float model (blocks stay float under every backend)
+                us, ref_us = per_sample_us(run, x[:args.batch1_samples] if bs == 1 else x, bs, args.repeats, ref)
                 rows.append(dict(backend=backend, mode="full", budget=None, batch_size=bs, us_per_sample=us,
                                  level=lv.name, blocks_per_sample=prep.model.depth, cost_bops=None,
-                                 engine_vs_cache_mismatches=None))
+                                 engine_vs_cache_mismatches=None, float_full_us=ref_us))
         for budget in cfg.eval.budgets:
             eng = study.engine("quee", budget)
             mismatches = check_engine(study, eng, budget)
@@ -136,12 +146,12 @@ def main() -> None:
             r = eng(x)
             engines[(backend, budget)] = eng
             for bs in sizes:
-                us = per_sample_us(eng, x[:args.batch1_samples] if bs == 1 else x, bs, args.repeats)
+                us, ref_us = per_sample_us(eng, x[:args.batch1_samples] if bs == 1 else x, bs, args.repeats, ref)
                 rows.append(dict(backend=backend, mode="engine", budget=budget, batch_size=bs, us_per_sample=us,
                                  level=None, blocks_per_sample=r.blocks_run / len(x), cost_bops=r.cost.mean(),
-                                 engine_vs_cache_mismatches=mismatches))
+                                 engine_vs_cache_mismatches=mismatches, float_full_us=ref_us))
     df = pd.DataFrame(rows)
-    df["speedup_vs_float_full"] = [float_us[bs] / us for bs, us in zip(df.batch_size, df.us_per_sample)]
+    df["speedup_vs_float_full"] = df.float_full_us / df.us_per_sample
     atomic_write_bytes(out / "engine.csv", df[COLUMNS].to_csv(index=False, float_format="%.4g").encode())
     machine = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
     if x.is_cuda:
