@@ -133,8 +133,8 @@ def first_token_state(block: nn.Module, h: torch.Tensor) -> torch.Tensor:
     ``block.first_token`` where the block has one (and it applies), else the full forward, sliced.
 
     Both give the same bits: every row of a linear layer, a norm and a per-token quantizer depends on that
-    row alone. Only matrix products of very few rows take other kernels that round differently (on x86 with
-    MKL: fewer than 4), so the shortcut runs when the batch has at least as many samples as a sample has
+    row alone. Only matrix products of very few rows take other kernels that round differently (on the x86 CPU
+    measured, products of 1-3 rows), so the shortcut runs when the batch has at least as many samples as a sample has
     tokens: its products then have at least as many rows as the full forward of one sample has.
     """
     if h.shape[0] >= h.shape[1] and hasattr(block, "first_token"):

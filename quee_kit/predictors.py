@@ -322,6 +322,7 @@ class CrossFitted:
     def predict(self, calib: PathCache, test: PathCache, opts: OptionSpace) -> dict[str, np.ndarray]:
         """Out-of-fold calib and final-model test estimates ``err_hat``, both (n_nodes, N, O)."""
         oof = np.empty((len(opts.tree), calib.n_samples, opts.n_options), dtype=np.float32)
+        nodes = np.zeros(0, dtype=np.int64)        # every fold predicts at the same decision nodes
         for k, m in enumerate(self.folds):
             ho = np.flatnonzero(self.fold_of == k)
             nodes, p = _decision_predictions(m, calib, opts, ho)
