@@ -71,8 +71,7 @@ class DynamicModel(nn.Module):
         node = np.full(N, tree.entry[self.entry])
         dev = next(self.model.parameters()).device            # backbone on the GPU, predictors on the CPU
         with record_function("engine.blocks"):
-            h, first = self.model.stem(x.to(dev)), self.qblocks[self.entry][0]
-            h = first_token_state(first, h) if tree.L == 1 and self.cls_last else first(h)
+            h = self._block(self.qblocks[self.entry][0], self.model.stem(x.to(dev)), 0)
         # Costs are accumulated from what actually runs: stem, each block at its level, each head,
         # each predictor call.
         cost += self.costs.stem + self.costs.block(1, tree.levels[self.entry])
@@ -103,14 +102,17 @@ class DynamicModel(nn.Module):
                 h, prev_logits = h[kt.to(dev)], logits[kt]
                 levels, counts = np.unique(tree.level[node], return_counts=True)
             with record_function("engine.blocks"):
-                # the last block: only what the exit reads, as in the path cache
-                run = first_token_state if t == tree.L - 1 and self.cls_last else (lambda b, part: b(part))
-                parts = [run(self.qblocks[int(q)][t], part)
+                parts = [self._block(self.qblocks[int(q)][t], part, t)
                          for q, part in zip(levels, torch.split(h, counts.tolist()))]
                 h = parts[0] if len(parts) == 1 else torch.cat(parts)
             blocks_run += len(idx)
             cost[idx] += self.block_cost[t, tree.level[node]]
         return DynamicResult(pred, cost, final, blocks_run)
+
+    def _block(self, block: nn.Module, h: torch.Tensor, t: int) -> torch.Tensor:
+        """Block index ``t`` (0-based) on ``h``; the last one computes only what a CLS exit reads, as the path
+        cache does (:func:`~quee_kit.models.first_token_state`, the same numbers)."""
+        return first_token_state(block, h) if t == self.tree.L - 1 and self.cls_last else block(h)
 
     def _decide(self, logits: torch.Tensor, prev_logits, t: int, node: np.ndarray) -> np.ndarray:
         """The next node of each sample (-1: exit now) by the receding-horizon rule; ê is computed only
