@@ -246,7 +246,9 @@ def _fit_mlp(rows: DecisionRows, cfg, L: int, n_options: int, seed: int) -> Erro
     model = ErrorPredictor(cols, n_options, L, cfg.hidden, cfg.layers, cfg.shared)
     model.mu.copy_(torch.as_tensor(X[tr_idx].mean(0)))
     model.sd.copy_(torch.as_tensor(X[tr_idx].std(0) + 1e-6))
-    Xt, Tt, Et, Dt = (torch.as_tensor(a) for a in (X, T, rows.wrong, rows.depth))
+    # C order: picking the column-ordered X row by row every epoch took 38 ms instead of 4 (the gathered
+    # rows are C-ordered either way, so the fit's numbers are the same)
+    Xt, Tt, Et, Dt = (torch.as_tensor(a) for a in (np.ascontiguousarray(X), T, rows.wrong, rows.depth))
     Mt = ~torch.isnan(Et)
     Wt = torch.zeros(len(X))
     Wt[tr_idx] = torch.as_tensor(depth_balanced_weights(rows.depth[tr_idx], cfg.balance))
