@@ -20,11 +20,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from .paths import FEATURE_NAMES
+from .paths import LOG_ODDS
 
 __all__ = ["BinnedErrorPredictor", "PlattErrorPredictor", "SCORE", "cell_sums"]
 
-SCORE = FEATURE_NAMES.index("log_odds")
+SCORE = LOG_ODDS   # the one feature column both read
 
 
 def cell_sums(cell: np.ndarray, k: int, values: np.ndarray) -> np.ndarray:
@@ -49,6 +49,7 @@ class BinnedErrorPredictor:
     shrunk mean error of every option per bin (NaN at nodes never fitted or invalid options)."""
 
     kind = "binned"
+    columns = [SCORE]   # the feature columns predict_rows reads
 
     def __init__(self, edges: np.ndarray, table: np.ndarray):
         self.edges, self.table = edges, table
@@ -107,10 +108,12 @@ class PlattErrorPredictor:
     option is invalid or the node was never fitted)."""
 
     kind = "platt"
+    columns = [SCORE]   # the feature columns predict_rows reads
 
     def __init__(self, coef: np.ndarray):
         self.coef = coef
         self.macs = coef.shape[1]
+        self.fitted = ~np.isnan(coef[:, :, 0])                  # (n_nodes, O): the options fitted at each node
 
     @classmethod
     def fit(cls, rows, n_nodes: int) -> "PlattErrorPredictor":
@@ -142,7 +145,7 @@ class PlattErrorPredictor:
     def predict_rows(self, x: np.ndarray, depth: np.ndarray, node: np.ndarray) -> np.ndarray:
         """(R, F) every feature column, (R,) depths and nodes -> (R, O) error probabilities."""
         node = np.asarray(node)
-        ri, oi = np.nonzero(~np.isnan(self.coef[:, :, 0])[node])   # fitted options only (NaN elsewhere)
+        ri, oi = np.nonzero(self.fitted[node])                  # fitted options only (NaN elsewhere)
         c = self.coef[node[ri], oi]                              # (P, 2)
         out = np.full((len(node), self.coef.shape[1]), np.nan, dtype=np.float32)
         out[ri, oi] = 1 / (1 + np.exp(-(c[:, 0] * x[ri, SCORE] + c[:, 1])))

@@ -120,10 +120,18 @@ class DynamicModel(nn.Module):
         tree, opts = self.tree, self.opts
         call = self.calls_at[node]
         err_hat = np.zeros((len(node), opts.n_options), dtype=np.float32)
-        if call.any():
-            feats = compact_features(logits[call], None if prev_logits is None else prev_logits[call], t,
-                                     torch.as_tensor(tree.level[node[call]]).float(), tree.L, len(tree.levels))
-            with record_function("engine.predictor"):
-                err_hat[call] = self.predictor.predict_rows(feats.numpy(), np.full(int(call.sum()), t), node[call])
+        if call.all():      # the common case: no row to pick out
+            err_hat[:] = self._predict(logits, prev_logits, t, node)
+        elif call.any():
+            err_hat[call] = self._predict(logits[call], None if prev_logits is None else prev_logits[call], t,
+                                          node[call])
         score = np.where(self.mask[node], err_hat + self.lam * self.delta[node], np.inf)
         return opts.next_node[node, score.argmin(1)]
+
+    def _predict(self, logits: torch.Tensor, prev_logits, t: int, node: np.ndarray) -> np.ndarray:
+        """``err_hat`` (rows, O) of rows at depth ``t`` and ``node``, computing only the features the predictor
+        reads (``columns``; all of them when it does not say)."""
+        feats = compact_features(logits, prev_logits, t, torch.as_tensor(self.tree.level[node]).float(), self.tree.L,
+                                 len(self.tree.levels), getattr(self.predictor, "columns", None))
+        with record_function("engine.predictor"):
+            return self.predictor.predict_rows(feats.numpy(), np.full(len(node), t), node)

@@ -20,7 +20,7 @@ from .costs import CostModel
 from .models import EarlyExitModel, first_token_state
 from .quant import Level
 
-__all__ = ["FAMILIES", "PathTree", "PathCache", "build_path_cache", "softmax_features", "compact_features", "node_features",
+__all__ = ["FAMILIES", "PathTree", "PathCache", "build_path_cache", "softmax_features", "compact_features", "LOG_ODDS", "node_features",
            "FEATURE_NAMES", "HISTORY_FEATURES", "DISCRETE_FEATURES"]
 
 FAMILIES = ("monotone", "free", "uniform")
@@ -30,6 +30,7 @@ FEATURE_NAMES = ["max_prob", "margin", "entropy", "p2", "p3", "log_odds", "logit
                  "prev_max_prob", "agree_prev"]
 HISTORY_FEATURES = ("prev_max_prob", "agree_prev")
 DISCRETE_FEATURES = ("depth", "level", "agree_prev")  # kept out of clustering spaces
+LOG_ODDS = FEATURE_NAMES.index("log_odds")
 
 
 class PathTree:
@@ -109,10 +110,14 @@ def softmax_features(logits: torch.Tensor) -> torch.Tensor:
         top = torch.nn.functional.pad(top, (0, 3 - top.shape[-1]))
     ent = -(p * p.clamp_min(1e-12).log()).sum(-1) / np.log(max(p.shape[-1], 2))
     tl = logits.topk(2, dim=-1)
-    rest = logits.scatter(-1, tl.indices[..., :1], float("-inf")).logsumexp(-1)
-    log_odds = tl.values[..., 0] - rest
-    return torch.stack([top[..., 0], top[..., 0] - top[..., 1], ent, top[..., 1], top[..., 2], log_odds,
+    return torch.stack([top[..., 0], top[..., 0] - top[..., 1], ent, top[..., 1], top[..., 2], _log_odds(logits, tl),
                         tl.values[..., 0] - tl.values[..., 1]], -1)
+
+
+def _log_odds(logits: torch.Tensor, top2) -> torch.Tensor:
+    """log(p1 / (1 - p1)) from float logits and their ``topk(2)``: the top logit minus the logsumexp of the others."""
+    rest = logits.scatter(-1, top2.indices[..., :1], float("-inf")).logsumexp(-1)
+    return top2.values[..., 0] - rest
 
 
 @dataclass
@@ -166,13 +171,20 @@ class PathCache:
 
 
 def compact_features(logits: torch.Tensor, prev_logits: torch.Tensor | None, depth, level,
-                     L: int, n_levels: int) -> torch.Tensor:
+                     L: int, n_levels: int, columns=None) -> torch.Tensor:
     """Features of :data:`FEATURE_NAMES` for rows of head outputs.
 
     logits, prev_logits: (..., C) at this head and the previous one (None at depth 1);
     depth, level: broadcastable to ``logits.shape[:-1]``. Shared by the cache and the engine so
-    that both compute bit-identical features.
+    that both compute bit-identical features. ``columns``: the feature indices the caller reads (None:
+    all); when that is the log-odds alone (what the per-node calibrated predictors read), only it is
+    computed, with the same bits, and the other columns are NaN.
     """
+    if columns is not None and set(columns) <= {LOG_ODDS}:
+        out = torch.full((*logits.shape[:-1], len(FEATURE_NAMES)), float("nan"))
+        lg = logits.float()
+        out[..., LOG_ODDS] = _log_odds(lg, lg.topk(2, dim=-1))
+        return out
     sm = softmax_features(logits)
     shape = logits.shape[:-1]
     d = torch.as_tensor(depth, dtype=torch.float32).expand(shape) / L

@@ -87,3 +87,20 @@ def test_stale_and_corrupt_cache_rebuilt(digits_prep):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         load_cache(prep, "test", progress=False)
+
+
+def test_log_odds_alone_equals_the_full_features(digits_prep):
+    # the engine computes only the log-odds for the per-node calibrated predictors: the same bits as the
+    # cache's full features, the other columns NaN (a predictor reading them would fail loudly)
+    from quee_kit.paths import FEATURE_NAMES, LOG_ODDS, compact_features
+    cache, tree = digits_prep.caches["test"], digits_prep.tree
+    tied = torch.tensor([[2.0, 2.0, 0.5], [1.0, 1.0, 1.0], [-3.0, 7.0, 7.0]])   # ties at the top
+    for logits, depth in [(cache.logits[tree.nodes_at(1)], 1), (cache.logits[tree.nodes_at(4)[:9], :37], 4),
+                          (tied, 2)]:
+        full = compact_features(logits, None, depth, 0, tree.L, len(tree.levels))
+        alone = compact_features(logits, None, depth, 0, tree.L, len(tree.levels), columns=[LOG_ODDS])
+        assert torch.equal(alone[..., LOG_ODDS], full[..., LOG_ODDS])
+        others = [i for i in range(len(FEATURE_NAMES)) if i != LOG_ODDS]
+        assert alone[..., others].isnan().all()
+        assert torch.equal(compact_features(logits, None, depth, 0, tree.L, len(tree.levels),
+                                            columns=list(range(len(FEATURE_NAMES)))), full)
