@@ -20,8 +20,8 @@ from .costs import CostModel
 from .models import EarlyExitModel, first_token_state
 from .quant import Level
 
-__all__ = ["FAMILIES", "PathTree", "PathCache", "build_path_cache", "softmax_features", "compact_features", "LOG_ODDS", "node_features",
-           "FEATURE_NAMES", "HISTORY_FEATURES", "DISCRETE_FEATURES"]
+__all__ = ["FAMILIES", "PathTree", "PathCache", "build_path_cache", "softmax_features", "compact_features",
+           "node_features", "FEATURE_NAMES", "HISTORY_FEATURES", "DISCRETE_FEATURES", "LOG_ODDS"]
 
 FAMILIES = ("monotone", "free", "uniform")
 
