@@ -91,7 +91,8 @@ def test_stale_and_corrupt_cache_rebuilt(digits_prep):
 
 def test_log_odds_alone_equals_the_full_features(digits_prep):
     # the engine computes only the log-odds for the per-node calibrated predictors: the same bits as the
-    # cache's full features, the other columns NaN (a predictor reading them would fail loudly)
+    # cache's full features, the other columns NaN (a predictor reading a column it does not declare gets NaN,
+    # and the engine-vs-cache test in test_policy.py then fails)
     from quee_kit.paths import FEATURE_NAMES, LOG_ODDS, compact_features
     cache, tree = digits_prep.caches["test"], digits_prep.tree
     tied = torch.tensor([[2.0, 2.0, 0.5], [1.0, 1.0, 1.0], [-3.0, 7.0, 7.0]])   # ties at the top
