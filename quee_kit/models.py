@@ -11,6 +11,8 @@ from typing import Callable
 import torch
 from torch import nn
 
+from .gemm import Linear
+
 __all__ = ["EarlyExitModel", "ViTStem", "ViTBlock", "Attention", "ExitHead", "BACKBONES",
            "register_backbone", "build_model", "first_token_state"]
 
@@ -67,8 +69,8 @@ class Attention(nn.Module):
     def __init__(self, dim: int, heads: int):
         super().__init__()
         self.heads, self.dh = heads, dim // heads
-        self.qkv = nn.Linear(dim, 3 * dim)
-        self.proj = nn.Linear(dim, dim)
+        self.qkv = Linear(dim, 3 * dim)
+        self.proj = Linear(dim, dim)
         self.matmul_quant = None
 
     def forward(self, x, first_only: bool = False):
@@ -98,7 +100,7 @@ class ViTBlock(nn.Module):
         super().__init__()
         self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
         self.attn = Attention(dim, heads)
-        self.fc1, self.fc2 = nn.Linear(dim, mlp_ratio * dim), nn.Linear(mlp_ratio * dim, dim)
+        self.fc1, self.fc2 = Linear(dim, mlp_ratio * dim), Linear(mlp_ratio * dim, dim)
         self.act = nn.GELU()
 
     def forward(self, x):

@@ -16,8 +16,9 @@ import re
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+from .gemm import linear
 
 __all__ = ["Level", "parse_level", "sorted_levels", "config_levels", "fake_quant_weight", "fake_quant_act", "ActQuant",
            "QuantLinear", "QuantConv2d", "apply_level", "FLOAT_BITS", "CastBlock", "REF_DTYPES", "ResidualQuant", "qmax",
@@ -174,7 +175,7 @@ class QuantLinear(nn.Module):
         return self.act.rowwise
 
     def forward(self, x):
-        return F.linear(self.act(x), self.weight, self.bias)
+        return linear(self.act(x), self.weight, self.bias)
 
 
 class QuantConv2d(nn.Module):
