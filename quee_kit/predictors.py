@@ -191,10 +191,15 @@ def predictor_from_state(state: dict):
     return m.eval()
 
 
-def _masked_bce(logits, target, mask, weight):
-    """Row-weighted mean BCE over the valid options (``weight``: (R,), any scale)."""
-    loss = F.binary_cross_entropy_with_logits(logits, torch.nan_to_num(target), reduction="none")
-    w = mask * weight[:, None]
+def _bce_terms(target, mask, weight):
+    """The fixed parts of :func:`_masked_bce` for rows of targets (NaN where invalid), validity masks and
+    row weights (``weight``: (R,), any scale): the targets with 0 at NaN and the (R, O) option weights."""
+    return torch.nan_to_num(target), mask * weight[:, None]
+
+
+def _masked_bce(logits, target0, w):
+    """Row-weighted mean BCE over the valid options, on :func:`_bce_terms` of the rows."""
+    loss = F.binary_cross_entropy_with_logits(logits, target0, reduction="none")
     return (loss * w).sum() / w.sum().clamp_min(1e-12)
 
 
@@ -256,19 +261,22 @@ def _fit_mlp(rows: DecisionRows, cfg, L: int, n_options: int, seed: int) -> Erro
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=1e-4)
     best, best_state, bad = np.inf, None, 0
     vb = torch.as_tensor(va_idx)
+    Xv, Dv = Xt[vb], Dt[vb]                               # the held-out rows and their loss terms, once
+    Ev0, Wv = _bce_terms(Et[vb], Mt[vb], Wt[vb])
+    Tt0, Wt2 = _bce_terms(Tt, Mt, Wt)
     for _ in range(cfg.epochs):
         model.train()
         idx = torch.as_tensor(g.permutation(tr_idx))
-        Xe, De, Te, Me, We = (a.index_select(0, idx) for a in (Xt, Dt, Tt, Mt, Wt))  # this epoch's order; batches: slices
+        Xe, De, Te, We = (a.index_select(0, idx) for a in (Xt, Dt, Tt0, Wt2))  # this epoch's order; batches: slices
         for s in range(0, len(idx), 2048):
             b = slice(s, s + 2048)
-            loss = _masked_bce(model(Xe[b], De[b]), Te[b], Me[b], We[b])
+            loss = _masked_bce(model(Xe[b], De[b]), Te[b], We[b])
             opt.zero_grad()
             loss.backward()
             opt.step()
         model.eval()
         with torch.no_grad():
-            val = float(_masked_bce(model(Xt[vb], Dt[vb]), Et[vb], Mt[vb], Wt[vb]))
+            val = float(_masked_bce(model(Xv, Dv), Ev0, Wv))
         if val < best - 1e-5:
             best, best_state, bad = val, {k: v.clone() for k, v in model.state_dict().items()}, 0
         else:
