@@ -36,8 +36,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn.cluster import KMeans
-from sklearn.neighbors import NearestNeighbors
 from torch import nn
 
 from .calibrated import BinnedErrorPredictor, PlattErrorPredictor, cell_sums
@@ -51,7 +49,8 @@ CALIBRATED = {"binned": BinnedErrorPredictor, "platt": PlattErrorPredictor}
 
 __all__ = ["DecisionRows", "decision_rows", "feature_columns", "discretized_targets",
            "depth_balanced_weights", "subsample_by_depth", "holdout_by_sample",
-           "ErrorPredictor", "predictor_macs", "fit_predictor", "predictor_from_state", "fit_cross_fitted", "CrossFitted",
+           "ErrorPredictor", "predictor_macs", "fit_predictor", "predictor_from_state", "fit_cross_fitted",
+           "CrossFitted",
            "predict_nodes", "exit_now_rows", "quality_metrics", "predictor_quality", "expected_calibration_error"]
 
 
@@ -111,29 +110,36 @@ def discretized_targets(Z: np.ndarray, wrong: np.ndarray, group: np.ndarray, sch
     """
     if scheme == "raw":
         return wrong.copy()
+    from sklearn.cluster import KMeans              # here: importing scikit-learn takes a second, and most
+    from sklearn.neighbors import NearestNeighbors  # users of this module (every notebook) never fit targets
+    from threadpoolctl import threadpool_limits
     T = np.full_like(wrong, np.nan)
-    for g in np.unique(group):
-        rows = np.flatnonzero(group == g)
-        Zg, wrong_g = Z[rows], wrong[rows]
-        Zs = (Zg - Zg.mean(0)) / (Zg.std(0) + 1e-6)
-        valid = ~np.isnan(wrong_g)
-        wrong0 = np.where(valid, wrong_g, 0.0)
-        group_mean = wrong0.sum(0) / np.maximum(valid.sum(0), 1)
-        if scheme == "kmeans":
-            k = min(K, len(rows))
-            fit_rows = np.random.default_rng(seed).choice(len(rows), min(len(rows), 20000), replace=False)
-            km = KMeans(n_clusters=k, n_init=2, random_state=seed).fit(Zs[fit_rows])
-            cell = km.predict(Zs)
-            S, C = cell_sums(cell, k, wrong0), cell_sums(cell, k, valid)   # errors, valid options per cell
-            T[rows] = ((S + prior_weight * group_mean) / (C + prior_weight))[cell]
-        elif scheme == "knn":
-            ref = np.random.default_rng(seed).choice(len(rows), min(len(rows), 20000), replace=False)
-            nn_ = NearestNeighbors(n_neighbors=min(knn_k, len(ref))).fit(Zs[ref])
-            idx = nn_.kneighbors(Zs, return_distance=False)              # (R_g, k)
-            T[rows] = (wrong0[ref][idx].sum(1) + prior_weight * group_mean) / (valid[ref][idx].sum(1) + prior_weight)
-        else:
-            raise ValueError(f"predictor.targets must be kmeans, knn or raw (got {scheme!r})")
-        T[rows] = np.where(valid, T[rows], np.nan)
+    # one BLAS/OpenMP thread, as every fit runs: k-means then gives the same bits on any core count, and two
+    # fits side by side (one per worker) do not each start a thread per core
+    with threadpool_limits(1):
+        for g in np.unique(group):
+            rows = np.flatnonzero(group == g)
+            Zg, wrong_g = Z[rows], wrong[rows]
+            Zs = (Zg - Zg.mean(0)) / (Zg.std(0) + 1e-6)
+            valid = ~np.isnan(wrong_g)
+            wrong0 = np.where(valid, wrong_g, 0.0)
+            group_mean = wrong0.sum(0) / np.maximum(valid.sum(0), 1)
+            if scheme == "kmeans":
+                k = min(K, len(rows))
+                fit_rows = np.random.default_rng(seed).choice(len(rows), min(len(rows), 20000), replace=False)
+                km = KMeans(n_clusters=k, n_init=2, random_state=seed).fit(Zs[fit_rows])
+                cell = km.predict(Zs)
+                S, C = cell_sums(cell, k, wrong0), cell_sums(cell, k, valid)   # errors, valid options per cell
+                T[rows] = ((S + prior_weight * group_mean) / (C + prior_weight))[cell]
+            elif scheme == "knn":
+                ref = np.random.default_rng(seed).choice(len(rows), min(len(rows), 20000), replace=False)
+                nn_ = NearestNeighbors(n_neighbors=min(knn_k, len(ref))).fit(Zs[ref])
+                idx = nn_.kneighbors(Zs, return_distance=False)              # (R_g, k)
+                T[rows] = ((wrong0[ref][idx].sum(1) + prior_weight * group_mean)
+                           / (valid[ref][idx].sum(1) + prior_weight))
+            else:
+                raise ValueError(f"predictor.targets must be kmeans, knn or raw (got {scheme!r})")
+            T[rows] = np.where(valid, T[rows], np.nan)
     return T.astype(np.float32)
 
 
@@ -191,15 +197,10 @@ def predictor_from_state(state: dict):
     return m.eval()
 
 
-def _bce_terms(target, mask, weight):
-    """The fixed parts of :func:`_masked_bce` for rows of targets (NaN where invalid), validity masks and
-    row weights (``weight``: (R,), any scale): the targets with 0 at NaN and the (R, O) option weights."""
-    return torch.nan_to_num(target), mask * weight[:, None]
-
-
-def _masked_bce(logits, target0, w):
-    """Row-weighted mean BCE over the valid options, on :func:`_bce_terms` of the rows."""
-    loss = F.binary_cross_entropy_with_logits(logits, target0, reduction="none")
+def _masked_bce(logits, target, mask, weight):
+    """Row-weighted mean BCE over the valid options (``weight``: (R,), any scale)."""
+    loss = F.binary_cross_entropy_with_logits(logits, torch.nan_to_num(target), reduction="none")
+    w = mask * weight[:, None]
     return (loss * w).sum() / w.sum().clamp_min(1e-12)
 
 
@@ -261,22 +262,19 @@ def _fit_mlp(rows: DecisionRows, cfg, L: int, n_options: int, seed: int) -> Erro
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=1e-4)
     best, best_state, bad = np.inf, None, 0
     vb = torch.as_tensor(va_idx)
-    Xv, Dv = Xt[vb], Dt[vb]                               # the held-out rows and their loss terms, once
-    Ev0, Wv = _bce_terms(Et[vb], Mt[vb], Wt[vb])
-    Tt0, Wt2 = _bce_terms(Tt, Mt, Wt)
     for _ in range(cfg.epochs):
         model.train()
         idx = torch.as_tensor(g.permutation(tr_idx))
-        Xe, De, Te, We = (a.index_select(0, idx) for a in (Xt, Dt, Tt0, Wt2))  # this epoch's order; batches: slices
+        Xe, De, Te, Me, We = (a.index_select(0, idx) for a in (Xt, Dt, Tt, Mt, Wt))  # this epoch's order; batches: slices
         for s in range(0, len(idx), 2048):
             b = slice(s, s + 2048)
-            loss = _masked_bce(model(Xe[b], De[b]), Te[b], We[b])
+            loss = _masked_bce(model(Xe[b], De[b]), Te[b], Me[b], We[b])
             opt.zero_grad()
             loss.backward()
             opt.step()
         model.eval()
         with torch.no_grad():
-            val = float(_masked_bce(model(Xv, Dv), Ev0, Wv))
+            val = float(_masked_bce(model(Xt[vb], Dt[vb]), Et[vb], Mt[vb], Wt[vb]))
         if val < best - 1e-5:
             best, best_state, bad = val, {k: v.clone() for k, v in model.state_dict().items()}, 0
         else:
