@@ -26,7 +26,9 @@ CHECK = "# NBVAL_CHECK_OUTPUT"
 # Two kernel paths and two thread counts; each run trains its own model in its own cache.
 KERNEL_PATHS = {
     "native-isa-2-threads": {"OMP_NUM_THREADS": "2"},
-    "default-isa-1-thread": {"ATEN_CPU_CAPABILITY": "default", "MKL_CBWR": "COMPATIBLE", "OMP_NUM_THREADS": "1"},
+    # another CPU's kernels: ATen's plain code, MKL's compatible path, oneDNN's AVX2 kernels (the blocks' products)
+    "default-isa-1-thread": {"ATEN_CPU_CAPABILITY": "default", "MKL_CBWR": "COMPATIBLE", "ONEDNN_MAX_CPU_ISA": "AVX2",
+                             "OMP_NUM_THREADS": "1"},
 }
 # Stored accuracies of the fast model vs. those computed here: differences between CPUs measured up to
 # 1.4 points (exit 1, AVX2 vs AVX-512); 600 test digits give a binomial standard error of ~1.7 points.
