@@ -1,6 +1,6 @@
-"""GFLOP/s of the default ViT's linear layers on one CPU thread: ``F.linear`` (MKL's sgemm) against
-:func:`quee_kit.gemm.linear` (oneDNN), forward and input gradient, and one training step of the default
-model both ways (``QUEE_KIT_ONEDNN`` read at import, so each way runs in its own process)::
+"""GFLOP/s of the default ViT's linear layers (forward products) on one CPU thread: ``F.linear`` (MKL's
+sgemm) against :func:`quee_kit.gemm.linear` (oneDNN), and one training step of the default model both ways
+(``QUEE_KIT_ONEDNN`` read at import, so each way runs in its own process)::
 
     python benchmarks/bench_gemm.py
 """

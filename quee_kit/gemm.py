@@ -3,7 +3,7 @@
 PyTorch's CPU ``nn.Linear`` calls MKL's sgemm, and MKL uses its AVX-512 kernels on Intel CPUs only: on
 the 2-core AMD EPYC (Zen 5) the kit is measured on, one core runs the blocks' products at about 105
 GFLOP/s, while oneDNN, which PyTorch bundles and which picks its kernels by instruction set alone, runs
-the same products at 220-250 GFLOP/s (``benchmarks/bench_gemm.py``). :func:`linear` sends a float32 CPU
+the same products at about 205-230 GFLOP/s (``benchmarks/bench_gemm.py``). :func:`linear` sends a float32 CPU
 product of at least two rows through oneDNN's linear (``torch.ops.mkldnn._linear_pointwise``, the op
 PyTorch's own compiler emits for CPU linears); anything else (CUDA, bf16, one row, a graph being
 compiled, a build without oneDNN, or ``QUEE_KIT_ONEDNN=0``) goes to ``F.linear`` as before.
