@@ -39,8 +39,8 @@ class Task:
 
 # Seconds on one core of a 2-core AMD EPYC (torch 2.13 CPU, both cores busy), for the default ViT on 28x28
 # digits: they only decide which ready task starts first (the longest chain), never what is computed.
-SECONDS_PER_TRAIN_SAMPLE_EPOCH = 0.00038    # 30 epochs x 6,000 digits: 68 s
-SECONDS_PER_NODE_SAMPLE = 0.000025          # 461 nodes x 2,000 digits: 23 s (22-26 s in a two-worker build)
+SECONDS_PER_TRAIN_SAMPLE_EPOCH = 0.00032    # 30 epochs x 6,000 digits: 57 s (blocks on oneDNN: quee_kit.gemm)
+SECONDS_PER_NODE_SAMPLE = 0.000018          # 461 nodes x 2,000 digits: 17 s in a two-worker build
 SECONDS_PER_FIT = {"mlp": 3.0, "binned": 0.2, "platt": 0.4}   # one fit on 2,000 calib digits (k-NN: twice)
 
 
