@@ -100,9 +100,10 @@ def fake_quant_weight(w: torch.Tensor, bits: int) -> torch.Tensor:
 def _abs_max_last(x: torch.Tensor) -> torch.Tensor:
     """``x.abs().amax(-1)``. For a short last dim (a head's 16 channels, a 17-token attention row) torch's
     reduction is slow, so the halves are folded with ``maximum`` instead: twice as fast, and a maximum is
-    exact in any order, so the values are the same."""
+    exact in any order, so the values are the same. Inside a ``torch.compile`` graph the plain reduction is
+    kept: the compiler vectorizes it, while the folds become scalar loops over strided halves."""
     a = x.abs()
-    if a.shape[-1] > 32 or a.shape[-1] == 0:
+    if a.shape[-1] > 32 or a.shape[-1] == 0 or torch.compiler.is_compiling():
         return a.amax(-1)
     while a.shape[-1] > 1:
         h = a.shape[-1] // 2
