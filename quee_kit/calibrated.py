@@ -144,12 +144,8 @@ class PlattErrorPredictor:
 
     def predict_rows(self, x: np.ndarray, depth: np.ndarray, node: np.ndarray) -> np.ndarray:
         """(R, F) every feature column, (R,) depths and nodes -> (R, O) error probabilities."""
-        node = np.asarray(node)
-        ri, oi = np.nonzero(self.fitted[node])                  # fitted options only (NaN elsewhere)
-        c = self.coef[node[ri], oi]                              # (P, 2)
-        out = np.full((len(node), self.coef.shape[1]), np.nan, dtype=np.float32)
-        out[ri, oi] = 1 / (1 + np.exp(-(c[:, 0] * x[ri, SCORE] + c[:, 1])))
-        return out
+        c = self.coef[np.asarray(node)]                          # (R, O, 2); NaN where not fitted, NaN out
+        return (1 / (1 + np.exp(-(c[..., 0] * x[:, SCORE, None] + c[..., 1])))).astype(np.float32)
 
     def state(self) -> dict:
         return {"kind": self.kind, "coef": self.coef}

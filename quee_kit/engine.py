@@ -64,7 +64,7 @@ class DynamicModel(nn.Module):
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> DynamicResult:
         tree, opts, N = self.tree, self.opts, len(x)
-        pred = torch.empty(N, dtype=torch.long)
+        pred = np.zeros(N, dtype=np.int64)
         cost = np.zeros(N)
         final = np.zeros(N, dtype=np.int64)
         idx = np.arange(N)                                   # samples still in the batch
@@ -88,7 +88,7 @@ class DynamicModel(nn.Module):
                     cost[idx[self.calls_at[node]]] += self.call_cost
                     go = nxt >= 0
                 done = ~go
-                pred[idx[done]] = logits[done].argmax(-1)
+                pred[idx[done]] = logits.argmax(-1).numpy()[done]
                 final[idx[done]] = node[done]
             if not go.any():
                 break
@@ -96,10 +96,12 @@ class DynamicModel(nn.Module):
                 # The remaining samples, sorted by the level of their next block: one gather, then each
                 # level's group is a contiguous slice that runs its block once.
                 keep = np.flatnonzero(go)
-                keep = keep[np.argsort(tree.level[nxt[keep]], kind="stable")]
+                lv = tree.level[nxt[keep]]
+                if (lv[1:] != lv[:-1]).any():                  # several levels: sort (one gather either way)
+                    keep = keep[np.argsort(lv, kind="stable")]
                 idx, node = idx[keep], nxt[keep]
-                kt = torch.as_tensor(keep)
-                h, prev_logits = h[kt.to(dev)], logits[kt]
+                kt = torch.from_numpy(keep)
+                h, prev_logits = h.index_select(0, kt.to(dev)), logits.index_select(0, kt)
                 levels, counts = np.unique(tree.level[node], return_counts=True)
             with record_function("engine.blocks"):
                 parts = [self._block(self.qblocks[int(q)][t], part, t)
@@ -107,7 +109,7 @@ class DynamicModel(nn.Module):
                 h = parts[0] if len(parts) == 1 else torch.cat(parts)
             blocks_run += len(idx)
             cost[idx] += self.block_cost[t, tree.level[node]]
-        return DynamicResult(pred, cost, final, blocks_run)
+        return DynamicResult(torch.from_numpy(pred), cost, final, blocks_run)
 
     def _block(self, block: nn.Module, h: torch.Tensor, t: int) -> torch.Tensor:
         """Block index ``t`` (0-based) on ``h``; the last one computes only what a CLS exit reads, as the path
