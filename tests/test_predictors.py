@@ -104,6 +104,22 @@ def test_platt_recovers_a_logistic_model_and_keeps_the_score_ranking():
     np.testing.assert_array_equal(same[:, 0], p)
 
 
+def test_platt_gives_a_row_the_same_bits_in_a_few_rows_and_in_many():
+    # the engine asks for a few rows at a time, the cache for every (node, sample) row: two code paths that
+    # must agree bit for bit, or the engine would part from the cache simulation
+    rng = np.random.default_rng(5)
+    rows = _rows_of_nodes(rng, 3, 3000, 4, [{0, 2}, {1}, {0, 1, 3}])
+    m = PlattErrorPredictor.fit(rows, n_nodes=4)
+    many = m.predict_rows(rows.x, rows.depth, rows.node)                     # 9,000 rows
+    pick = rng.choice(len(rows.node), 200, replace=False)
+    few = m.predict_rows(rows.x[pick], rows.depth[pick], rows.node[pick])
+    np.testing.assert_array_equal(few, many[pick])
+    at1 = few[rows.node[pick] == 1]                                          # node 1: only option 1 fitted
+    assert len(at1) and np.isnan(at1[:, [0, 2, 3]]).all() and not np.isnan(at1[:, 1]).any()
+    unfitted = m.predict_rows(rows.x[:5], rows.depth[:5], np.full(5, 3))      # node 3 was never fitted
+    assert np.isnan(unfitted).all()
+
+
 def _rows_of_nodes(rng, n_nodes, S, n_opt, valid_sets):
     """Node-major rows: S samples at each of n_nodes nodes, options valid per node as in a cache."""
     x = np.zeros((n_nodes * S, len(FEATURE_NAMES)), np.float32)
