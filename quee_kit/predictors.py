@@ -259,7 +259,7 @@ def _fit_mlp(rows: DecisionRows, cfg, L: int, n_options: int, seed: int) -> Erro
     Wt = torch.zeros(len(X))
     Wt[tr_idx] = torch.as_tensor(depth_balanced_weights(rows.depth[tr_idx], cfg.balance))
     Wt[va_idx] = torch.as_tensor(depth_balanced_weights(rows.depth[va_idx], cfg.balance))
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=1e-4, foreach=True)  # same bits, fewer ops
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=1e-4)
     best, best_state, bad = np.inf, None, 0
     vb = torch.as_tensor(va_idx)
     for _ in range(cfg.epochs):
