@@ -12,7 +12,8 @@ alternating with a pass of the float full model, which every speed-up is taken a
 Writes ``OUT/engine.csv`` (``backend,mode,budget,batch_size,us_per_sample,speedup_vs_float_full`` and
 then ``level,blocks_per_sample,cost_bops,engine_vs_cache_mismatches,float_full_us``, the float model's time
 beside that row) and prints a markdown table; ``--profile`` adds a
-``torch.profiler`` breakdown of the engine at budget 0.05 (best backend) to ``OUT/engine_profile.txt``::
+``torch.profiler`` breakdown of the engine at budget 0.05 (best backend) to ``OUT/engine_profile.txt``, and on
+the CPU one of a single block, float against ``w8a8`` with ``int-compiled`` (each generated kernel named)::
 
     python benchmarks/bench_engine.py --out results/bench
     python benchmarks/bench_engine.py --out results/bench-cuda --device cuda --set quant.ref_dtype=bfloat16
@@ -87,6 +88,34 @@ def profile_engine(eng, x: torch.Tensor, batch: int) -> str:
         for s in range(0, len(x), batch):
             eng(x[s:s + batch])
     return prof.key_averages().table(sort_by="cpu_time_total", row_limit=25)
+
+
+def profile_block(model, level, x: torch.Tensor, batch: int, t: int = 2, calls: int = 50) -> str:
+    """Where one block's time goes at ``batch`` samples: block ``t`` (0-based) in float (eager) and at ``level``
+    with the ``int-compiled`` backend, compiled afresh with each generated kernel named in the profile."""
+    import torch._inductor.config as inductor_config
+    from torch.profiler import profile
+
+    from quee_kit.backends import to_backend
+    from quee_kit.quant import apply_level
+    with torch.no_grad():
+        h = model.stem(x[:batch])
+        for b in model.blocks[:t]:
+            h = b(h)
+    torch._dynamo.reset()                         # compile again, now with the kernels named
+    parts, quantized = [], to_backend(apply_level(model.blocks[t], level), "int-compiled")
+    with inductor_config.patch({"cpp.enable_kernel_profile": True}):
+        for name, blk in [("float (eager)", model.blocks[t]), (f"{level.name}, int-compiled", quantized)]:
+            with torch.no_grad():
+                for _ in range(5):
+                    blk(h)
+                with profile() as prof:
+                    for _ in range(calls):
+                        blk(h)
+            parts.append(f"block {t + 1} at {name}, batch {batch}, {calls} calls\n"
+                         + prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=14,
+                                                     max_name_column_width=90))
+    return "\n".join(parts)
 
 
 def markdown(table: pd.DataFrame) -> str:
@@ -166,9 +195,12 @@ def main() -> None:
     if args.profile:
         eng05 = df[(df["mode"] == "engine") & (df.budget == 0.05) & (df.batch_size == max(sizes))]
         best = eng05.sort_values("us_per_sample").iloc[0].backend
-        text = profile_engine(engines[(best, 0.05)], x, max(sizes))
-        atomic_write_bytes(out / "engine_profile.txt", f"backend {best}, budget 0.05\n{text}".encode())
-        print(f"\nprofile of the engine at budget 0.05 ({best}):\n{text}")
+        text = f"backend {best}, budget 0.05\n" + profile_engine(engines[(best, 0.05)], x, max(sizes))
+        if not x.is_cuda:   # why a quantized block is not cheaper than a float one here
+            level = next((lv for lv in prep.levels if lv.name == "w8a8"), prep.levels[-1])
+            text += "\n" + profile_block(prep.model, level, x, max(sizes))
+        atomic_write_bytes(out / "engine_profile.txt", text.encode())
+        print(f"\nprofiles:\n{text}")
     print(f"\nwrote {out / 'engine.csv'}")
 
 
