@@ -14,7 +14,9 @@ tensor cores on CUDA): the activation is rounded to integers with its own scale 
 per token, the weight is rounded once, ahead of time, per output channel, and the int32 product is
 rescaled by both. 3- and 4-bit values travel in int8 (no packed-int4 kernel runs here). The
 attention matmuls stay fake-quantized in float: ``att @ v`` contracts over tokens, whose scales differ
-token to token, so it has no exact integer form with per-token scales.
+token to token, so it has no exact integer form with per-token scales. With per-token scales the attention
+probabilities take theirs from the softmax's own sum (:func:`quee_kit.quant.softmax_fake_quant`: the same
+max, one pass less; the probabilities may differ from ``torch.softmax``'s in the last bit).
 
 ``compiled``, ``int-compiled``: each quantized block is wrapped in ``torch.compile`` (dynamic shapes,
 compiled on first use and kept; blocks of the same shape share the compiled code), so the elementwise
@@ -30,12 +32,24 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .config import key_fields
 from .quant import ActQuant, QuantLinear, qmax
 
-__all__ = ["BACKENDS", "IntLinear", "CompiledBlock", "to_backend", "int_mm_available", "act_scale"]
+__all__ = ["BACKENDS", "IntLinear", "CompiledBlock", "to_backend", "int_mm_available", "act_scale", "quant_key"]
 
 BACKENDS = ("fake", "compiled", "int", "int-compiled")
 INT_MAX_BITS = 8  # values of at most this many bits fit int8 operands
+# Bump when the integer backends' arithmetic changes: their path caches and predictors are then rebuilt
+# instead of being paired with an engine that computes otherwise. 2: attention probabilities scaled by the
+# softmax's sum.
+INT_NUMERICS = 2
+
+
+def quant_key(q) -> dict:
+    """What an artifact keyed on a :class:`~quee_kit.config.QuantConfig` hashes: its key fields, plus the
+    integer backends' :data:`INT_NUMERICS` (the ``fake`` and ``compiled`` keys are the fields alone)."""
+    k = key_fields(q)
+    return {**k, "int_numerics": INT_NUMERICS} if str(k.get("backend", "fake")).startswith("int") else k
 
 
 def act_scale(x2d: torch.Tensor, act: ActQuant, rows_per_sample: int) -> torch.Tensor:
@@ -144,6 +158,8 @@ def to_backend(block: nn.Module, backend: str) -> nn.Module:
                 if isinstance(child, QuantLinear) and max(child.w_bits, child.act.bits) <= INT_MAX_BITS:
                     setattr(mod, name, IntLinear(child))
                 else:
+                    if hasattr(child, "probs_scale_from_sum"):   # the kit's attention: no second pass over
+                        child.probs_scale_from_sum = True         # the probabilities for their scale
                     swap(child)
 
         swap(out)

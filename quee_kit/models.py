@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from .gemm import Linear
+from .quant import softmax_fake_quant
 
 __all__ = ["EarlyExitModel", "ViTStem", "ViTBlock", "Attention", "ExitHead", "BACKBONES",
            "register_backbone", "build_model", "first_token_state"]
@@ -64,6 +65,8 @@ class Attention(nn.Module):
 
     ``matmul_quant`` (set by :func:`quee_kit.quant.apply_level`) quantizes q, k, the
     attention probabilities and v per sample before the matmuls; ``None`` = float.
+    ``probs_scale_from_sum`` (set by the integer backends, :func:`quee_kit.backends.to_backend`): a per-token
+    quantizer takes the probabilities' scale from the softmax's sum (:func:`quee_kit.quant.softmax_fake_quant`).
     """
 
     def __init__(self, dim: int, heads: int):
@@ -72,6 +75,7 @@ class Attention(nn.Module):
         self.qkv = Linear(dim, 3 * dim)
         self.proj = Linear(dim, dim)
         self.matmul_quant = None
+        self.probs_scale_from_sum = False
 
     def forward(self, x, first_only: bool = False):
         """(B, N, D) -> (B, N, D); ``first_only``: (B, 1, D), the output of token 0 alone (every token still
@@ -87,8 +91,11 @@ class Attention(nn.Module):
             mqkv = mq
         q, k, v = qkv.permute(2, 0, 3, 1, 4)
         att = (mqkv(q) @ mqkv(k).transpose(-2, -1)) * self.dh ** -0.5
-        att = att.softmax(-1)
-        out = (mq(att) @ mqkv(v)).transpose(1, 2).reshape(B, N, D)
+        if self.probs_scale_from_sum and getattr(self.matmul_quant, "token_max", False):
+            att = softmax_fake_quant(att, self.matmul_quant)
+        else:
+            att = mq(att.softmax(-1))
+        out = (att @ mqkv(v)).transpose(1, 2).reshape(B, N, D)
         # contiguous: a strided (B, 1, D) view goes through another matrix-product path, which rounds differently
         return self.proj(out[:, :1].contiguous() if first_only else out)
 

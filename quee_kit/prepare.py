@@ -17,7 +17,7 @@ import torch
 
 from . import distributed
 from .artifacts import content_hash, load_or_build, tensor_digest
-from .backends import to_backend
+from .backends import quant_key, to_backend
 from .config import Config, cache_dir, key_fields
 from .costs import CostModel
 from .data import Dataset, load_dataset
@@ -143,10 +143,11 @@ def _build_split_cache(cfg: Config, split: str) -> None:
 
 def cache_path(prep: Prepared, split: str) -> tuple[str, Path]:
     """The key and file of the path cache of ``split``: the data, the weights, the levels and the paths and
-    quant config sections, each as a whole (:func:`~quee_kit.config.key_fields`)."""
+    quant config sections, each as a whole (:func:`~quee_kit.config.key_fields`; the quant section through
+    :func:`~quee_kit.backends.quant_key`)."""
     cfg = prep.cfg
     key = content_hash("cache", prep.data.digest, split, prep.model_hash, [dataclasses.asdict(l) for l in prep.levels],
-                       key_fields(cfg.paths), key_fields(cfg.quant))
+                       key_fields(cfg.paths), quant_key(cfg.quant))
     return key, cache_dir(cfg) / f"cache-{split}-{key[:16]}.pt"
 
 

@@ -22,7 +22,7 @@ from .gemm import linear
 
 __all__ = ["Level", "parse_level", "sorted_levels", "config_levels", "fake_quant_weight", "fake_quant_act", "ActQuant",
            "QuantLinear", "QuantConv2d", "apply_level", "FLOAT_BITS", "CastBlock", "REF_DTYPES", "ResidualQuant", "qmax",
-           "quantize_residual"]
+           "quantize_residual", "softmax_fake_quant"]
 
 FLOAT_BITS = 16  # bits >= this run in float32 (costed at their nominal bits)
 _LEVEL_RE = re.compile(r"^w(\d+)a(\d+)$")
@@ -144,6 +144,23 @@ def fake_quant_act(x: torch.Tensor, bits: int, granularity: str = "tensor",
     return _round_clamp(x, scale, bits)
 
 
+def softmax_fake_quant(scores: torch.Tensor, act: "ActQuant") -> torch.Tensor:
+    """``act`` applied to the softmax of ``scores`` over the last dim, with each row's scale taken from the
+    softmax's own sum instead of a second pass over the row.
+
+    The probabilities are ``e / z`` with ``e = exp(scores - max)`` and ``z = e.sum()``; the row's largest is
+    ``exp(0) / z = 1 / z`` exactly (the others are ``e / z`` with ``e <= 1``), so ``1 / z`` is the max the
+    quantizer would find. Only for a per-token quantizer scaled by the max (no clipping, below FLOAT_BITS);
+    the probabilities may differ from ``torch.softmax``'s in the last bit. Used by the integer backends.
+    """
+    if not act.token_max:
+        raise ValueError("softmax_fake_quant needs a per-token quantizer scaled by the max |x|")
+    e = (scores - scores.amax(-1, keepdim=True)).exp()
+    z = e.sum(-1, keepdim=True)
+    scale = (1 / z).clamp_min(1e-12) / qmax(act.bits)
+    return (e / z / scale).round() * scale
+
+
 @dataclass(frozen=True)
 class ActQuant:
     """How activations are quantized at one level (callable on a tensor)."""
@@ -155,6 +172,12 @@ class ActQuant:
     def rowwise(self) -> bool:
         """Whether each token's quantized values depend on that token alone (per-token scales, or float)."""
         return self.granularity == "token" or self.bits >= FLOAT_BITS
+
+    @property
+    def token_max(self) -> bool:
+        """Whether it quantizes with a scale per token from the max |x| (no clipping), below FLOAT_BITS."""
+        return (self.granularity == "token" and self.bits < FLOAT_BITS
+                and (self.clip_percentile is None or self.clip_percentile >= 100))
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return fake_quant_act(x, self.bits, self.granularity, self.clip_percentile)

@@ -20,7 +20,8 @@ from tqdm.auto import tqdm
 
 from . import baselines  # noqa: F401  (registers the baselines)
 from .artifacts import ArtifactError, content_hash, load_artifact, save_artifact
-from .config import Config, ConfigError, cache_dir, key_fields
+from .backends import quant_key
+from .config import Config, ConfigError, cache_dir
 from .methods import MethodContext, build_methods
 from .options import OptionSpace
 from .parallel import resolve_jobs
@@ -109,7 +110,7 @@ def _predictor_artifacts(prep: Prepared, opts: OptionSpace, pcfgs: list, seed: i
     over ``cfg.jobs`` worker processes (the same numbers as one after another)."""
     keys = [content_hash("predictors", PREDICTOR_FIT_VERSION, prep.model_hash, prep.data.digest,
                          [l.name for l in prep.levels], prep.tree.family, dataclasses.asdict(pcfg), seed,
-                         key_fields(prep.cfg.quant), FEATURE_NAMES)  # a change of features makes old ones stale
+                         quant_key(prep.cfg.quant), FEATURE_NAMES)  # a change of features makes old ones stale
             for pcfg in pcfgs]
     paths = [cache_dir(prep.cfg) / f"predictors-{key[:16]}.pt" for key in keys]
     arts = []

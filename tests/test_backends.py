@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from quee_kit.backends import BACKENDS, IntLinear, act_scale, int_mm_available, to_backend
-from quee_kit.config import ConfigError, load_config
+from quee_kit.backends import BACKENDS, INT_NUMERICS, IntLinear, act_scale, int_mm_available, quant_key, to_backend
+from quee_kit.config import ConfigError, QuantConfig, key_fields, load_config
 from quee_kit.engine import DynamicModel
 from quee_kit.models import ViTBlock
 from quee_kit.policy import simulate
@@ -38,6 +38,11 @@ def test_int_linear_equals_fake_quant_linear(w_bits, a_bits, granularity, clip):
     assert il(x[:0]).shape == (0, 9, 40)                                # an empty batch is an empty answer
 
 
+def other_attention(block):
+    """The attention module of a backend's block (inside a CompiledBlock or not)."""
+    return next(m for m in block.modules() if hasattr(m, "probs_scale_from_sum"))
+
+
 @pytest.mark.parametrize("backend", [b for b in BACKENDS if b != "fake"])
 @pytest.mark.parametrize("level", ["w8a8", "w4a4"])
 def test_block_outputs_match_fake_quant(backend, level):
@@ -56,6 +61,7 @@ def test_block_outputs_match_fake_quant(backend, level):
     if backend.startswith("int"):
         assert any(isinstance(m, IntLinear) for m in other.modules())
         assert not any(isinstance(m, IntLinear) for m in fake.modules())  # the fake block is untouched
+        assert other_attention(other).probs_scale_from_sum and not fake.attn.probs_scale_from_sum
 
 
 def test_float_blocks_stay_float_and_unknown_backend_is_refused():
@@ -101,3 +107,14 @@ def test_int_engine_matches_int_cache_simulation(int_study):
         np.testing.assert_array_equal(torch.cat([r.pred for r in res]).numpy(),
                                       prep.caches["test"].pred.numpy()[sim.node, np.arange(len(x))])
         np.testing.assert_allclose(np.concatenate([r.cost for r in res]), sim.cost, rtol=1e-12)
+
+
+def test_integer_backends_key_their_arithmetic_so_older_caches_are_rebuilt():
+    # the fake (default) and compiled keys stay the config fields, so stored default caches keep their names;
+    # an integer backend's key carries the version of its arithmetic
+    for backend in ("fake", "compiled"):
+        q = QuantConfig(backend=backend)
+        assert quant_key(q) == key_fields(q)
+    for backend in ("int", "int-compiled"):
+        q = QuantConfig(backend=backend)
+        assert quant_key(q) == {**key_fields(q), "int_numerics": INT_NUMERICS}

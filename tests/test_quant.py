@@ -6,7 +6,8 @@ from quee_kit.models import ViTBlock
 import torch.nn.functional as F
 from torch import nn
 
-from quee_kit.quant import QuantConv2d, Level, apply_level, fake_quant_act, fake_quant_weight, parse_level
+from quee_kit.quant import (ActQuant, QuantConv2d, Level, apply_level, fake_quant_act, fake_quant_weight, parse_level,
+                             softmax_fake_quant)
 
 
 def _qmax(b):
@@ -187,3 +188,24 @@ def test_per_max_scale_needs_no_clamp(bits):
     flat = x.reshape(200, -1)
     scale = flat.abs().amax(-1, keepdim=True).clamp_min(1e-12) / q
     assert torch.equal(fake_quant_act(x, bits, "tensor").reshape(200, -1), (flat / scale).round().clamp(-q, q) * scale)
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_softmax_scale_from_its_sum_is_the_quantizer_max(bits):
+    # a row's largest probability is exp(0) / z: taking the scale from the sum must give exactly what the
+    # per-token quantizer finds by its own pass over the row, also with -inf entries, ties and one-hot rows
+    torch.manual_seed(0)
+    s = torch.randn(64, 4, 17, 17) * 6
+    s[0, 0, 0, 3:] = float("-inf")                       # masked entries
+    s[0, 1] = 2.5                                        # all tied
+    s[0, 2, :, 5] = 1e4                                  # one-hot after the softmax
+    act = ActQuant(bits, "token")
+    e = (s - s.amax(-1, keepdim=True)).exp()
+    probs = e / e.sum(-1, keepdim=True)
+    ref = fake_quant_act(probs, bits, "token")
+    out = softmax_fake_quant(s, act)
+    assert torch.equal(out, ref)
+    assert torch.isfinite(out).all() and (out >= 0).all()
+    assert ((out - probs).abs() <= probs.amax(-1, keepdim=True) / (2 * (2 ** (bits - 1) - 1)) + 1e-7).all()
+    with pytest.raises(ValueError):
+        softmax_fake_quant(s, ActQuant(bits, "tensor"))       # one scale per sample: not the row's max
