@@ -145,10 +145,7 @@ class PlattErrorPredictor:
     def predict_rows(self, x: np.ndarray, depth: np.ndarray, node: np.ndarray) -> np.ndarray:
         """(R, F) every feature column, (R,) depths and nodes -> (R, O) error probabilities."""
         node = np.asarray(node)
-        if len(node) <= 4096:   # a few rows (the engine's): every option, NaN where not fitted; fewer numpy calls
-            c = self.coef[node]                                  # (R, O, 2)
-            return (1 / (1 + np.exp(-(c[..., 0] * x[:, SCORE, None] + c[..., 1])))).astype(np.float32)
-        ri, oi = np.nonzero(self.fitted[node])                  # many rows: the fitted options only (about 1 in 10)
+        ri, oi = np.nonzero(self.fitted[node])                  # fitted options only (NaN elsewhere)
         c = self.coef[node[ri], oi]                              # (P, 2)
         out = np.full((len(node), self.coef.shape[1]), np.nan, dtype=np.float32)
         out[ri, oi] = 1 / (1 + np.exp(-(c[:, 0] * x[ri, SCORE] + c[:, 1])))

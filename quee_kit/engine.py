@@ -96,9 +96,7 @@ class DynamicModel(nn.Module):
                 # The remaining samples, sorted by the level of their next block: one gather, then each
                 # level's group is a contiguous slice that runs its block once.
                 keep = np.flatnonzero(go)
-                lv = tree.level[nxt[keep]]
-                if (lv[1:] != lv[:-1]).any():                  # several levels: sort (one gather either way)
-                    keep = keep[np.argsort(lv, kind="stable")]
+                keep = keep[np.argsort(tree.level[nxt[keep]], kind="stable")]
                 idx, node = idx[keep], nxt[keep]
                 kt = torch.from_numpy(keep)
                 h, prev_logits = h.index_select(0, kt.to(dev)), logits.index_select(0, kt)

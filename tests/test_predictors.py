@@ -105,8 +105,8 @@ def test_platt_recovers_a_logistic_model_and_keeps_the_score_ranking():
 
 
 def test_platt_gives_a_row_the_same_bits_in_a_few_rows_and_in_many():
-    # the engine asks for a few rows at a time, the cache for every (node, sample) row: two code paths that
-    # must agree bit for bit, or the engine would part from the cache simulation
+    # the engine asks for a few rows at a time, the cache for every (node, sample) row: a row's prediction
+    # must not depend on the rows beside it, or the engine would part from the cache simulation
     rng = np.random.default_rng(5)
     rows = _rows_of_nodes(rng, 3, 3000, 4, [{0, 2}, {1}, {0, 1, 3}])
     m = PlattErrorPredictor.fit(rows, n_nodes=4)
