@@ -30,7 +30,8 @@ from .budget_rule import select_points  # re-exported: the rule on a points tabl
 from .policy import QueePolicy, lambda_grid
 from .predictors import (CrossFitted, fit_cross_fitted, predictor_from_state, predictor_macs,
                          predictor_quality)
-from .prepare import Prepared, load_data, prepare
+from .prepare import Prepared, cache_path, load_data, prepare
+from .study_store import load_stored_study, store_study, study_artifact
 
 __all__ = ["Study", "run_study", "run_studies", "fit_variants", "predictor_configs", "store_predictors",
            "method_points", "select_points", "points_auc", "QUEE_VARIANTS", "check_config_against_data",
@@ -104,14 +105,18 @@ class Study:
 PREDICTOR_FIT_VERSION = 3  # 3: every fit on one thread (MLP bits no longer depend on the core count)
 
 
+def _predictor_keys(prep: Prepared, pcfgs: list, seed: int) -> list[str]:
+    return [content_hash("predictors", PREDICTOR_FIT_VERSION, prep.model_hash, prep.data.digest,
+                         [l.name for l in prep.levels], prep.tree.family, dataclasses.asdict(pcfg), seed,
+                         quant_key(prep.cfg.quant), FEATURE_NAMES)  # a change of features makes old ones stale
+            for pcfg in pcfgs]
+
+
 def _predictor_artifacts(prep: Prepared, opts: OptionSpace, pcfgs: list, seed: int, progress: bool) -> list[dict]:
     """The stored fold predictors, refitted predictor and fold assignment of each predictor config in
     ``pcfgs``, each an artifact; the missing ones are fitted together, every fit on one thread, shared out
     over ``cfg.jobs`` worker processes (the same numbers as one after another)."""
-    keys = [content_hash("predictors", PREDICTOR_FIT_VERSION, prep.model_hash, prep.data.digest,
-                         [l.name for l in prep.levels], prep.tree.family, dataclasses.asdict(pcfg), seed,
-                         quant_key(prep.cfg.quant), FEATURE_NAMES)  # a change of features makes old ones stale
-            for pcfg in pcfgs]
+    keys = _predictor_keys(prep, pcfgs, seed)
     paths = [cache_dir(prep.cfg) / f"predictors-{key[:16]}.pt" for key in keys]
     arts = []
     for path, key in zip(paths, keys):
@@ -157,8 +162,13 @@ def predictor_configs(cfg: Config, variants: dict) -> dict:
     return {_predictor_key(cfg, pover): dataclasses.replace(cfg.predictor, **pover) for pover, _ in variants.values()}
 
 
-def run_study(cfg: Config, progress: bool = True, variants: dict | None = None, prep: Prepared | None = None) -> Study:
-    """Prepare caches, fit predictors (cross-fitted), evaluate every method's knobs on calib and test."""
+def run_study(cfg: Config, progress: bool = True, variants: dict | None = None, prep: Prepared | None = None,
+              store: bool = True) -> Study:
+    """Prepare caches, fit predictors (cross-fitted), evaluate every method's knobs on calib and test.
+
+    The evaluation is stored, and the next call for the same study loads it, with the same numbers
+    (:mod:`quee_kit.study_store`; ``timings["stored"]``: it was loaded); ``store=False`` computes it afresh
+    and keeps nothing."""
     t0 = time.perf_counter()
     prep = prep or prepare(cfg, progress=progress)
     caches = prep.caches
@@ -169,9 +179,17 @@ def run_study(cfg: Config, progress: bool = True, variants: dict | None = None, 
     t1 = time.perf_counter()
     variants = variants or QUEE_VARIANTS
     pcfgs = predictor_configs(cfg, variants)
-    fitted = dict(zip(pcfgs, fit_variants(prep, opts, list(pcfgs.values()), cfg.seed, progress)))
-    for fit in fitted.values():
-        fit["quality"] = predictor_quality(fit["test"], caches["test"], opts)
+    path, key = study_artifact(prep, {s: cache_path(prep, s)[0] for s in ("calib", "test")},
+                               _predictor_keys(prep, list(pcfgs.values()), cfg.seed), variants,
+                               cfg.eval.lambda_grid, cfg.seed)
+    stored = load_stored_study(path, key, opts) if store else None
+    timings["stored"] = stored is not None
+    if stored:
+        fitted = {k: {**f, "final": predictor_from_state(f["final"])} for k, f in stored["fits"].items()}
+    else:
+        fitted = dict(zip(pcfgs, fit_variants(prep, opts, list(pcfgs.values()), cfg.seed, progress)))
+        for fit in fitted.values():
+            fit["quality"] = predictor_quality(fit["test"], caches["test"], opts)
     for name, (pover, variant) in variants.items():
         pkey = _predictor_key(cfg, pover)
         quality[name] = fitted[pkey]["quality"]                       # every name, also a shared fit's
@@ -182,9 +200,11 @@ def run_study(cfg: Config, progress: bool = True, variants: dict | None = None, 
     timings["predictor_seconds"] = time.perf_counter() - t1
     methods.update(build_methods(MethodContext(caches, opts, lambdas, cfg.seed, built=dict(methods))))
     t2 = time.perf_counter()
-    points = {name: method_points(m) for name, m in tqdm(methods.items(), desc="methods",
-                                                          disable=not progress, leave=False)}
+    points = stored["points"] if stored else {
+        name: method_points(m) for name, m in tqdm(methods.items(), desc="methods", disable=not progress, leave=False)}
     timings["evaluate_seconds"] = time.perf_counter() - t2
+    if not stored and store:
+        store_study(path, key, opts, fitted, points)
     return Study(prep, opts, methods, points, quality, predictors, timings, cfg)
 
 

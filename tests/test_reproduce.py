@@ -1,4 +1,5 @@
 """Batch reproduction with papermill: outputs written, failures named, params validated, notebooks well-formed."""
+import dataclasses
 import json
 
 import nbformat
@@ -8,7 +9,8 @@ from nbformat.v4 import new_code_cell, new_notebook
 
 from quee_kit.cli import main
 from quee_kit.config import ConfigError
-from quee_kit.reproduce import KERNEL, NOTEBOOKS_DIR, TUTORIALS, notebook_paths, reproduce
+from quee_kit.config import load_config
+from quee_kit.reproduce import KERNEL, NOTEBOOKS_DIR, TUTORIALS, _run_order, notebook_paths, reproduce
 
 CONFIG = "configs/mnist10k.yaml"
 
@@ -104,3 +106,16 @@ def test_notebooks_side_by_side_write_the_serial_tables(tmp_path):
     assert len(tables) >= 6 and any(t.startswith("08_noise_sweep") for t in tables)
     for name in tables:
         assert (tmp_path / "1" / "tables" / name).read_bytes() == (tmp_path / "2" / "tables" / name).read_bytes(), name
+
+
+def test_a_notebook_reading_anothers_studies_waits_for_it_and_loads_them():
+    c0, c1 = (load_config(CONFIG, [f"seed={s}"]) for s in (0, 1))
+    k8 = {"quee-K8": ({"kind": "mlp", "K": 8}, "all")}
+    planned = {"01": [(c0, {})], "05": [(c0, k8)], "06": [(c0, None), (c1, None)], "07": [(c0, None)],
+               "08": [(dataclasses.replace(c0, jobs=1), None)]}    # the worker count is no part of a study
+    order, waits = _run_order(planned)
+    # 06 evaluates the seed-0 study 07 and 08 read: they wait for it; 05's variants are its own; 01 has none
+    assert waits == {"07": "06", "08": "06"}
+    assert order[0] == "06" and order[1] == "05" and order.index("01") < order.index("07")
+    # two notebooks reading the same one study: the later one waits (never both for each other)
+    assert _run_order({"07": planned["07"], "08": planned["08"]})[1] == {"08": "07"}

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..artifacts import ArtifactError, content_hash, load_artifact, load_or_build
+from ..artifacts import ArtifactError, content_hash, load_artifact, load_or_build, points_source_digest
 from ..config import cache_dir, load_config
 from .state import Memo
 
@@ -31,7 +31,6 @@ __all__ = ["ExplorerData", "MethodTable", "build_explorer_data", "load_explorer_
            "FORMAT"]
 
 FORMAT = 2   # bump when the stored fields change
-_NOT_POINTS = {"plots.py", "styles.py", "reproduce.py", "cli.py", "__main__.py", "__init__.py"}  # no numbers
 
 
 @dataclass
@@ -187,23 +186,12 @@ def build_explorer_data(study, fast: bool, config: str, overrides=()) -> Explore
         build_seconds=time.perf_counter() - t0, _study=study)
 
 
-def _source_digest() -> str:
-    """sha256 of the modules that compute the points (not the figures, CLI or notebooks runner)."""
-    h = hashlib.sha256()
-    pkg = Path(__file__).resolve().parents[1]
-    for f in sorted(pkg.glob("*.py")) + [Path(__file__).resolve()]:
-        if f.name not in _NOT_POINTS or f.parent != pkg:
-            h.update(f.name.encode())
-            h.update(f.read_bytes())
-    return h.hexdigest()
-
-
 def explorer_artifact(cfg) -> tuple[Path, str]:
     """(path, key) of the explorer artifact of a config (its ``seed`` included)."""
     data = cfg.data.name
     if data.startswith("npz:"):   # a user's file: its bytes are part of what the points were built from
         data = hashlib.sha256(Path(data[4:]).expanduser().read_bytes()).hexdigest()
-    key = content_hash("explorer", FORMAT, dataclasses.asdict(cfg), data, _source_digest())
+    key = content_hash("explorer", FORMAT, dataclasses.asdict(cfg), data, points_source_digest(__file__))
     return cache_dir(cfg) / f"explorer-{key[:16]}.pkl", key
 
 

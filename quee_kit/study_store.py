@@ -1,0 +1,86 @@
+"""A study's evaluation, stored once: every method's points and the predictors' estimates and quality.
+
+:func:`~quee_kit.study.run_study` predicts with every fitted predictor and runs every method's knobs on
+calib and test (seconds to a minute per study). It stores what it computed as one artifact, and a later
+call for the same study (another notebook, a re-run, the explorer) loads it instead: the same points,
+estimates and quality, bit for bit (``tests/test_study_store.py``).
+
+The estimates ``err_hat`` are held by the study as dense (n_nodes, N, O) arrays, NaN at the leaves and
+at invalid options; only the valid options of the decision nodes are stored (about 8% of the dense array
+for the default tree) and the rest is NaN again on loading. The key hashes the path caches' and the
+predictors' keys, the variants, the λ grid, the seed, the registered methods and the source of the modules
+that compute points (:func:`~quee_kit.artifacts.points_source_digest`): a changed method recomputes. A study
+with a method registered from outside the kit is not stored, since its code is in no key.
+"""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+
+from .artifacts import ArtifactError, content_hash, load_artifact, points_source_digest, save_artifact
+from .config import cache_dir
+from .options import OptionSpace
+
+__all__ = ["STUDY_FORMAT", "study_artifact", "load_stored_study", "store_study", "pack_estimates",
+           "unpack_estimates"]
+
+STUDY_FORMAT = 1   # bump when the stored fields change
+
+
+def _pairs(opts: OptionSpace) -> tuple[np.ndarray, np.ndarray]:
+    """(node, option) of every valid option at a decision node (depth < L), node-major."""
+    return np.nonzero(opts.valid & (opts.tree.depth < opts.tree.L)[:, None])
+
+
+def pack_estimates(err_hat: np.ndarray, opts: OptionSpace) -> np.ndarray:
+    """(P, N) float32: ``err_hat`` (n_nodes, N, O) at the P valid (decision node, option) pairs."""
+    node, option = _pairs(opts)
+    return np.ascontiguousarray(err_hat[node, :, option], dtype=np.float32)
+
+
+def unpack_estimates(values: np.ndarray, opts: OptionSpace) -> np.ndarray:
+    """The dense (n_nodes, N, O) ``err_hat`` of :func:`pack_estimates`' output, NaN everywhere else."""
+    node, option = _pairs(opts)
+    out = np.full((len(opts.tree.depth), values.shape[1], opts.n_options), np.nan, dtype=np.float32)
+    out[node, :, option] = values
+    return out
+
+
+def study_artifact(prep, cache_keys: dict, predictor_keys: list, variants: dict, lambda_grid: int, seed: int):
+    """``(path, key)`` of a study's stored evaluation; ``(None, None)`` when a registered method comes from
+    outside the kit (its code is not in the key, so its points are never reused)."""
+    from .methods import METHODS
+    if any(not cls.__module__.startswith("quee_kit.") for cls in METHODS.values()):
+        return None, None
+    key = content_hash("study", STUDY_FORMAT, cache_keys, predictor_keys, variants, lambda_grid, seed,
+                       {name: cls.__qualname__ for name, cls in METHODS.items()}, points_source_digest())
+    return cache_dir(prep.cfg) / f"study-{key[:16]}.pt", key
+
+
+def load_stored_study(path, key, opts: OptionSpace) -> dict | None:
+    """The stored evaluation at ``path`` with the dense estimates restored, or None (none stored, or a damaged
+    file: then a warning)."""
+    if key is None:
+        return None
+    try:
+        art = load_artifact(path, key)
+    except ArtifactError as e:
+        if path.exists():   # a damaged file is said, as for every other artifact, then replaced
+            warnings.warn(f"recomputing the study: {e}", stacklevel=3)
+        return None
+    for fit in art["fits"].values():
+        fit["calib"], fit["test"] = (unpack_estimates(fit[s].numpy(), opts) for s in ("calib", "test"))
+    return art
+
+
+def store_study(path, key, opts: OptionSpace, fitted: dict, points: dict) -> None:
+    """Save a computed study: ``fitted`` (predictor config key -> ``calib`` and ``test`` estimates, the
+    ``final`` predictor, its ``call_cost`` and ``quality``) and every method's ``points``."""
+    if key is None:
+        return
+    import torch   # tensors, not numpy arrays: torch.save writes their bytes as they are
+    fits = {k: {**{s: torch.from_numpy(pack_estimates(f[s], opts)) for s in ("calib", "test")},
+                "final": f["final"].state(), "call_cost": f["call_cost"], "quality": f["quality"]}
+            for k, f in fitted.items()}
+    save_artifact(path, key, {"fits": fits, "points": points})
