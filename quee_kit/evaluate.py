@@ -15,7 +15,8 @@ from tqdm.auto import tqdm
 from .artifacts import atomic_write_csv, atomic_write_json
 from .config import Config
 from .methods import scalar_knob
-from .predictors import exit_now_rows, quality_metrics
+from .calibration import quality_metrics
+from .predictors import exit_now_rows
 from .prepare import peak_memory_mb
 from .study import QUEE_VARIANTS, Study, check_config_against_data, points_auc, run_studies
 
@@ -107,11 +108,17 @@ def _quality_row(variant, depth, split, seed, p, wrong, conf) -> dict:
             **quality_metrics(p, wrong, conf)}
 
 
-def _depth_quality(err_hat, s: Study, split: str, L: int) -> list[dict]:
-    """Exit-now quality rows of one split per depth 1..L-1 and ``all`` (no variant, no seed)."""
+def _depth_quality(err_hat, s: Study, split: str, L: int, maxprob: dict) -> list[dict]:
+    """Exit-now quality rows of one split per depth 1..L-1 and ``all`` (no variant, no seed). ``maxprob``:
+    (split, depth) -> AUROC of 1 - max prob, filled by the first call and read by the next (the same rows)."""
     p, wrong, conf, depth = exit_now_rows(err_hat, s.prep.caches[split], s.opts)
-    return [{"depth": str(t), "split": split, **quality_metrics(p[k], wrong[k], conf[k])}
-            for t in [*range(1, L), "all"] for k in [slice(None) if t == "all" else depth == t]]
+    rows = []
+    for t in [*range(1, L), "all"]:
+        k = slice(None) if t == "all" else depth == t
+        rows.append({"depth": str(t), "split": split,
+                     **quality_metrics(p[k], wrong[k], conf[k], auroc_maxprob=maxprob.get((split, t)))})
+        maxprob[split, t] = rows[-1]["auroc_maxprob"]
+    return rows
 
 
 def quality_table(studies: list[Study], budgets) -> pd.DataFrame:
@@ -122,12 +129,13 @@ def quality_table(studies: list[Study], budgets) -> pd.DataFrame:
     for s in studies:
         seed, L = s.cfg.seed, s.prep.tree.L
         by_fit: dict = {}   # variants sharing one fit (e.g. quee, quee-exit-only) share its per-depth metrics
+        maxprob: dict = {}  # and every fit the AUROC of 1 - max prob on the same rows
         for name, m in s.methods.items():
             if name not in s.predictors:   # QuEE variants: the methods with a predictor
                 continue
             fit = id(s.predictors[name])
             if fit not in by_fit:
-                by_fit[fit] = [_depth_quality(m.err_hat[split], s, split, L) for split in ("calib", "test")]
+                by_fit[fit] = [_depth_quality(m.err_hat[split], s, split, L, maxprob) for split in ("calib", "test")]
             rows += [{"variant": name, "seed": seed, **r} for per_split in by_fit[fit] for r in per_split]
             cache = s.prep.caches["test"]
             for b in budgets:

@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .calibrated import BinnedErrorPredictor, PlattErrorPredictor, cell_sums
-from .calibration import expected_calibration_error
+from .calibration import expected_calibration_error, quality_metrics
 from .costs import mlp_macs
 from .options import OptionSpace
 from .parallel import one_thread, run_jobs
@@ -295,10 +295,15 @@ def fit_predictor(cache: PathCache, opts: OptionSpace, cfg, samples: np.ndarray,
     return _fit_mlp(rows, cfg, opts.tree.L, opts.n_options, seed)
 
 
-def _decision_predictions(predictor, cache: PathCache, opts: OptionSpace, samples: np.ndarray):
+def _decision_predictions(predictor, cache: PathCache, opts: OptionSpace, samples: np.ndarray, memo=None):
     """The decision nodes (ascending) and ``err_hat`` of ``samples`` there, (nodes, len(samples), O) with
-    NaN at invalid options."""
-    rows = decision_rows(cache, opts, samples, errors=False)
+    NaN at invalid options. ``memo``: a dict keeping the feature rows for the next predictor on these samples."""
+    key = (id(cache), np.asarray(samples).tobytes())   # the memo lives no longer than the caches it holds rows of
+    if memo is None or key not in memo:
+        rows = decision_rows(cache, opts, samples, errors=False)
+        memo = {} if memo is None else memo
+        memo[key] = rows
+    rows = memo[key]
     nodes = np.unique(rows.node)
     with one_thread():   # the same bits on any thread count, like the fits
         p = predictor.predict_rows(rows.x, rows.depth, rows.node).reshape(len(nodes), len(samples), -1)
@@ -311,9 +316,9 @@ def _leaves_nan(out: np.ndarray, nodes: np.ndarray) -> np.ndarray:
     return out
 
 
-def predict_nodes(predictor, cache: PathCache, opts: OptionSpace, samples: np.ndarray) -> np.ndarray:
+def predict_nodes(predictor, cache: PathCache, opts: OptionSpace, samples: np.ndarray, memo=None) -> np.ndarray:
     """``err_hat`` of ``samples`` at every node: (n_nodes, len(samples), O), NaN at invalid options and leaves."""
-    nodes, p = _decision_predictions(predictor, cache, opts, samples)
+    nodes, p = _decision_predictions(predictor, cache, opts, samples, memo)
     out = _leaves_nan(np.empty((len(opts.tree), len(samples), opts.n_options), dtype=np.float32), nodes)
     out[nodes] = p
     return out
@@ -327,16 +332,17 @@ class CrossFitted:
     final: object
     fold_of: np.ndarray
 
-    def predict(self, calib: PathCache, test: PathCache, opts: OptionSpace) -> dict[str, np.ndarray]:
-        """Out-of-fold calib and final-model test estimates ``err_hat``, both (n_nodes, N, O)."""
+    def predict(self, calib: PathCache, test: PathCache, opts: OptionSpace, memo=None) -> dict[str, np.ndarray]:
+        """Out-of-fold calib and final-model test estimates ``err_hat``, both (n_nodes, N, O). ``memo``: a dict
+        shared by the predictors of one study (the features of a fold's rows are gathered once)."""
         oof = np.empty((len(opts.tree), calib.n_samples, opts.n_options), dtype=np.float32)
         nodes = np.zeros(0, dtype=np.int64)        # every fold predicts at the same decision nodes
         for k, m in enumerate(self.folds):
             ho = np.flatnonzero(self.fold_of == k)
-            nodes, p = _decision_predictions(m, calib, opts, ho)
+            nodes, p = _decision_predictions(m, calib, opts, ho, memo)
             oof[nodes[:, None], ho[None, :]] = p
         _leaves_nan(oof, nodes)
-        return {"calib": oof, "test": predict_nodes(self.final, test, opts, np.arange(test.n_samples))}
+        return {"calib": oof, "test": predict_nodes(self.final, test, opts, np.arange(test.n_samples), memo)}
 
 
 def _fit_task(shared, task):
@@ -381,18 +387,8 @@ def exit_now_rows(err_hat: np.ndarray, cache: PathCache, opts: OptionSpace, node
     return p, wrong, conf, np.repeat(tree.depth[nodes], cache.n_samples)
 
 
-def quality_metrics(p: np.ndarray, wrong: np.ndarray, conf: np.ndarray, n_bins: int = 15) -> dict:
-    """Brier, ECE and AUROC of error detection of predicted error probabilities ``p`` against the 0/1
-    errors ``wrong``, beside the AUROC of plain ``1 - max prob`` (``conf``) on the same rows."""
-    from sklearn.metrics import roc_auc_score
-    both = 0 < wrong.mean() < 1
-    return {"n": int(len(p)), "brier": float(((p - wrong) ** 2).mean()),
-            "ece": expected_calibration_error(p, wrong, n_bins),
-            "auroc": float(roc_auc_score(wrong, p)) if both else float("nan"),
-            "auroc_maxprob": float(roc_auc_score(wrong, 1 - conf)) if both else float("nan"),
-            "error_rate": float(wrong.mean())}
-
-
-def predictor_quality(err_hat: np.ndarray, cache: PathCache, opts: OptionSpace, n_bins: int = 15) -> dict:
-    """:func:`quality_metrics` of the exit-now option over every decision node and sample."""
-    return quality_metrics(*exit_now_rows(err_hat, cache, opts)[:3], n_bins=n_bins)
+def predictor_quality(err_hat: np.ndarray, cache: PathCache, opts: OptionSpace, n_bins: int = 15,
+                      auroc_maxprob: float | None = None) -> dict:
+    """:func:`~quee_kit.calibration.quality_metrics` of the exit-now option over every decision node and sample
+    (``auroc_maxprob``: that of another predictor on the same cache, the same rows)."""
+    return quality_metrics(*exit_now_rows(err_hat, cache, opts)[:3], n_bins=n_bins, auroc_maxprob=auroc_maxprob)

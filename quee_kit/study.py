@@ -139,14 +139,14 @@ def fit_variants(prep: Prepared, opts: OptionSpace, pcfgs: list, seed: int, prog
     of calib; :func:`_predictor_artifacts`). Per config: calib (out-of-fold) and test estimates ``err_hat``
     (keys ``calib``, ``test``), the refitted predictor (``final``) and the normalized cost of one call
     (``call_cost``, known from the config before fitting)."""
-    out = []
+    out, memo = [], {}   # the fits predict on the same rows: their features are gathered once
     for pcfg, art in zip(pcfgs, _predictor_artifacts(prep, opts, pcfgs, seed, progress)):
         cf = CrossFitted([predictor_from_state(s) for s in art["folds"]], predictor_from_state(art["final"]),
                          art["fold_of"])
         macs = predictor_macs(pcfg, opts.n_options)
         if cf.final.macs != macs:
             raise RuntimeError(f"predictor MACs {cf.final.macs} differ from its config's {macs}")
-        out.append({**cf.predict(prep.caches["calib"], prep.caches["test"], opts), "final": cf.final,
+        out.append({**cf.predict(prep.caches["calib"], prep.caches["test"], opts, memo), "final": cf.final,
                     "call_cost": prep.costs.call_cost(macs)})
     return out
 
@@ -188,8 +188,10 @@ def run_study(cfg: Config, progress: bool = True, variants: dict | None = None, 
         fitted = {k: {**f, "final": predictor_from_state(f["final"])} for k, f in stored["fits"].items()}
     else:
         fitted = dict(zip(pcfgs, fit_variants(prep, opts, list(pcfgs.values()), cfg.seed, progress)))
+        ref = None   # the AUROC of 1 - max prob: the same rows for every fit
         for fit in fitted.values():
-            fit["quality"] = predictor_quality(fit["test"], caches["test"], opts)
+            fit["quality"] = predictor_quality(fit["test"], caches["test"], opts, auroc_maxprob=ref)
+            ref = fit["quality"]["auroc_maxprob"]
     for name, (pover, variant) in variants.items():
         pkey = _predictor_key(cfg, pover)
         quality[name] = fitted[pkey]["quality"]                       # every name, also a shared fit's

@@ -115,3 +115,22 @@ def study_digits_shared(digits_cfg, digits_prep):
                               eval=dataclasses.replace(digits_cfg.eval, lambda_grid=10))
     variants = {"quee-mlp": ({"kind": "mlp"}, "all"), "quee-K8": ({"kind": "mlp", "K": 8}, "all")}
     return run_study(cfg, progress=False, variants=variants, prep=digits_prep)
+
+
+def test_quality_by_depth_reuses_only_what_every_fit_shares(study):
+    # the AUROC of 1 - max prob is computed once per split and depth and given to every fit: each row must
+    # still hold that AUROC on its own rows, while each fit's own AUROC differs
+    from sklearn.metrics import roc_auc_score
+
+    from quee_kit.evaluate import quality_table
+    from quee_kit.predictors import exit_now_rows
+    table = quality_table([study], study.cfg.eval.budgets[:1])
+    for split in ("calib", "test"):
+        p, wrong, conf, depth = exit_now_rows(study.predictors["quee-raw"][split], study.prep.caches[split], study.opts)
+        for t in (1, 2, "all"):
+            k = slice(None) if t == "all" else depth == t
+            rows = table[(table.split == split) & (table.depth == str(t)) & table.variant.isin(["quee", "quee-raw"])]
+            assert len(rows) == 2 and (rows.auroc_maxprob == roc_auc_score(wrong[k], 1 - conf[k])).all()
+            assert rows[rows.variant == "quee-raw"].auroc.iloc[0] == roc_auc_score(wrong[k], p[k])
+    assert study.quality["quee"]["auroc_maxprob"] == study.quality["quee-raw"]["auroc_maxprob"]
+    assert study.quality["quee"]["auroc"] != study.quality["quee-raw"]["auroc"]
