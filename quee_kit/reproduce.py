@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from .artifacts import atomic_write_json
 from .config import PROJECT_ROOT, ConfigError, read_yaml, resolve_path
 
-__all__ = ["reproduce", "store_tutorials", "notebook_paths", "NOTEBOOKS_DIR", "TUTORIALS", "KERNEL"]
+__all__ = ["reproduce", "run_order", "store_tutorials", "notebook_paths", "NOTEBOOKS_DIR", "TUTORIALS", "KERNEL"]
 
 NOTEBOOKS_DIR = PROJECT_ROOT / "notebooks"
 TUTORIALS = ["01_quickstart", "02_backbone_and_exits", "03_quantization_sensitivity"]  # nbval-checked
@@ -94,7 +94,7 @@ def _studies(stem: str, p: dict) -> list[tuple]:
     return []
 
 
-def _run_order(planned: dict[str, list]) -> tuple[list[str], dict[str, str]]:
+def run_order(planned: dict[str, list]) -> tuple[list[str], dict[str, str]]:
     """The order notebooks start in and ``waits``: notebook -> the one it waits for.
 
     A notebook whose studies with predictors another notebook evaluates too (one with more studies, or as
@@ -149,7 +149,7 @@ def reproduce(config: str | Path, out_dir: str | Path, fast: bool = False, overr
     First every model, path cache and predictor the notebooks will read is built as one graph on the
     config's ``jobs`` worker processes (:func:`quee_kit.warm.warm`, the files of a serial run); then the
     notebooks run, ``jobs`` at a time, each only loading them. A study two notebooks read is evaluated once:
-    the second waits for the first and loads its stored evaluation (:func:`_run_order`). After a failing
+    the second waits for the first and loads its stored evaluation (:func:`run_order`). After a failing
     notebook no other starts.
     ``reproduce.json`` holds the seconds of both phases and ``built_by_notebooks``, the artifacts a
     notebook still had to build (none, when the plan covers them).
@@ -183,7 +183,7 @@ def reproduce(config: str | Path, out_dir: str | Path, fast: bool = False, overr
     threads = 1 if jobs > 1 else None
     t1 = time.perf_counter()
     bar = tqdm(total=len(notebooks), desc="notebooks", disable=not progress)
-    order, waits = _run_order(planned)
+    order, waits = run_order(planned)
     by_stem = {nb.stem: nb for nb in notebooks}
     with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
         queue, running = [by_stem[st] for st in order], {}

@@ -210,11 +210,12 @@ def run_study(cfg: Config, progress: bool = True, variants: dict | None = None, 
     return Study(prep, opts, methods, points, quality, predictors, timings, cfg)
 
 
-def store_predictors(cfg: Config, pcfgs: list) -> None:
+def store_predictors(cfg: Config, pcfgs: list, prep: Prepared | None = None) -> None:
     """Fit and store (where not stored yet) the cross-fitted predictors of each predictor config in
-    ``pcfgs`` on ``cfg``'s calib cache, as :func:`run_study` would, without predicting anything."""
+    ``pcfgs`` on ``cfg``'s calib cache, as :func:`run_study` would, without predicting anything. ``prep``:
+    that calib cache already loaded (``prepare(cfg, splits=("calib",))``)."""
     torch.manual_seed(cfg.seed)
-    prep = prepare(cfg, splits=("calib",), progress=False)
+    prep = prep or prepare(cfg, splits=("calib",), progress=False)
     _predictor_artifacts(prep, OptionSpace(prep.tree, prep.caches["calib"].node_cost), list(pcfgs), cfg.seed,
                          progress=False)
 

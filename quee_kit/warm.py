@@ -22,7 +22,7 @@ from .artifacts import content_hash
 from .config import Config, key_fields
 from .parallel import one_thread, resolve_jobs, warn_workers_failed
 
-__all__ = ["Task", "study_tasks", "run_graph", "warm", "estimated_seconds"]
+__all__ = ["Task", "study_tasks", "run_graph", "warm", "estimated_seconds", "release_loaded"]
 
 
 @dataclass(frozen=True)
@@ -72,9 +72,24 @@ def _cache(cfg: Config, split: str) -> None:
     prepare(dataclasses.replace(cfg, jobs=1), splits=(split,), progress=False)
 
 
-def _fit(cfg: Config, pcfg) -> None:
+# In a worker: the calib cache the last fit task loaded (its features computed), by its cache task's name. The
+# fits of one seed mostly follow one another, and the next one then starts without loading it again.
+_LOADED: dict = {}
+
+
+def _fit(cfg: Config, pcfg, cache_task: str) -> None:
+    from .prepare import prepare
     from .study import store_predictors
-    store_predictors(dataclasses.replace(cfg, jobs=1), [pcfg])
+    cfg = dataclasses.replace(cfg, jobs=1)
+    if cache_task not in _LOADED:
+        _LOADED.clear()
+        _LOADED[cache_task] = prepare(cfg, splits=("calib",), progress=False)
+    store_predictors(cfg, [pcfg], _LOADED[cache_task])
+
+
+def release_loaded() -> None:
+    """Drop the calib cache a fit task left loaded in this process (run_graph does, after running here)."""
+    _LOADED.clear()
 
 
 def study_tasks(cfg: Config, variants: dict | None = None) -> list[Task]:
@@ -95,8 +110,8 @@ def study_tasks(cfg: Config, variants: dict | None = None) -> list[Task]:
     for pcfg in predictor_configs(cfg, QUEE_VARIANTS if variants is None else variants).values():
         name = "fit " + content_hash(caches["calib"], dataclasses.asdict(pcfg))[:16]
         label = f"{pcfg.kind}{'' if pcfg.kind != 'mlp' else f' {pcfg.targets} K{pcfg.K}'} predictors, {seed}"
-        tasks.append(Task(name, _fit, (cfg, pcfg), (caches["calib"],), estimated_seconds(cfg, "fit", pcfg=pcfg),
-                          label))
+        tasks.append(Task(name, _fit, (cfg, pcfg, caches["calib"]), (caches["calib"],),
+                          estimated_seconds(cfg, "fit", pcfg=pcfg), label))
     return tasks
 
 
@@ -165,6 +180,7 @@ def run_graph(tasks, jobs: int | None = 0, progress: bool = True) -> dict[str, f
 
     if n_workers <= 1 or distributed.is_active():
         serial()
+        release_loaded()   # here, not in a worker: nothing kept past the graph
         bar.close()
         return done
     ctx = multiprocessing.get_context("spawn")
@@ -190,6 +206,7 @@ def run_graph(tasks, jobs: int | None = 0, progress: bool = True) -> dict[str, f
         warn_workers_failed()
         todo.sort(key=lambda n: -chain[n])
         serial()
+        release_loaded()
     bar.close()
     return done
 

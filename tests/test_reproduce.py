@@ -10,7 +10,7 @@ from nbformat.v4 import new_code_cell, new_notebook
 from quee_kit.cli import main
 from quee_kit.config import ConfigError
 from quee_kit.config import load_config
-from quee_kit.reproduce import KERNEL, NOTEBOOKS_DIR, TUTORIALS, _run_order, notebook_paths, reproduce
+from quee_kit.reproduce import KERNEL, NOTEBOOKS_DIR, TUTORIALS, run_order, notebook_paths, reproduce
 
 CONFIG = "configs/mnist10k.yaml"
 
@@ -113,9 +113,9 @@ def test_a_notebook_reading_anothers_studies_waits_for_it_and_loads_them():
     k8 = {"quee-K8": ({"kind": "mlp", "K": 8}, "all")}
     planned = {"01": [(c0, {})], "05": [(c0, k8)], "06": [(c0, None), (c1, None)], "07": [(c0, None)],
                "08": [(dataclasses.replace(c0, jobs=1), None)]}    # the worker count is no part of a study
-    order, waits = _run_order(planned)
+    order, waits = run_order(planned)
     # 06 evaluates the seed-0 study 07 and 08 read: they wait for it; 05's variants are its own; 01 has none
     assert waits == {"07": "06", "08": "06"}
     assert order[0] == "06" and order[1] == "05" and order.index("01") < order.index("07")
     # two notebooks reading the same one study: the later one waits (never both for each other)
-    assert _run_order({"07": planned["07"], "08": planned["08"]})[1] == {"08": "07"}
+    assert run_order({"07": planned["07"], "08": planned["08"]})[1] == {"08": "07"}

@@ -7,7 +7,7 @@ import pytest
 from quee_kit.artifacts import load_artifact
 from quee_kit.config import load_config
 from quee_kit.study import run_study
-from quee_kit.warm import Task, run_graph, study_tasks, warm
+from quee_kit.warm import Task, release_loaded, run_graph, study_tasks, warm
 
 from test_parallel import assert_same
 
@@ -41,6 +41,24 @@ def test_warm_on_two_cores_stores_the_serial_files(tmp_path):
     assert sorted(stores[1]) == sorted(stores[2]) and len(stores[1]) == 2 * 5
     for name in stores[1]:
         assert_same(stores[1][name], stores[2][name], name)
+
+
+def test_fit_tasks_sharing_a_loaded_calib_cache_store_the_fits_of_a_fresh_one(tmp_path):
+    # a worker keeps the calib cache its last fit task loaded for the next fit of that seed: the stored fits
+    # are those of fitting each on a freshly loaded cache
+    stores = {}
+    for reuse in (False, True):
+        tasks = study_tasks(_cfg(tmp_path / str(reuse)), VARIANTS)
+        run_graph([t for t in tasks if not t.name.startswith("fit")], jobs=1, progress=False)
+        for t in [t for t in tasks if t.name.startswith("fit")]:
+            if not reuse:
+                release_loaded()
+            t.fn(*t.args)
+        release_loaded()
+        stores[reuse] = _artifacts(tmp_path / str(reuse))
+    assert sorted(stores[False]) == sorted(stores[True]) and sum(n.startswith("predictors") for n, _ in stores[True]) == 2
+    for name in stores[False]:
+        assert_same(stores[False][name], stores[True][name], name)
 
 
 def test_a_warmed_study_builds_nothing(tmp_path):
