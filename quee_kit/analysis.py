@@ -125,10 +125,16 @@ def noisy_predictions(err_hat: np.ndarray, sigma: float, seed: int = 0) -> np.nd
     """
     if sigma < 0:
         raise ValueError(f"sigma must be >= 0 (got {sigma})")
-    z = logit(np.asarray(err_hat, dtype=np.float64))
+    err_hat = np.asarray(err_hat)
+    # elementwise, on the estimates alone (about 8% of a study's array, the rest is NaN): the noise is still
+    # drawn for every element, so an estimate gets the draw it gets from the whole array
+    ok = ~np.isnan(err_hat)
+    z = logit(err_hat[ok].astype(np.float64))
     if sigma > 0:
-        z = z + sigma * np.random.default_rng(seed).standard_normal(z.shape)
-    return expit(z).astype(np.asarray(err_hat).dtype)
+        z = z + sigma * np.random.default_rng(seed).standard_normal(err_hat.shape)[ok]
+    out = np.full(err_hat.shape, expit(logit(np.float64(np.nan))), dtype=err_hat.dtype)   # its NaN, bit for bit
+    out[ok] = expit(z)
+    return out
 
 
 def predictor_noise_sweep(study: Study, sigmas, budgets, method: str = "quee", seed: int = 0) -> pd.DataFrame:

@@ -100,7 +100,8 @@ def run_order(planned: dict[str, list]) -> tuple[list[str], dict[str, str]]:
     A notebook whose studies with predictors another notebook evaluates too (one with more studies, or as
     many and a lower number) waits for it: ``run_study`` stores each evaluated study, so the later one loads
     it instead of evaluating it again. The notebooks others wait for start first, then those that evaluate
-    the most (studies x QuEE variants), then the rest in numbered order."""
+    studies of their own (the most studies x QuEE variants first), then those that wait (each as soon as
+    it may), then the rest, each group in numbered order."""
     import dataclasses
 
     from .artifacts import content_hash
@@ -115,7 +116,8 @@ def run_order(planned: dict[str, list]) -> tuple[list[str], dict[str, str]]:
             waits[stem] = min(providers, key=rank.get)
     work = {stem: 0 if stem in waits else sum(len(QUEE_VARIANTS if v is None else v) for _, v in studies if v != {})
             for stem, studies in planned.items()}
-    order = sorted(planned, key=lambda st: (st not in waits.values(), -work[st], rank[st][1]))
+    group = {st: 0 if st in waits.values() else 1 if work[st] else 2 if st in waits else 3 for st in planned}
+    order = sorted(planned, key=lambda st: (group[st], -work[st], rank[st][1]))
     return order, waits
 
 

@@ -21,6 +21,20 @@ def test_noise_zero_is_identity_and_nan_is_kept(study):
         analysis.noisy_predictions(err_hat, -1.0)
 
 
+def test_noise_touches_the_estimates_alone_with_the_whole_arrays_draws(study):
+    # sigmoid(logit(e) + sigma * N(0, 1)) over the whole array, NaN included, is what the noise is defined as:
+    # computed on the estimates alone it must be that, bit for bit (each estimate gets its own draw)
+    from scipy.special import expit, logit
+    err_hat = study.predictors["quee"]["calib"].copy()
+    flat = err_hat.reshape(-1)   # a view of the copy
+    flat[np.flatnonzero(~np.isnan(flat))[:2]] = [0.0, 1.0]   # logit -inf and +inf: exactly 0 and 1 back
+    for sigma in (0.0, 0.7):
+        z = logit(err_hat.astype(np.float64))
+        whole = expit(z + sigma * np.random.default_rng(5).standard_normal(z.shape)).astype(np.float32)
+        got = analysis.noisy_predictions(err_hat, sigma, seed=5)
+        assert np.array_equal(got.view(np.uint32), whole.view(np.uint32)), sigma
+
+
 def test_noise_sweep_at_zero_reproduces_the_study(study):
     budgets = study.cfg.eval.budgets
     df = analysis.predictor_noise_sweep(study, [0.0, 2.0], budgets)

@@ -116,6 +116,7 @@ def test_a_notebook_reading_anothers_studies_waits_for_it_and_loads_them():
     order, waits = run_order(planned)
     # 06 evaluates the seed-0 study 07 and 08 read: they wait for it; 05's variants are its own; 01 has none
     assert waits == {"07": "06", "08": "06"}
-    assert order[0] == "06" and order[1] == "05" and order.index("01") < order.index("07")
+    # the provider first, then 05's own evaluation; the waiting ones ahead of 01 (which reads no study)
+    assert order == ["06", "05", "07", "08", "01"]
     # two notebooks reading the same one study: the later one waits (never both for each other)
     assert run_order({"07": planned["07"], "08": planned["08"]})[1] == {"08": "07"}
