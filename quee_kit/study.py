@@ -79,6 +79,7 @@ class Study:
     predictors: dict = field(default_factory=dict)  # QuEE variant -> fit_variants output: err_hat per split, final, call_cost
     timings: dict = field(default_factory=dict)
     cfg: Config | None = None
+    test_nodes: dict = field(default_factory=dict)   # method -> (n_knobs, N) final test node of each knob and sample
 
     def __post_init__(self):
         self.cfg = self.cfg or self.prep.cfg
@@ -202,12 +203,14 @@ def run_study(cfg: Config, progress: bool = True, variants: dict | None = None, 
     timings["predictor_seconds"] = time.perf_counter() - t1
     methods.update(build_methods(MethodContext(caches, opts, lambdas, cfg.seed, built=dict(methods))))
     t2 = time.perf_counter()
+    test_nodes = {k: v.numpy() for k, v in stored["test_nodes"].items()} if stored else {}
     points = stored["points"] if stored else {
-        name: method_points(m) for name, m in tqdm(methods.items(), desc="methods", disable=not progress, leave=False)}
+        name: method_points(m, test_nodes) for name, m in tqdm(methods.items(), desc="methods",
+                                                               disable=not progress, leave=False)}
     timings["evaluate_seconds"] = time.perf_counter() - t2
     if not stored and store:
-        store_study(path, key, opts, fitted, points)
-    return Study(prep, opts, methods, points, quality, predictors, timings, cfg)
+        store_study(path, key, opts, fitted, points, test_nodes)
+    return Study(prep, opts, methods, points, quality, predictors, timings, cfg, test_nodes)
 
 
 def store_predictors(cfg: Config, pcfgs: list, prep: Prepared | None = None) -> None:
@@ -235,10 +238,15 @@ def run_studies(cfg: Config, seeds, progress: bool = True, variants: dict | None
     return studies
 
 
-def method_points(method) -> pd.DataFrame:
+def method_points(method, test_nodes: dict | None = None) -> pd.DataFrame:
     """Every knob of ``method`` on calib and test: its named fields (``describe``) plus ``cost_calib, acc_calib,
-    cost_test, acc_test`` (mean normalized BOPs and accuracy), one row per knob."""
+    cost_test, acc_test`` (mean normalized BOPs and accuracy), one row per knob. ``test_nodes``: a dict that
+    receives ``method.name`` -> (n_knobs, N) the test node each sample exits at under each knob."""
     batch = {sp: method.outcomes(sp) for sp in ("calib", "test")}
+    if test_nodes is not None:
+        n_nodes = len(method.tree.depth)
+        test_nodes[method.name] = np.stack([np.asarray(o.node) for o in batch["test"]]).astype(
+            np.int16 if n_nodes < 2 ** 15 else np.int32)
     rows = []
     for knob, oc, ot in zip(method.knobs, batch["calib"], batch["test"]):
         rows.append({**method.describe(knob), "cost_calib": oc.mean_cost, "acc_calib": oc.accuracy,

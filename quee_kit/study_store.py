@@ -74,13 +74,14 @@ def load_stored_study(path, key, opts: OptionSpace) -> dict | None:
     return art
 
 
-def store_study(path, key, opts: OptionSpace, fitted: dict, points: dict) -> None:
+def store_study(path, key, opts: OptionSpace, fitted: dict, points: dict, test_nodes: dict) -> None:
     """Save a computed study: ``fitted`` (predictor config key -> ``calib`` and ``test`` estimates, the
-    ``final`` predictor, its ``call_cost`` and ``quality``) and every method's ``points``."""
+    ``final`` predictor, its ``call_cost`` and ``quality``), every method's ``points`` and ``test_nodes``."""
     if key is None:
         return
     import torch   # tensors, not numpy arrays: torch.save writes their bytes as they are
     fits = {k: {**{s: torch.from_numpy(pack_estimates(f[s], opts)) for s in ("calib", "test")},
                 "final": f["final"].state(), "call_cost": f["call_cost"], "quality": f["quality"]}
             for k, f in fitted.items()}
-    save_artifact(path, key, {"fits": fits, "points": points})
+    save_artifact(path, key, {"fits": fits, "points": points,
+                              "test_nodes": {k: torch.from_numpy(v) for k, v in test_nodes.items()}})

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from quee_kit.config import cache_dir, load_config
+from quee_kit.explorer import build_explorer_data
 from quee_kit.methods import METHODS, register_method
 from quee_kit.study import run_study
 from quee_kit.study_store import study_artifact
@@ -45,9 +46,19 @@ def test_a_stored_study_loads_the_computed_bits(cfg, digits_prep):
     for name in ("quee", "quee-mlp"):
         a, b = fresh.engine(name, 0.3)(x), loaded.engine(name, 0.3)(x)
         assert a.pred.equal(b.pred) and np.array_equal(a.cost, b.cost) and np.array_equal(a.node, b.node), name
-    knob = fresh.methods["quee-mlp"].knobs[len(fresh.methods["quee-mlp"].knobs) // 2]
+    i = len(fresh.methods["quee-mlp"].knobs) // 2
+    knob = fresh.methods["quee-mlp"].knobs[i]
     oa, ob = fresh.methods["quee-mlp"].outcome("test", knob), loaded.methods["quee-mlp"].outcome("test", knob)
     assert np.array_equal(oa.node, ob.node) and np.array_equal(oa.cost, ob.cost)
+    # every knob's test nodes, kept by the evaluation: what the explorer shows without running them again
+    assert set(fresh.test_nodes) == set(loaded.test_nodes) == set(fresh.methods)
+    for name in fresh.methods:
+        assert np.array_equal(loaded.test_nodes[name], fresh.test_nodes[name]), name
+    assert np.array_equal(loaded.test_nodes["quee-mlp"][i], oa.node)
+    kept = build_explorer_data(loaded, fast=False, config="configs/digits.yaml")
+    rerun = build_explorer_data(dataclasses.replace(fresh, test_nodes={}), fast=False, config="configs/digits.yaml")
+    for name in fresh.methods:
+        assert np.array_equal(kept.methods[name].nodes, rerun.methods[name].nodes), name
 
 
 def test_what_a_study_is_computed_from_is_in_its_key(cfg, digits_prep):

@@ -146,7 +146,8 @@ def _images_uint8(x) -> np.ndarray:
 
 
 def build_explorer_data(study, fast: bool, config: str, overrides=()) -> ExplorerData:
-    """Every method's knob table with its test nodes, from a live study (seconds: outcomes are re-run)."""
+    """Every method's knob table with its test nodes, from a study (the nodes its evaluation kept, or else
+    its methods' outcomes run again: seconds)."""
     from ..evaluate import c_min_sat
     from ..methods import scalar_knob
     from ..styles import setting_label
@@ -168,11 +169,13 @@ def build_explorer_data(study, fast: bool, config: str, overrides=()) -> Explore
     dtype = np.int16 if n_nodes < 2 ** 15 else np.int32
     methods = {}
     for name, m in study.methods.items():
-        outs = m.outcomes("test")
+        nodes = study.test_nodes.get(name)   # kept by the study's evaluation; else the outcomes are run again
+        if nodes is None:
+            nodes = np.stack([np.asarray(o.node) for o in m.outcomes("test")])
         methods[name] = MethodTable(
             name, study.points[name].reset_index(drop=True), [tuple(k) for k in m.knobs],
             tuple(m.knob_fields), scalar_knob(m), err_key=err_keys.get(name, default_err),
-            nodes=np.stack([np.asarray(o.node) for o in outs]).astype(dtype))
+            nodes=nodes.astype(dtype))
     c_min, c_sat = c_min_sat(study)
     cfg = prep.cfg
     return ExplorerData(
