@@ -306,8 +306,10 @@ def _decision_predictions(predictor, cache: PathCache, opts: OptionSpace, sample
     rows = memo[key]
     nodes = np.unique(rows.node)
     with one_thread():   # the same bits on any thread count, like the fits
-        p = predictor.predict_rows(rows.x, rows.depth, rows.node).reshape(len(nodes), len(samples), -1)
-    return nodes, np.where(opts.valid[nodes][:, None, :], p, np.float32(np.nan)).astype(np.float32, copy=False)
+        p = predictor.predict_rows(rows.x, rows.depth, rows.node).astype(np.float32, copy=False)
+    p = p.reshape(len(nodes), len(samples), -1)    # a new array: NaN written into it, not into a copy of it
+    np.copyto(p, np.float32(np.nan), where=~opts.valid[nodes][:, None, :])
+    return nodes, p
 
 
 def _leaves_nan(out: np.ndarray, nodes: np.ndarray) -> np.ndarray:
@@ -381,9 +383,9 @@ def exit_now_rows(err_hat: np.ndarray, cache: PathCache, opts: OptionSpace, node
     (or ``nodes``) and sample, flattened: four (R,) arrays."""
     tree = opts.tree
     nodes = np.flatnonzero(tree.depth < tree.L) if nodes is None else np.asarray(nodes)
-    p = err_hat[nodes, :, :][np.arange(len(nodes)), :, opts.exit_option[nodes]].reshape(-1)
+    p = err_hat[nodes, :, opts.exit_option[nodes]].reshape(-1)      # (nodes, N): no copy of the nodes' rows first
     wrong = (~cache.correct[nodes]).numpy().reshape(-1).astype(float)
-    conf = cache.features[nodes][:, :, 0].numpy().reshape(-1)
+    conf = cache.features[torch.as_tensor(nodes), :, 0].numpy().reshape(-1)
     return p, wrong, conf, np.repeat(tree.depth[nodes], cache.n_samples)
 
 
