@@ -298,11 +298,10 @@ def fit_predictor(cache: PathCache, opts: OptionSpace, cfg, samples: np.ndarray,
 def _decision_predictions(predictor, cache: PathCache, opts: OptionSpace, samples: np.ndarray, memo=None):
     """The decision nodes (ascending) and ``err_hat`` of ``samples`` there, (nodes, len(samples), O) with
     NaN at invalid options. ``memo``: a dict keeping the feature rows for the next predictor on these samples."""
+    memo = {} if memo is None else memo
     key = (id(cache), np.asarray(samples).tobytes())   # the memo lives no longer than the caches it holds rows of
-    if memo is None or key not in memo:
-        rows = decision_rows(cache, opts, samples, errors=False)
-        memo = {} if memo is None else memo
-        memo[key] = rows
+    if key not in memo:
+        memo[key] = decision_rows(cache, opts, samples, errors=False)
     rows = memo[key]
     nodes = np.unique(rows.node)
     with one_thread():   # the same bits on any thread count, like the fits
