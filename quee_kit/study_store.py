@@ -83,5 +83,9 @@ def store_study(path, key, opts: OptionSpace, fitted: dict, points: dict, test_n
     fits = {k: {**{s: torch.from_numpy(pack_estimates(f[s], opts)) for s in ("calib", "test")},
                 "final": f["final"].state(), "call_cost": f["call_cost"], "quality": f["quality"]}
             for k, f in fitted.items()}
-    save_artifact(path, key, {"fits": fits, "points": points,
-                              "test_nodes": {k: torch.from_numpy(v) for k, v in test_nodes.items()}})
+    try:
+        save_artifact(path, key, {"fits": fits, "points": points,
+                                  "test_nodes": {k: torch.from_numpy(v) for k, v in test_nodes.items()}})
+    except OSError as e:   # a full or read-only disk: the study is computed, only its reuse is lost
+        warnings.warn(f"the study's evaluation could not be stored ({e}); the next run computes it again",
+                      stacklevel=3)

@@ -88,6 +88,19 @@ def test_a_corrupt_stored_study_is_computed_again(cfg, digits_prep):
     assert run_study(cfg, progress=False, variants=VARIANTS, prep=digits_prep).timings["stored"]   # written anew
 
 
+def test_a_study_that_cannot_be_stored_is_still_returned(cfg, digits_prep, monkeypatch):
+    import quee_kit.study_store as store
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(store, "save_artifact", disk_full)
+    for p in cache_dir(digits_prep.cfg).glob("study-*.pt"):   # none to load: it is computed, then not stored
+        p.unlink()
+    with pytest.warns(UserWarning, match="could not be stored.*No space left"):
+        study = run_study(cfg, progress=False, variants={"quee": VARIANTS["quee"]}, prep=digits_prep)
+    assert not study.timings["stored"] and "quee" in study.points
+
+
 def test_a_method_from_outside_the_kit_is_never_stored(digits_prep):
     class Outside:   # defined here, in a test module: its code is in no key
         pass
