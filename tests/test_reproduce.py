@@ -8,9 +8,8 @@ import pytest
 from nbformat.v4 import new_code_cell, new_notebook
 
 from quee_kit.cli import main
-from quee_kit.config import ConfigError
-from quee_kit.config import load_config
-from quee_kit.reproduce import KERNEL, NOTEBOOKS_DIR, TUTORIALS, run_order, notebook_paths, reproduce
+from quee_kit.config import ConfigError, load_config
+from quee_kit.reproduce import KERNEL, NOTEBOOKS_DIR, TUTORIALS, notebook_paths, reproduce, run_order
 
 CONFIG = "configs/mnist10k.yaml"
 
