@@ -83,13 +83,15 @@ class Attention(nn.Module):
         B, N, D = x.shape
         qkv = self.qkv(x).reshape(B, N, 3, self.heads, self.dh)
         mq = self.matmul_quant or (lambda t: t)
-        if getattr(self.matmul_quant, "rowwise", False):
-            # one scale per token and head: the groups of quantizing q, k and v one by one, in one
-            # contiguous pass instead of three over strided views
-            qkv, mqkv = mq(qkv), (lambda t: t)
+        rowwise = getattr(self.matmul_quant, "rowwise", False)   # one scale per token and head
+        if rowwise and torch.compiler.is_compiling():
+            # q, k and v quantized one by one are the same groups, so the same values; compiled, each is then
+            # written once, straight into the layout its matmul reads (no full (B, N, 3D) copy in between)
+            q, k, v = (mq(t.transpose(1, 2)) for t in qkv.unbind(2))
         else:
-            mqkv = mq
-        q, k, v = qkv.permute(2, 0, 3, 1, 4)
+            # eager: the groups of q, k and v in one contiguous pass instead of three over strided views
+            q, k, v = (mq(qkv) if rowwise else qkv).permute(2, 0, 3, 1, 4)
+        mqkv = (lambda t: t) if rowwise else mq
         att = (mqkv(q) @ mqkv(k).transpose(-2, -1)) * self.dh ** -0.5
         if self.probs_scale_from_sum and getattr(self.matmul_quant, "token_max", False):
             att = softmax_fake_quant(att, self.matmul_quant)

@@ -118,3 +118,16 @@ def test_integer_backends_key_their_arithmetic_so_older_caches_are_rebuilt():
     for backend in ("int", "int-compiled"):
         q = QuantConfig(backend=backend)
         assert quant_key(q) == {**key_fields(q), "int_numerics": INT_NUMERICS}
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_compiled_attention_quantizes_q_k_v_one_by_one_to_the_same_values(bits):
+    # Compiled, the attention quantizes q, k and v each into its matmul's layout; with one scale per token and
+    # head these are the groups of quantizing the whole (B, N, 3, H, dh) product at once: the same bits.
+    torch.manual_seed(2)
+    mq = ActQuant(bits, "token")
+    qkv = torch.randn(5, 17, 3, 4, 16) * torch.linspace(0.05, 4, 17)[None, :, None, None, None]
+    joint = mq(qkv).permute(2, 0, 3, 1, 4)
+    one_by_one = torch.compile(lambda t: [mq(p.transpose(1, 2)) for p in t.unbind(2)], dynamic=True)(qkv)
+    for a, b in zip(joint, one_by_one):
+        assert torch.equal(a, b)
