@@ -84,9 +84,13 @@ def check_engine(study, eng, budget: float) -> int:
 def profile_engine(eng, x: torch.Tensor, batch: int) -> str:
     from torch.profiler import ProfilerActivity, profile
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if x.is_cuda else [])
-    with profile(activities=acts) as prof:
-        for s in range(0, len(x), batch):
-            eng(x[s:s + batch])
+    eng.labels = True                                 # name the engine's parts in the profile
+    try:
+        with profile(activities=acts) as prof:
+            for s in range(0, len(x), batch):
+                eng(x[s:s + batch])
+    finally:
+        eng.labels = False
     return prof.key_averages().table(sort_by="cpu_time_total", row_limit=25)
 
 

@@ -6,11 +6,13 @@ path-cache simulation (:func:`quee_kit.policy.simulate`) says for the same input
 
 With ``quant.backend: fake`` the quantized blocks compute in float32, so the engine saves time only
 through the blocks it skips; the ``int`` and ``int-compiled`` backends make low-precision blocks cheaper
-than float ones too (README, "Wall-clock"). ``torch.profiler`` sees the engine's parts as
-``engine.blocks``, ``engine.heads``, ``engine.decide`` (with ``engine.predictor``) and ``engine.regroup``.
+than float ones too (README, "Wall-clock"). With ``labels = True`` ``torch.profiler`` sees the engine's parts
+as ``engine.blocks``, ``engine.heads``, ``engine.decide`` (with ``engine.predictor``) and ``engine.regroup``
+(off by default: a label costs about 4 µs of host time, some 25 of them per batch).
 """
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import numpy as np
@@ -44,7 +46,10 @@ class DynamicModel(nn.Module):
     error predictor applied on new inputs (``predict_rows``; the one refitted on all of calib, as for
     test in the cache); opts: the option space; entry, lam: the chosen entry level index and λ; mask:
     (n_nodes, O) allowed options (the QuEE variant); call_cost: normalized cost of one predictor call.
+    ``labels``: name the engine's parts for ``torch.profiler`` (see the module's docstring).
     """
+
+    labels = False
 
     def __init__(self, model: EarlyExitModel, qblocks: dict[int, list[nn.Module]], costs: CostModel,
                  predictor, opts: OptionSpace, entry: int, lam: float, mask: np.ndarray | None = None,
@@ -70,17 +75,17 @@ class DynamicModel(nn.Module):
         idx = np.arange(N)                                   # samples still in the batch
         node = np.full(N, tree.entry[self.entry])
         dev = next(self.model.parameters()).device            # backbone on the GPU, predictors on the CPU
-        with record_function("engine.blocks"):
+        with self._label("blocks"):
             h = self._block(self.qblocks[self.entry][0], self.model.stem(x.to(dev)), 0)
         # Costs are accumulated from what actually runs: stem, each block at its level, each head,
         # each predictor call.
         cost += self.costs.stem + self.costs.block(1, tree.levels[self.entry])
         blocks_run, prev_logits = N, None
         for t in range(1, tree.L + 1):
-            with record_function("engine.heads"):
+            with self._label("heads"):
                 logits = self.model.heads[t - 1](h).float().cpu()
             cost[idx] += self.costs.head(t)
-            with record_function("engine.decide"):
+            with self._label("decide"):
                 if t == tree.L:
                     go = np.zeros(len(idx), bool)
                 else:
@@ -92,7 +97,7 @@ class DynamicModel(nn.Module):
                 final[idx[done]] = node[done]
             if not go.any():
                 break
-            with record_function("engine.regroup"):
+            with self._label("regroup"):
                 # The remaining samples, sorted by the level of their next block: one gather, then each
                 # level's group is a contiguous slice that runs its block once.
                 keep = np.flatnonzero(go)
@@ -101,13 +106,16 @@ class DynamicModel(nn.Module):
                 kt = torch.from_numpy(keep)
                 h, prev_logits = h.index_select(0, kt.to(dev)), logits.index_select(0, kt)
                 levels, counts = np.unique(tree.level[node], return_counts=True)
-            with record_function("engine.blocks"):
+            with self._label("blocks"):
                 parts = [self._block(self.qblocks[int(q)][t], part, t)
                          for q, part in zip(levels, torch.split(h, counts.tolist()))]
                 h = parts[0] if len(parts) == 1 else torch.cat(parts)
             blocks_run += len(idx)
             cost[idx] += self.block_cost[t, tree.level[node]]
         return DynamicResult(torch.from_numpy(pred), cost, final, blocks_run)
+
+    def _label(self, part: str):
+        return record_function(f"engine.{part}") if self.labels else nullcontext()
 
     def _block(self, block: nn.Module, h: torch.Tensor, t: int) -> torch.Tensor:
         """Block index ``t`` (0-based) on ``h``; the last one computes only what a CLS exit reads, as the path
@@ -131,7 +139,7 @@ class DynamicModel(nn.Module):
     def _predict(self, logits: torch.Tensor, prev_logits, t: int, node: np.ndarray) -> np.ndarray:
         """``err_hat`` (rows, O) of rows at depth ``t`` and ``node``, computing only the features the predictor
         reads (``columns``; all of them when it does not say)."""
-        feats = compact_features(logits, prev_logits, t, torch.as_tensor(self.tree.level[node]).float(), self.tree.L,
-                                 len(self.tree.levels), getattr(self.predictor, "columns", None))
-        with record_function("engine.predictor"):
+        feats = compact_features(logits, prev_logits, t, self.tree.level[node], self.tree.L, len(self.tree.levels),
+                                 getattr(self.predictor, "columns", None))
+        with self._label("predictor"):
             return self.predictor.predict_rows(feats.numpy(), np.full(len(node), t), node)

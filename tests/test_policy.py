@@ -156,6 +156,22 @@ def test_engine_matches_cache_simulation(study):
             np.testing.assert_allclose(np.concatenate(costs), sim.cost, rtol=1e-12)  # the same calls are paid
 
 
+
+def test_engine_names_its_parts_for_the_profiler_only_when_asked(study):
+    from torch.profiler import profile
+    prep, q = study.prep, study.methods["quee"]
+    eng = DynamicModel(prep.model, prep.qblocks, prep.costs, study.predictors["quee"]["final"], study.opts, 0, 0.5,
+                       q.mask, q.call_cost)
+    seen = {}
+    for labels in (False, True):
+        eng.labels = labels
+        with profile() as prof:
+            out = eng(prep.data.test.x[:64])
+        seen[labels] = ({e.key for e in prof.key_averages() if e.key.startswith("engine.")}, out.node)
+    assert seen[False][0] == set()
+    assert seen[True][0] == {f"engine.{p}" for p in ("blocks", "heads", "decide", "predictor", "regroup")}
+    np.testing.assert_array_equal(seen[False][1], seen[True][1])
+
 def test_every_test_decision_is_one_call_of_the_refitted_predictor(study):
     from quee_kit.predictors import predict_nodes
     for name in ("quee", "quee-binned", "quee-mlp"):
