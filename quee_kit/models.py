@@ -15,7 +15,7 @@ from .gemm import Linear
 from .quant import softmax_fake_quant
 
 __all__ = ["EarlyExitModel", "ViTStem", "ViTBlock", "Attention", "ExitHead", "BACKBONES",
-           "register_backbone", "build_model", "first_token_state"]
+           "register_backbone", "build_model", "first_token_state", "stored_once"]
 
 
 class EarlyExitModel(nn.Module):
@@ -102,6 +102,14 @@ class Attention(nn.Module):
         return self.proj(out[:, :1].contiguous() if first_only else out)
 
 
+def stored_once(t: torch.Tensor) -> torch.Tensor:
+    """``t`` itself, as a view with its own size and strides. Inside a ``torch.compile`` graph this makes the
+    compiler store ``t`` (inductor materializes the input of ``as_strided`` to read its layout) instead of
+    computing it again in each kernel that reads it; where the readers are one fused loop per row, the store
+    is a per-row local buffer. The same values, eager or compiled."""
+    return t.as_strided(t.size(), t.stride())
+
+
 class ViTBlock(nn.Module):
     """Pre-norm transformer block: x + Attn(LN(x)), then x + MLP(LN(x))."""
 
@@ -114,7 +122,14 @@ class ViTBlock(nn.Module):
 
     def forward(self, x):
         x = x + self.attn(self.norm1(x))
-        return x + self.fc2(self.act(self.fc1(self.norm2(x))))
+        return x + self.mlp(self.norm2(x))
+
+    def mlp(self, h):
+        """fc2(GELU(fc1(h))). Compiled, the GELU's output is stored once (:func:`stored_once`): a quantized fc2
+        reads it twice, for each token's scale and for the rounding, and the compiler would otherwise compute
+        its erf twice. The same values either way."""
+        a = self.act(self.fc1(h))
+        return self.fc2(stored_once(a) if torch.compiler.is_compiling() else a)
 
     def first_token(self, x):
         """``self(x)[:, :1]`` at a fraction of the cost: all tokens attend, then the projection, the MLP and
@@ -124,7 +139,7 @@ class ViTBlock(nn.Module):
         if not all(getattr(m, "rowwise", True) for m in (self.attn.proj, self.fc1, self.fc2)):
             return None
         h = x[:, :1] + self.attn(self.norm1(x), first_only=True)
-        return h + self.fc2(self.act(self.fc1(self.norm2(h))))
+        return h + self.mlp(self.norm2(h))
 
 
 class ExitHead(nn.Module):

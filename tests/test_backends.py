@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from quee_kit.backends import BACKENDS, INT_NUMERICS, IntLinear, act_scale, int_mm_available, quant_key, to_backend
 from quee_kit.config import ConfigError, QuantConfig, key_fields, load_config
 from quee_kit.engine import DynamicModel
-from quee_kit.models import ViTBlock
+from quee_kit.models import ViTBlock, stored_once
 from quee_kit.policy import simulate
 from quee_kit.quant import ActQuant, QuantLinear, apply_level, fake_quant_act
 
@@ -131,3 +131,15 @@ def test_compiled_attention_quantizes_q_k_v_one_by_one_to_the_same_values(bits):
     one_by_one = torch.compile(lambda t: [mq(p.transpose(1, 2)) for p in t.unbind(2)], dynamic=True)(qkv)
     for a, b in zip(joint, one_by_one):
         assert torch.equal(a, b)
+
+
+def test_storing_a_value_once_changes_no_value_compiled_or_not():
+    # The compiled MLP stores the GELU's output before its per-token rounding, where the compiler would
+    # otherwise compute it twice: the same bits either way, and an eager no-op (a view of the same geometry).
+    torch.manual_seed(3)
+    x = torch.randn(7, 17, 48) * 3
+    act = ActQuant(4, "token")
+    assert torch.equal(stored_once(x), x) and stored_once(x).stride() == x.stride()
+    plain = torch.compile(lambda t: act(F.gelu(t)), dynamic=True)(x)
+    once = torch.compile(lambda t: act(stored_once(F.gelu(t))), dynamic=True)(x)
+    assert torch.equal(plain, once)
