@@ -156,7 +156,6 @@ def test_engine_matches_cache_simulation(study):
             np.testing.assert_allclose(np.concatenate(costs), sim.cost, rtol=1e-12)  # the same calls are paid
 
 
-
 def test_engine_names_its_parts_for_the_profiler_only_when_asked(study):
     from torch.profiler import profile
     prep, q = study.prep, study.methods["quee"]
