@@ -9,7 +9,7 @@ from pathlib import Path
 from .artifacts import atomic_write_csv, atomic_write_json
 from .config import UserError, load_config
 
-__all__ = ["main"]
+__all__ = ["main", "build_parser"]
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -74,7 +74,8 @@ def cmd_reproduce(args) -> int:
                      params_file=args.params, progress=not args.quiet)
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The ``quee-kit`` argument parser: subcommands ``cache``, ``run``, ``reproduce`` and their flags."""
     ap = argparse.ArgumentParser(prog="quee-kit", description="QuEE study kit: early exits x quantization, "
                                  "decided per input from predicted probabilities of error.")
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -90,7 +91,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fast", action="store_true", help="the fast parameter set (CI, nbval)")
     p.add_argument("--params", help="YAML file: {notebook stem: {parameter: value}}")
     p.set_defaults(fn=cmd_reproduce)
-    args = ap.parse_args(argv)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     try:
         return args.fn(args)
     except (UserError, OSError) as e:
