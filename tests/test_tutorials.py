@@ -19,7 +19,8 @@ import nbformat
 import papermill as pm
 import pytest
 
-from quee_kit.config import PROJECT_ROOT, load_config
+from quee_kit.config import load_config
+from quee_kit.locations import PROJECT_ROOT
 from quee_kit.reproduce import KERNEL, NOTEBOOKS_DIR, TUTORIALS
 
 CHECK = "# NBVAL_CHECK_OUTPUT"
