@@ -105,6 +105,8 @@ class ModelConfig:
     timm_shape: str = "pretrained"  # pretrained: timm's architecture as named | config: patch/dim/depth/heads/mlp_ratio above
     pretrained: bool = False        # true: weights from timm (its hub cache, else the network)
     checkpoint: str | None = None   # a local .pth/.pt/.safetensors state dict of the timm model (checked against it)
+    # false: a shipped model with this key (quee_kit/embedded/models) is used as is; true: train here (--retrain)
+    retrain: bool = field(default=False, metadata={"key": False})
 
     def validate(self, p: str) -> None:
         from .models import BACKBONES
