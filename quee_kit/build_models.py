@@ -20,11 +20,11 @@ LIST = "configs/shipped_models.yaml"
 
 
 def shipped_list(path: str = LIST) -> list[dict]:
-    """The entries of the list file: dicts with name, config, fast, seeds."""
+    """The entries of the list file: dicts with name, config, seeds, and optionally fast and overrides."""
     entries = read_yaml(resolve_path(path).read_text(), path)
     if not isinstance(entries, list) or not all(isinstance(e, dict) and {"name", "config", "seeds"} <= set(e)
                                                 for e in entries):
-        raise ConfigError(f"{path}: must be a list of {{name, config, fast, seeds}} entries")
+        raise ConfigError(f"{path}: must be a list of {{name, config, seeds[, fast, overrides]}} entries")
     return entries
 
 
@@ -34,7 +34,7 @@ def build_models(only: str | None = None, seeds: list[int] | None = None, progre
     for e in shipped_list():
         if only is not None and e["name"] != only:
             continue
-        base = load_config(e["config"], ["model.retrain=true"], fast=bool(e.get("fast", False)))
+        base = load_config(e["config"], [*e.get("overrides", []), "model.retrain=true"], fast=bool(e.get("fast", False)))
         for seed in e["seeds"] if seeds is None else [s for s in e["seeds"] if s in seeds]:
             cfg = dataclasses.replace(base, seed=seed)
             data = load_data(cfg)

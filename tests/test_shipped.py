@@ -81,7 +81,7 @@ def test_the_kits_shipped_models_match_their_files_and_configs():
     listed = {(e["name"], s) for e in shipped_list() for s in e["seeds"]}
     assert {(m.study, m.seed) for m in models.values()} == listed
     for e in shipped_list():
-        cfg0 = load_config(e["config"], fast=bool(e.get("fast", False)))
+        cfg0 = load_config(e["config"], e.get("overrides", []), fast=bool(e.get("fast", False)))
         for seed in e["seeds"]:
             cfg = dataclasses.replace(cfg0, seed=seed)
             m = shipped.find_shipped(model_key(cfg, load_data(cfg)))
