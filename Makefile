@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 OUT    ?= results/reproduce
 
-.PHONY: venv reproduce reproduce-fast run test tutorials bench clean
+.PHONY: venv reproduce reproduce-fast run test tutorials models bench clean
 
 venv: $(STAMP)
 
@@ -36,6 +36,10 @@ test: venv
 # Re-execute the nbval-checked tutorials in place, storing their outputs (commit the result).
 tutorials: venv
 	$(BIN)/python -m quee_kit.reproduce --store-tutorials
+
+# Train every model of configs/shipped_models.yaml afresh and ship it (quee_kit/embedded/models; commit them).
+models: venv
+	$(BIN)/python -m quee_kit.build_models
 
 bench: venv
 	$(BIN)/python benchmarks/bench_pipeline.py

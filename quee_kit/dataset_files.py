@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 
 from .config import UserError
+from .locations import PROJECT_ROOT
 
 
 __all__ = ["DataError", "CIFAR", "cifar_files", "check_files", "default_data_dir"]
@@ -19,9 +20,10 @@ class DataError(UserError):
 
 
 def default_data_dir() -> Path:
-    """$QUEE_KIT_DATA if set, else the repository's data/ folder."""
+    """Where real datasets are looked for: $QUEE_KIT_DATA if set, else ``data/`` of the project root (the
+    repository in a checkout, the working directory for an installed package)."""
     env = os.environ.get("QUEE_KIT_DATA")
-    return Path(env) if env else Path(__file__).resolve().parent.parent / "data"
+    return Path(env) if env else PROJECT_ROOT / "data"
 
 
 # folder, train files, test files, meta file, label key, label-names key, default calib size

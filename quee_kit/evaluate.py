@@ -215,6 +215,7 @@ def run_pipeline(cfg: Config, out: Path, progress: bool = True) -> dict:
                                "calib": [float(s.points["static-quant"]["acc_calib"].iloc[0]) for s in studies]},
         "c_min": [c[0] for c in cmins], "c_sat": [c[1] for c in cmins],
         "tree_nodes": len(studies[0].prep.tree),
+        "model_source": [s.prep.model_source for s in studies],   # "shipped model" or "trained here", per seed
         "predictor_call_cost": {k: studies[0].methods[k].call_cost for k in studies[0].predictors},
         "auc_range": list(cfg.eval.auc_range),
         "auc_core": auc_summary(auc_core),
@@ -231,5 +232,6 @@ def run_pipeline(cfg: Config, out: Path, progress: bool = True) -> dict:
         pooled = budgets[budgets.seed == "all"]
         show = pooled[pooled.method.isin(["quee", "best-single", "oracle", "static-quant", "ee-confidence"])]
         print(show.pivot_table(index="method", columns="budget", values="accuracy").round(4).to_string())
+        print("model per seed: " + ", ".join(f"{seed}: {src}" for seed, src in zip(cfg.eval.seeds, summary["model_source"])))
         print(f"wrote {out}/curves.csv, budgets.csv, predictor_quality.csv, room.csv, summary.json in {summary['timings']['total_seconds']:.0f} s")
     return summary

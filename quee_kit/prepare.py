@@ -24,10 +24,11 @@ from .data import Dataset, load_dataset
 from .models import BACKBONES, EarlyExitModel, build_model
 from .parallel import one_thread, resolve_jobs, run_jobs
 from .paths import PathCache, PathTree, build_path_cache
+from .shipped import find_shipped, load_shipped
 from .quant import REF_DTYPES, CastBlock, Level, apply_level, config_levels, quantize_residual
 from .train import train_early_exit
 
-__all__ = ["Prepared", "prepare", "load_cache", "cache_path", "exits_table", "peak_memory_mb", "load_data"]
+__all__ = ["Prepared", "prepare", "model_key", "load_or_train", "load_cache", "cache_path", "exits_table", "peak_memory_mb", "load_data"]
 
 
 def peak_memory_mb() -> float:
@@ -48,6 +49,7 @@ class Prepared:
     caches: dict[str, PathCache] = field(default_factory=dict)
     timings: dict = field(default_factory=dict)
     model_hash: str = ""
+    model_source: str = ""   # "shipped model" (quee_kit/embedded/models) or "trained here"
 
     @property
     def ref(self) -> Level:
@@ -92,17 +94,34 @@ def _train_model(cfg: Config, data: Dataset, progress: bool) -> dict:
     return {"state_dict": {k: v.cpu() for k, v in model.state_dict().items()}, "train": stats}
 
 
+def model_key(cfg: Config, data: Dataset) -> str:
+    """The key of the trained model: the training config section (less fields such as ``retrain`` that do
+    not change the weights), the data, the seed and a local checkpoint's bytes. Shipped models carry it."""
+    return content_hash("model", key_fields(cfg.model), data.digest, cfg.seed,
+                        *([_weights_digest(cfg.model)] if cfg.model.checkpoint else []))
+
+
+def load_or_train(cfg: Config, data: Dataset, progress: bool = True) -> tuple[dict, str]:
+    """``({"state_dict", "train"}, source)``: the shipped model of this key unless ``model.retrain``
+    (source "shipped model"), else the cached checkpoint trained on this machine, trained now if missing
+    (source "trained here")."""
+    key = model_key(cfg, data)
+    entry = None if cfg.model.retrain else find_shipped(key)
+    if entry is not None:
+        return {"state_dict": load_shipped(entry), "train": dict(entry.train)}, "shipped model"
+    with distributed.main_first():  # under torchrun rank 0 trains, the others then load its checkpoint
+        ckpt = load_or_build(cache_dir(cfg) / f"model-{key[:16]}.pt", key,
+                             lambda: _train_model(cfg, data, progress), what="checkpoint")
+    return ckpt, "trained here"
+
+
 def prepare(cfg: Config, splits: tuple[str, ...] = ("calib", "test"), progress: bool = True) -> Prepared:
     """Load or build the trained model and the path cache of each split in ``splits``."""
     timings: dict = {}
     torch.manual_seed(cfg.seed)
     data = load_data(cfg)
-    model_key = content_hash("model", dataclasses.asdict(cfg.model), data.digest, cfg.seed,
-                             *([_weights_digest(cfg.model)] if cfg.model.checkpoint else []))
     t0 = time.perf_counter()
-    with distributed.main_first():  # under torchrun rank 0 trains, the others then load its checkpoint
-        ckpt = load_or_build(cache_dir(cfg) / f"model-{model_key[:16]}.pt", model_key,
-                             lambda: _train_model(cfg, data, progress), what="checkpoint")
+    ckpt, source = load_or_train(cfg, data, progress)
     timings["train_seconds"] = ckpt["train"]["seconds"]
     # heads-only: the backbone pass and head training apart; on CUDA, the stage's peak memory
     timings.update({f"train_{k}": v for k, v in ckpt["train"].items() if k != "seconds" and isinstance(v, (int, float))})
@@ -128,7 +147,8 @@ def prepare(cfg: Config, splits: tuple[str, ...] = ("calib", "test"), progress: 
             if lv.is_float:
                 qblocks[i] = [CastBlock(b, REF_DTYPES[q.ref_dtype]) for b in qblocks[i]]
     weights = tensor_digest(model.state_dict())
-    prep = Prepared(cfg, data, model, levels, costs, tree, qblocks, timings=timings, model_hash=weights)
+    prep = Prepared(cfg, data, model, levels, costs, tree, qblocks, timings=timings, model_hash=weights,
+                    model_source=source)
     missing = [s for s in splits if not cache_path(prep, s)[1].exists()]
     if len(missing) > 1 and resolve_jobs(cfg.jobs) > 1 and cfg.device == "cpu" and not distributed.is_active():
         run_jobs(_build_split_cache, missing, cfg.jobs, shared=cfg)  # one split per core, then loaded below

@@ -21,7 +21,8 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from .artifacts import atomic_write_json
-from .config import PROJECT_ROOT, ConfigError, read_yaml, resolve_path
+from .config import ConfigError, read_yaml
+from .locations import PROJECT_ROOT, resolve_path
 
 __all__ = ["reproduce", "run_order", "store_tutorials", "notebook_paths", "NOTEBOOKS_DIR", "TUTORIALS", "KERNEL"]
 

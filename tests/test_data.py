@@ -1,5 +1,6 @@
 """Tests of quee_kit.data: the bundled mnist10k file, the split, digits and npz:PATH."""
 import hashlib
+import pathlib
 import shutil
 from collections import Counter
 
@@ -10,7 +11,7 @@ import torch
 from quee_kit import data as qd
 from quee_kit.data import MNIST10K_SHA256, load_dataset, validate_dataset_name
 
-NPZ = qd.default_data_dir() / "mnist10k.npz"
+NPZ = qd.MNIST10K_PATH
 CLASS_COUNTS = [1001, 1127, 991, 1032, 980, 863, 1014, 1070, 944, 978]
 
 
@@ -161,14 +162,22 @@ def test_corrupted_mnist10k_fails_checksum(tmp_path, monkeypatch):
     b = bytearray(bad.read_bytes())
     b[len(b) // 2] ^= 0xFF
     bad.write_bytes(bytes(b))
-    with pytest.raises(ValueError, match="corrupted.*build_mnist10k.py"):
-        load_dataset("mnist10k", data_dir=tmp_path)
-    monkeypatch.setenv("QUEE_KIT_DATA", str(tmp_path))
+    monkeypatch.setattr(qd, "MNIST10K_PATH", bad)
     with pytest.raises(ValueError, match="corrupted.*build_mnist10k.py"):
         load_dataset("mnist10k")
-    monkeypatch.setenv("QUEE_KIT_DATA", str(tmp_path / "empty"))
+    monkeypatch.setattr(qd, "MNIST10K_PATH", tmp_path / "empty" / "mnist10k.npz")
     with pytest.raises(ValueError, match="not found.*build_mnist10k.py"):
         load_dataset("mnist10k")
+
+
+def test_mnist10k_is_package_data_whatever_the_data_root(tmp_path, monkeypatch):
+    """The embedded digits load from the package (the wheel carries them), not from data.root, which is
+    where real datasets live: an empty root changes nothing."""
+    assert NPZ.parent.parent == pathlib.Path(qd.__file__).resolve().parent
+    monkeypatch.setenv("QUEE_KIT_DATA", str(tmp_path))
+    a = load_dataset("mnist10k", sizes=(10, 10, 10))
+    b = load_dataset("mnist10k", sizes=(10, 10, 10), data_dir=tmp_path)
+    assert a.digest == b.digest
 
 
 def test_validate_dataset_name(tmp_path):

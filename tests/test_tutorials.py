@@ -1,13 +1,14 @@
-"""The nbval-checked tutorials give the same checked outputs on every x86-64 CPU, and their accuracies
-(which nbval does not compare) stay within a stated tolerance of the stored ones.
+"""The nbval-checked tutorials give the same checked outputs on every x86-64 CPU.
 
-Training turns last-bit differences between CPU kernels into different weights: ATen picks its
-vectorized kernels by CPU capability (``ATEN_CPU_CAPABILITY=default|avx2|avx512`` forces one), MKL
-its GEMM code path. A model trained with ``ATEN_CPU_CAPABILITY=default`` on an AVX-512 machine has
-other weights than one trained natively (measured: other state-dict digests, exit accuracies off
-by up to 0.3 points after 3 epochs). So nbval compares only outputs that are exact by construction
-(split sizes, tree sizes, MAC counts and normalized costs, all computed from integer counts), and
-this file checks the accuracies with a tolerance.
+The tutorials study the fast model the kit ships (quee_kit/embedded/models): fixed weights, so their
+accuracies no longer depend on where the model was trained (training turns last-bit differences between
+CPU kernels into different weights). What can still differ is the forward pass: ATen picks its
+vectorized kernels by CPU capability (``ATEN_CPU_CAPABILITY=default|avx2|avx512`` forces one), MKL its
+GEMM path, oneDNN its ISA. Measured on the default model with ``ATEN_CPU_CAPABILITY=default``: logits
+move by ~5e-6 at the reference level and by more at mixed-level nodes (a last-bit change can move a value
+across a rounding boundary), yet no test sample changes correctness at any exit of any uniform level (2 x
+2,000 digits x 30 exits). So nbval compares the exit accuracy tables again, and this file runs the
+tutorials under two kernel paths to show those outputs are the same.
 """
 import configparser
 import os
@@ -19,20 +20,18 @@ import nbformat
 import papermill as pm
 import pytest
 
-from quee_kit.config import PROJECT_ROOT, load_config
+from quee_kit.config import load_config
+from quee_kit.locations import PROJECT_ROOT
 from quee_kit.reproduce import KERNEL, NOTEBOOKS_DIR, TUTORIALS
 
 CHECK = "# NBVAL_CHECK_OUTPUT"
-# Two kernel paths and two thread counts; each run trains its own model in its own cache.
+# Two kernel paths and two thread counts; each run builds its own path caches from the shipped model.
 KERNEL_PATHS = {
     "native-isa-2-threads": {"OMP_NUM_THREADS": "2"},
     # another CPU's kernels: ATen's plain code, MKL's compatible path, oneDNN's AVX2 kernels (the blocks' products)
     "default-isa-1-thread": {"ATEN_CPU_CAPABILITY": "default", "MKL_CBWR": "COMPATIBLE", "ONEDNN_MAX_CPU_ISA": "AVX2",
                              "OMP_NUM_THREADS": "1"},
 }
-# Stored accuracies of the fast model vs. those computed here: differences between CPUs measured up to
-# 1.4 points (exit 1, AVX2 vs AVX-512); 600 test digits give a binomial standard error of ~1.7 points.
-ACCURACY_TOLERANCE = 0.04
 
 
 def _sanitizers():
@@ -65,11 +64,10 @@ def test_forcing_the_kernel_path_takes_effect():
 
 @pytest.mark.parametrize("name", list(KERNEL_PATHS))
 def test_checked_outputs_identical_across_kernel_paths(name, tmp_path, monkeypatch):
-    # The kernel inherits this process's environment; a cache of its own makes it train its own model
-    # (one epoch: the checked cells must not depend on the weights at all).
+    # The kernel inherits this process's environment; a cache of its own makes it compute its own path caches.
     for k, v in KERNEL_PATHS[name].items():
         monkeypatch.setenv(k, v)
-    params = {"overrides": ["model.epochs=1", f"cache_dir={tmp_path / 'cache'}"], "out_dir": str(tmp_path / "out")}
+    params = {"overrides": [f"cache_dir={tmp_path / 'cache'}"], "out_dir": str(tmp_path / "out")}
     for stem in TUTORIALS:
         stored = NOTEBOOKS_DIR / f"{stem}.ipynb"
         run = tmp_path / f"{stem}.ipynb"
@@ -79,26 +77,12 @@ def test_checked_outputs_identical_across_kernel_paths(name, tmp_path, monkeypat
         assert expected and checked_outputs(run) == expected, stem
 
 
-def _stored_reference_accuracies() -> dict[int, tuple[float, float]]:
-    """exit -> (calib, test) accuracy at the reference level, as stored in the quickstart's output."""
-    book = nbformat.read(NOTEBOOKS_DIR / "01_quickstart.ipynb", as_version=4)
-    cell = next(c for c in book.cells if c.cell_type == "code" and 'values="accuracy"' in c.source)
-    text = "".join(o.get("text", "") for o in cell.outputs)
-    rows = re.findall(r"^(\d+)\s+([\d.]+)\s+([\d.]+)\s*$", text, flags=re.M)
-    return {int(e): (float(c), float(t)) for e, c, t in rows}
-
-
-def test_tutorial_accuracies_within_tolerance_of_stored_outputs():
+def test_the_tutorials_study_the_shipped_fast_model_and_what_they_teach_holds():
     from quee_kit.prepare import exits_table, prepare
-    prep = prepare(load_config("configs/mnist10k.yaml", fast=True), progress=False)  # the tutorials' model
-    ex = exits_table(prep)
-    acc = ex.pivot_table(index=["level", "exit"], columns="split", values="accuracy")
+    prep = prepare(load_config("configs/mnist10k.yaml", fast=True), splits=("test",), progress=False)
+    assert prep.model_source == "shipped model"   # else nbval would compare a model trained here
+    acc = exits_table(prep).pivot_table(index=["level", "exit"], columns="split", values="accuracy")
     ref, L = prep.ref.name, prep.tree.L
-    stored = _stored_reference_accuracies()
-    assert sorted(stored) == list(range(1, L + 1))
-    for t, (calib, test) in stored.items():
-        assert acc.loc[(ref, t), "calib"] == pytest.approx(calib, abs=ACCURACY_TOLERANCE), t
-        assert acc.loc[(ref, t), "test"] == pytest.approx(test, abs=ACCURACY_TOLERANCE), t
     # what the tutorials teach: exits climb with depth, and w8a8 costs a quarter of the reference for free
     assert acc.loc[(ref, L), "test"] - acc.loc[(ref, 1), "test"] >= 0.05
     for t in range(1, L + 1):
