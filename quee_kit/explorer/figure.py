@@ -1,11 +1,11 @@
 """The explorer's figure: accuracy-cost curves + operating point | exit x level counts | example digits.
 
-One matplotlib figure on an Agg canvas (no pyplot, no ipympl), drawn at the pixel size the page
-shows it (``dpi`` × ``figsize``; the widget sets the image's CSS width to the same number of pixels,
-so nothing is stretched or squeezed). The static part (curves, axes, labels) is rendered once per
-(method, level set) and kept as a pixel background; a slider step restores it, draws only the
-moving artists (operating point, budget line, exit x level counts, example digits) and encodes a
-PNG. Colours and markers are :data:`quee_kit.plots.METHOD_STYLES`.
+One matplotlib figure on an Agg canvas (no pyplot, no ipympl), drawn at the size the page shows it:
+``DPI`` × ``FIGSIZE`` CSS pixels, rendered at ``SCALE`` times as many image pixels for HiDPI screens (the
+widget sets the image's CSS width to ``DPI`` × the figure width, so nothing is stretched). The static
+part (curves, axes, labels) is rendered once per (method, level set) and kept as a pixel background; a
+slider step restores it, draws only the moving artists (operating point, budget line, exit x level
+counts, example digits) and encodes a PNG. Colours and markers: :data:`quee_kit.plots.METHOD_STYLES`.
 """
 from __future__ import annotations
 
@@ -20,10 +20,12 @@ from PIL import Image
 
 from ..styles import ACCURACY_LABEL, EXIT_LABEL, cost_label, method_style
 
-__all__ = ["ExplorerFigure", "digit_mosaic", "CORRECT_COLOR", "WRONG_COLOR", "FIGSIZE", "DPI"]
+__all__ = ["ExplorerFigure", "digit_mosaic", "CORRECT_COLOR", "WRONG_COLOR", "FIGSIZE", "DPI", "SCALE"]
 
 CORRECT_COLOR, WRONG_COLOR = "#1b7837", "#c51b7d"
-FIGSIZE, DPI = (13.6, 4.7), 100      # 1360 x 470 px: fits a 1400 px wide page without scaling
+# 1280 x 460 CSS px: inside a 1366 px wide screen's page (Voilà's margins and a scrollbar leave ~1330 px);
+# the live image has SCALE image pixels per CSS pixel, so a HiDPI screen (2 device px per CSS px) shows it sharp
+FIGSIZE, DPI, SCALE = (12.8, 4.6), 100, 2
 
 
 def digit_mosaic(images: np.ndarray, rows: dict[int, np.ndarray], k: int, pad: int = 2,
