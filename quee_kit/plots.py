@@ -190,8 +190,8 @@ def accuracy_cost_figure(curves: pd.DataFrame, budgets_df: pd.DataFrame, c_min, 
     for xi, yi, marker in over:    # an off-scale one sits at the panel's edge
         bx.plot(xi, float(np.clip(yi, *ylim)), marker, ms=3, mfc="white", mec=INFEASIBLE_COLOR, zorder=2)
     if over:
-        bx.annotate("small grey: over budget on calib (not comparable; off-scale ones at the edge)", (0.01, 0.01),
-                    xycoords="axes fraction", fontsize="small", color="0.3")
+        bx.annotate("small grey: over budget on calib, not comparable", (0.01, 0.01), xycoords="axes fraction",
+                    fontsize="small", color="0.3")
     bx.set_xticks(np.arange(len(budgets)), [f"{b:g}" for b in budgets])
     bx.set(xlabel=BUDGET_LABEL.replace("the reference level", ref) if ref else BUDGET_LABEL, ylabel=DIFF_LABEL,
            title=f"Paired difference vs best-single, 95% bootstrap CI ({n_seeds} seed{'s' * (n_seeds > 1)})")

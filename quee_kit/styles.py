@@ -26,9 +26,9 @@ METHOD_STYLES = {name: {"color": color, "marker": marker, **({"ls": "--"} if nam
 _OTHER_STYLE = {"color": "#777777", "marker": "."}
 
 # Precision levels (reference first) get colours of their own, never a method's: viridis from dark to
-# light, so more bits read darker; each is >= 15 CIELAB units from every method colour and >= 20 from
+# light, so more bits read darker; each is >= 15 CIELAB units from every method colour and >= 30 from
 # the other levels (tested). A figure that colours levels must not suggest a method.
-LEVEL_COLORS = ["#481467", "#3f4788", "#2d718e", "#1f978b", "#3fbc73", "#9bd93c"]
+LEVEL_COLORS = ["#450457", "#3d4e8a", "#2a768e", "#1e9b8a", "#46c06f", "#95d840"]
 INFEASIBLE_COLOR = "0.65"   # a point over budget on calib (its cheapest knob shown): grey and small
 
 

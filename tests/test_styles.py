@@ -65,7 +65,7 @@ def test_level_colours_are_never_a_method_colour():
             de = float(np.linalg.norm(_lab(lc) - _lab(method_style(m)["color"])))
             assert de >= 15, f"level colour {lc} looks like {m}'s (ΔE {de:.1f})"
     for a, b in itertools.combinations(LEVEL_COLORS, 2):
-        assert float(np.linalg.norm(_lab(a) - _lab(b))) >= 20, (a, b)
+        assert float(np.linalg.norm(_lab(a) - _lab(b))) >= 30, (a, b)
     levels = ["w16a16", "w8a8", "w4a8", "w3a8", "w4a4"]
     assert list(level_palette(levels).values()) == LEVEL_COLORS[:5]
 
