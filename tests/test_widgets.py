@@ -386,3 +386,16 @@ def test_default_opens_the_full_study_when_stored(data, tmp_path):
     assert got.note
     other = explorer_artifact(load_config("configs/digits.yaml", [*over, "seed=1"]))[0]
     assert other != full_path                                  # the seed is part of the key
+
+
+def test_encode_png_is_lossless():
+    """The page's PNG encoder (rows unfiltered, for speed) gives back the exact RGB pixels; Pillow decodes it."""
+    from PIL import Image
+
+    from quee_kit.explorer.figure import encode_png
+    rng = np.random.default_rng(0)
+    rgba = rng.integers(0, 256, (37, 53, 4), dtype=np.uint8)
+    rgba[5:20, 10:40, :3] = 255                                         # flat areas, as in the figure
+    img = Image.open(io.BytesIO(encode_png(rgba)))
+    assert img.mode == "RGB" and img.size == (53, 37)
+    np.testing.assert_array_equal(np.asarray(img), rgba[..., :3])
