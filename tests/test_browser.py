@@ -314,6 +314,16 @@ def test_voila_explorer(tmp_path):
                 page.select_option(".quee-method select", label="quee")     # the screenshot shows QuEE
                 _wait_readout(page, "r.dataset.method === a", "quee")
                 _settle(page)
+                study, switched = page.locator(".quee-study button"), False
+                if study.count() == 2 and study.first.is_visible():      # both studies stored: a control
+                    other = "fast" if "full" in data.setting else "full"
+                    study.filter(has_text=other).click()
+                    _wait_readout(page, "r.dataset.setting !== a", data.setting)
+                    assert other in _settle(page)["setting"] and other in page.locator(".quee-loaded").inner_text()
+                    study.filter(has_text="full" if other == "fast" else "fast").click()
+                    _wait_readout(page, "r.dataset.setting === a", data.setting)
+                    _check_agreement(page, model, _settle(page))
+                    switched = True
                 _check_layout(page, VIEWPORTS[0])          # every control changed: the layout still holds
                 time.sleep(0.3)
                 page.screenshot(path=str(shot))            # the first screen, as a 1366x768 laptop shows it
@@ -344,7 +354,7 @@ def test_voila_explorer(tmp_path):
     shutil.copy(shot, keep / "budget_explorer.png")
     print(f"{data.setting}: stored points {t_data:.1f} s; page interactive after "
           f"{', '.join(f'{t:.1f}' for t in times)} s; kernels: start {start}, peak {max(peaks, default=0)}, "
-          f"after closing {len(VIEWPORTS)} pages {left}")
+          f"after closing {len(VIEWPORTS)} pages {left}; study control used: {switched}")
 
 
 QUICKSTART = "notebooks/01_quickstart.ipynb"
