@@ -20,7 +20,7 @@ from .study import Study, points_auc, select_points
 
 __all__ = ["budget_curve", "budget_curves", "auc", "paired_difference", "target_variants", "quality_table",
            "k_sweep_table", "noisy_predictions", "predictor_noise_sweep", "difficulty_groups", "by_difficulty",
-           "budget_summary", "format_budget_summary", "auc_table"]
+           "budget_summary", "format_budget_summary", "auc_table", "format_auc_table"]
 
 QUALITY_KEYS = ["brier", "ece", "auroc", "auroc_maxprob", "error_rate"]
 
@@ -52,8 +52,8 @@ def budget_curves(studies, methods, budgets) -> pd.DataFrame:
 
 
 def auc(study: Study, method: str, auc_range, n: int = 41) -> float:
-    """Mean test accuracy over ``n`` budgets evenly spaced in ``auc_range``, a budget the method cannot
-    meet on calib scoring 0 (the rule of :func:`quee_kit.evaluate.budget_tables`)."""
+    """Mean test accuracy over ``n`` budgets evenly spaced in ``auc_range``; NaN when the method cannot
+    meet some budget of the range on calib (the rule of :func:`quee_kit.evaluate.budget_tables`)."""
     return points_auc(study.points[method], auc_range, n)
 
 
@@ -262,9 +262,17 @@ def format_budget_summary(summary: pd.DataFrame, what: str = "accuracy") -> pd.D
 
 def auc_table(auc_by_method: dict[str, list[float]]) -> pd.DataFrame:
     """AUC (mean test accuracy over the AUC range) per method, mean and std over seeds, and the
-    share of the oracle's advantage over best-single it captures: (AUC_m − AUC_bs) / (AUC_oracle − AUC_bs)."""
+    share of the oracle's advantage over best-single it captures: (AUC_m − AUC_bs) / (AUC_oracle − AUC_bs).
+    Both are NaN for a method that cannot meet some budget of the range (on some seed); such methods
+    come last (:func:`format_auc_table` writes them as *infeasible*)."""
     share = oracle_gap_share(auc_by_method)
     rows = [{"method": k, "auc_mean": float(np.mean(v)), "auc_std": float(np.std(v)),
              "oracle_gap_share": np.nan if share[k] is None else share[k]}
             for k, v in auc_by_method.items()]
     return pd.DataFrame(rows).sort_values("auc_mean", ascending=False).reset_index(drop=True)
+
+
+def format_auc_table(table: pd.DataFrame, decimals: int = 4) -> pd.DataFrame:
+    """:func:`auc_table` for display: numbers rounded, NaN written as ``infeasible``."""
+    shown = table.round(decimals).astype(object)
+    return shown.where(table.notna(), "infeasible")

@@ -127,7 +127,7 @@ def room_table(studies: list[Study], variant: str = "quee") -> pd.DataFrame:
 
 def _split_auc(points: pd.DataFrame, budgets, split: str) -> float:
     """Mean ``split`` accuracy of the budget rule's choice (made on calib) over ``budgets``; 0 where infeasible
-    (on test this is :func:`quee_kit.evaluate.points_auc`)."""
+    (used for the oracles, feasible from c_min on; :func:`quee_kit.study.points_auc` is the test AUC)."""
     idx, ok = select_points(points, budgets)
     return float(np.where(ok, points[f"acc_{split}"].to_numpy()[idx], 0.0).mean())
 

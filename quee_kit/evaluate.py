@@ -182,7 +182,7 @@ def oracle_gap_share(auc: dict) -> dict:
     """Per method, (AUC - AUC best-single) / (AUC oracle - AUC best-single) of the seed means of ``auc``
     (method -> per-seed AUCs): the share of the oracle's advantage a method captures (None: no gap)."""
     mean = {k: float(np.mean(v)) for k, v in auc.items()}
-    gap = mean["oracle"] - mean["best-single"]
+    gap = mean["oracle"] - mean["best-single"]     # NaN AUC (infeasible in the range): NaN share
     return {k: (mean[k] - mean["best-single"]) / gap if gap > 0 else None for k in mean}
 
 
@@ -204,8 +204,15 @@ def run_pipeline(cfg: Config, out: Path, progress: bool = True) -> dict:
     cmins = [c_min_sat(s) for s in studies]
     auc_core = core_auc(studies)
 
+    def finite(x):     # JSON has no NaN: an AUC that is infeasible in its range is written as null
+        return None if x is None or not np.isfinite(x) else float(x)
+
     def auc_summary(a):
-        return {k: {"mean": float(np.mean(v)), "std": float(np.std(v)), "per_seed": v} for k, v in a.items()}
+        return {k: {"mean": finite(np.mean(v)), "std": finite(np.std(v)), "per_seed": [finite(x) for x in v]}
+                for k, v in a.items()}
+
+    def gap_shares(a):
+        return {k: finite(x) for k, x in oracle_gap_share(a).items()}
 
     summary = {
         "config": dataclasses.asdict(cfg),
@@ -220,8 +227,8 @@ def run_pipeline(cfg: Config, out: Path, progress: bool = True) -> dict:
         "auc_range": list(cfg.eval.auc_range),
         "auc_core": auc_summary(auc_core),
         "auc": auc_summary(auc),
-        "oracle_gap_share_core": oracle_gap_share(auc_core),
-        "oracle_gap_share": oracle_gap_share(auc),
+        "oracle_gap_share_core": gap_shares(auc_core),
+        "oracle_gap_share": gap_shares(auc),
         "room": room_summary(room),
         "predictors": {name: [s.quality.get(name) for s in studies] for name in studies[0].quality},
         "timings": {"total_seconds": time.perf_counter() - t0, "per_seed": [s.timings for s in studies],

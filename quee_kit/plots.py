@@ -19,19 +19,20 @@ import seaborn as sns
 
 from .artifacts import atomic_write_bytes, atomic_write_csv
 from .calibration import calibration_bins, expected_calibration_error
+from .tables import cost_table, flop_check_table, tree_size_table
 
 if TYPE_CHECKING:   # torch is imported only by the functions that need it: the explorer page
     from .costs import CostModel  # imports this module and must start in seconds
 
 __all__ = ["set_theme", "save_figure", "save_table", "cost_label", "METHOD_STYLES", "method_style", "setting_label",
-           "ACCURACY_LABEL", "EXIT_LABEL",
+           "ACCURACY_LABEL", "EXIT_LABEL", "level_palette",
            "LEVEL_LABEL", "exit_accuracy_plot", "quant_heatmap", "cost_table", "cost_bar_plot",
            "path_cost_hist", "tree_size_table", "flop_check_table"]
 
 # the labels and the method -> colour/marker map live in .styles (no seaborn, no torch: the explorer
 # page imports them and must start in seconds); they are part of this module's interface
-from .styles import (ACCURACY_LABEL, EXIT_LABEL, LEVEL_LABEL, METHOD_STYLES, cost_label,  # noqa: E402,F401
-                     method_style, setting_label)
+from .styles import (ACCURACY_LABEL, EXIT_LABEL, INFEASIBLE_COLOR, LEVEL_LABEL, METHOD_STYLES,  # noqa: E402,F401
+                     cost_label, level_palette, method_style, setting_label)
 
 
 def set_theme() -> None:
@@ -68,7 +69,8 @@ def save_table(df: pd.DataFrame, out_dir: str | Path, name: str, index: bool = F
 def exit_accuracy_plot(exits_df: pd.DataFrame) -> plt.Figure:
     """Accuracy of every exit: one line per level, solid/dashed per split (an exits_table frame)."""
     fig, ax = plt.subplots()
-    sns.lineplot(data=exits_df, x="exit", y="accuracy", hue="level", style="split", markers=True, ax=ax)
+    sns.lineplot(data=exits_df, x="exit", y="accuracy", hue="level", style="split", markers=True, ax=ax,
+                 palette=level_palette(exits_df["level"].unique()))     # level colours, never a method's
     ax.set(xlabel=EXIT_LABEL, ylabel=ACCURACY_LABEL, xticks=sorted(exits_df.exit.unique()),
            title="Accuracy per exit")
     ax.legend(fontsize="small", ncol=2)
@@ -84,24 +86,6 @@ def quant_heatmap(exits_df: pd.DataFrame, split: str = "test") -> plt.Figure:
                 ax=ax)
     ax.set(xlabel=EXIT_LABEL, ylabel=LEVEL_LABEL, title=f"Accuracy per exit and precision level ({split})")
     return fig
-
-
-def cost_table(costs: CostModel) -> pd.DataFrame:
-    """Normalized cost of every part (rows) at every level (columns), plus per-sample MACs.
-
-    The stem and heads run in float, so they cost the same at every level. The last row,
-    ``full model``, is stem + all blocks at the level + the final head (1.0 at the reference).
-    """
-    levels = [lv.name for lv in costs.levels]
-    rows = {}
-    for r in costs.table():
-        row = rows.setdefault(r["part"], {"MACs": r["macs"]})
-        row.update({lv: r["cost"] for lv in levels} if r["part"].startswith(("stem", "head")) else {r["level"]: r["cost"]})
-    rows["full model"] = {"MACs": sum(o.macs for o in costs.block_ops) + costs.stem_ops.macs
-                          + costs.head_ops[-1].macs}
-    rows["full model"].update({lv.name: costs.stem + sum(costs.block(t, lv) for t in range(1, costs.depth + 1))
-                               + costs.head(costs.depth) for lv in costs.levels})
-    return pd.DataFrame.from_dict(rows, orient="index")[["MACs"] + levels].rename_axis("part")
 
 
 def cost_bar_plot(costs: CostModel) -> plt.Figure:
@@ -128,43 +112,6 @@ def path_cost_hist(prep, bins: int = 40) -> plt.Figure:
     ax.set(xlabel=cost_label(prep.costs.ref.name), ylabel="number of paths (tree nodes)",
            title=f"{len(tree)} paths: {tree.family} family, {len(tree.levels)} levels x {tree.L} blocks")
     return fig
-
-
-# -------------------------------------------------------------------------------- tables
-
-def tree_size_table(levels, depth: int, families=("monotone", "free", "uniform")) -> pd.DataFrame:
-    """Nodes (every prefix, what the cache evaluates) and full-depth paths of each family."""
-    from .paths import PathTree
-    rows = []
-    for fam in families:
-        tree = PathTree(levels, depth, fam)
-        rows.append({"family": fam, "nodes": len(tree), "full_depth_paths": len(tree.nodes_at(depth))})
-    return pd.DataFrame(rows)
-
-
-def flop_check_table(model, image_shape) -> pd.DataFrame:
-    """MACs per part from :func:`~quee_kit.costs.count_ops` vs ``FlopCounterMode`` (2 FLOPs per MAC)."""
-    import torch
-    from torch.utils.flop_counter import FlopCounterMode
-
-    from .costs import count_ops
-    was_training = model.training
-    model.eval()
-    h, rows = torch.zeros(1, *image_shape), []
-    parts = [("stem", model.stem)] + [(f"{k}{t + 1}", m) for t in range(model.depth)
-                                      for k, m in (("block", model.blocks[t]), ("head", model.heads[t]))]
-    with torch.no_grad():
-        for name, part in parts:
-            ops, out = count_ops(part, h)
-            with FlopCounterMode(display=False) as fc:
-                part(h)
-            rows.append({"part": name, "count_ops_macs": ops.macs, "flop_counter_macs": fc.get_total_flops() // 2})
-            if not name.startswith("head"):
-                h = out
-    model.train(was_training)
-    df = pd.DataFrame(rows)
-    df["match"] = df.count_ops_macs == df.flop_counter_macs
-    return df
 
 
 # ------------------------------------------------------------- result figures (notebooks 05, 06, 08)
@@ -197,14 +144,19 @@ def accuracy_cost_figure(curves: pd.DataFrame, budgets_df: pd.DataFrame, c_min, 
     if diff_methods is None:
         diff_methods = [m for m in pooled.method.unique() if m.startswith("quee")]
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(13.0, 4.8), gridspec_kw={"width_ratios": [1.25, 1]})
+    shown = []      # the feasible points alone set the y range
     for m in methods:
-        g = curves[curves.method == m].groupby("budget").agg(
+        g = curves[curves.method == m].assign(ok=curves.get("feasible", True)).groupby("budget").agg(
             cost=("cost", "mean"), acc=("accuracy", "mean"), lo=("accuracy", "min"), hi=("accuracy", "max"),
-            seeds=("accuracy", "size")).sort_index()
-        st = method_style(m)
-        ax.plot(g.cost, g.acc, **st, ms=4, label=m, lw=2.2 if m == "quee" else 1.5)
-        if g.seeds.max() > 1:
-            ax.fill_between(g.cost, g.lo, g.hi, color=st["color"], alpha=0.18, lw=0)
+            seeds=("accuracy", "size"), ok=("ok", "all")).sort_index()
+        st, ok, over = method_style(m), g[g.ok], g[~g.ok]
+        ax.plot(ok.cost, ok.acc, **st, ms=4, label=m, lw=2.2 if m == "quee" else 1.5)
+        if ok.seeds.max() > 1:
+            ax.fill_between(ok.cost, ok.lo, ok.hi, color=st["color"], alpha=0.18, lw=0)
+        # over budget on calib (its cheapest knob, costlier than the budget): small, grey, off the line
+        ax.plot(over.cost, over.acc, ls="none", marker=st["marker"], ms=2.5, color=INFEASIBLE_COLOR, zorder=1)
+        shown += [*ok.lo, *ok.hi]
+    ax.set_ylim(*_padded(shown, 0.05, 0.01))
     for x, name, ls in ((float(np.mean(c_min)), "$c_{min}$", ":"), (float(np.mean(c_sat)), "$c_{sat}$", "-.")):
         ax.axvline(x, color="0.35", ls=ls, lw=1.2)
         ax.annotate(f"{name} = {x:.3g}", (x, 0.02), xycoords=("data", "axes fraction"), rotation=90,
@@ -222,28 +174,37 @@ def accuracy_cost_figure(curves: pd.DataFrame, budgets_df: pd.DataFrame, c_min, 
     per_seed = budgets_df[budgets_df.seed != "all"]
     feasible = (per_seed.groupby(["method", "budget"]).feasible.all() if "feasible" in per_seed else None)
     width = 0.8 / max(len(diff_methods), 1)
-    any_infeasible = False
+    over, span = [], [0.0]     # the feasible intervals (and 0) alone set the panel's scale
     for j, m in enumerate(diff_methods):
         d = pooled[pooled.method == m].set_index("budget").loc[budgets]
         x = np.arange(len(budgets)) - 0.4 + width * (j + 0.5)
-        y = 100 * d.diff_vs_best_single.to_numpy()
-        yerr = [y - 100 * d.diff_lo.to_numpy(), 100 * d.diff_hi.to_numpy() - y]
-        st = method_style(m)
-        bx.errorbar(x, y, yerr=yerr, fmt=st["marker"], ms=5, capsize=3, color=st["color"], label=m)
-        if feasible is not None:
-            bad = ~np.array([bool(feasible.get((m, b), True)) for b in budgets])
-            if bad.any():  # hollow: the method cannot meet this budget on calib (its cheapest knob is shown)
-                any_infeasible = True
-                bx.plot(x[bad], y[bad], st["marker"], ms=5, mfc="white", mec=st["color"], zorder=5)
+        y, lo, hi = (100 * d[c].to_numpy() for c in ("diff_vs_best_single", "diff_lo", "diff_hi"))
+        ok = np.array([feasible is None or bool(feasible.get((m, b), True)) for b in budgets])
+        st = method_style(m)   # over budget: not a fair comparison, so no interval, no colour, no say in the scale
+        bx.errorbar(x[ok], y[ok], yerr=[y[ok] - lo[ok], hi[ok] - y[ok]], fmt=st["marker"], ms=5, capsize=3,
+                    color=st["color"], label=m)
+        span += [*lo[ok], *hi[ok]]
+        over += [(xi, yi, st["marker"]) for xi, yi in zip(x[~ok], y[~ok])]
     bx.axhline(0, color="0.2", lw=1)
-    if any_infeasible:
-        bx.annotate("hollow: budget infeasible on calib", (0.01, 0.01), xycoords="axes fraction",
+    ylim = bx.set_ylim(*_padded(span, 0.08, 0.5))
+    for xi, yi, marker in over:    # an off-scale one sits at the panel's edge
+        bx.plot(xi, float(np.clip(yi, *ylim)), marker, ms=3, mfc="white", mec=INFEASIBLE_COLOR, zorder=2)
+    if over:
+        bx.annotate("small grey: over budget on calib, not comparable", (0.01, 0.01), xycoords="axes fraction",
                     fontsize="small", color="0.3")
     bx.set_xticks(np.arange(len(budgets)), [f"{b:g}" for b in budgets])
     bx.set(xlabel=BUDGET_LABEL.replace("the reference level", ref) if ref else BUDGET_LABEL, ylabel=DIFF_LABEL,
            title=f"Paired difference vs best-single, 95% bootstrap CI ({n_seeds} seed{'s' * (n_seeds > 1)})")
     _legend_below(fig, (ax, bx), ncol=7)   # one legend for both panels (same colour and marker per method)
     return fig
+
+
+def _padded(values, frac: float, min_span: float) -> tuple[float, float]:
+    """(lo, hi) of the finite ``values``, widened by ``frac`` of their span (at least ``min_span``) each side."""
+    v = np.asarray(values, float)
+    v = v[np.isfinite(v)] if np.isfinite(v).any() else np.zeros(1)
+    pad = frac * max(float(v.max() - v.min()), min_span)
+    return float(v.min()) - pad, float(v.max()) + pad
 
 
 def _legend_below(fig: plt.Figure, axes, ncol: int) -> None:

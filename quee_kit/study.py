@@ -258,8 +258,10 @@ def method_points(method, test_nodes: dict | None = None) -> pd.DataFrame:
 
 def points_auc(points: pd.DataFrame, auc_range, n: int = 41) -> float:
     """AUC: mean test accuracy of the budget rule's choice over ``n`` budgets evenly spaced in
-    ``auc_range``; a budget the method cannot meet on calib scores 0 there (no operating point)."""
+    ``auc_range``; NaN (infeasible) when the method cannot meet some budget of the range on calib: it has
+    no operating point there, and scoring it 0 would read as a (very) bad method rather than one that
+    cannot run so cheaply."""
     idx, ok = select_points(points, np.linspace(auc_range[0], auc_range[1], n))
-    return float(np.where(ok, points["acc_test"].to_numpy()[idx], 0.0).mean())
+    return float(points["acc_test"].to_numpy()[idx].mean()) if ok.all() else float("nan")
 
 

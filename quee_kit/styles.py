@@ -5,8 +5,8 @@ the explorer page uses it and must be interactive within seconds (seaborn alone 
 """
 from __future__ import annotations
 
-__all__ = ["ACCURACY_LABEL", "EXIT_LABEL", "LEVEL_LABEL", "METHOD_STYLES", "cost_label", "method_style",
-           "setting_label"]
+__all__ = ["ACCURACY_LABEL", "EXIT_LABEL", "LEVEL_LABEL", "METHOD_STYLES", "LEVEL_COLORS", "INFEASIBLE_COLOR",
+           "cost_label", "method_style", "level_palette", "setting_label"]
 
 ACCURACY_LABEL = "accuracy (fraction correct)"
 EXIT_LABEL = "exit (after block t)"
@@ -25,10 +25,22 @@ METHOD_STYLES = {name: {"color": color, "marker": marker, **({"ls": "--"} if nam
     ("oracle", "#332288", "*"), ("oracle-uniform", "#AA4499", "p")]}
 _OTHER_STYLE = {"color": "#777777", "marker": "."}
 
+# Precision levels (reference first) get colours of their own, never a method's: viridis from dark to
+# light, so more bits read darker; each is >= 15 CIELAB units from every method colour and >= 30 from
+# the other levels (tested). A figure that colours levels must not suggest a method.
+LEVEL_COLORS = ["#450457", "#3d4e8a", "#2a768e", "#1e9b8a", "#46c06f", "#95d840"]
+INFEASIBLE_COLOR = "0.65"   # a point over budget on calib (its cheapest knob shown): grey and small
+
 
 def method_style(name: str) -> dict:
     """``{"color", "marker", "ls"}`` of a method (a name outside the map gets a neutral grey)."""
     return {"ls": "-", **METHOD_STYLES.get(name, _OTHER_STYLE)}
+
+
+def level_palette(level_names) -> dict[str, str]:
+    """``{level name: colour}`` from :data:`LEVEL_COLORS`, in the given order (reference first); more
+    levels than colours reuse them from the start."""
+    return {name: LEVEL_COLORS[i % len(LEVEL_COLORS)] for i, name in enumerate(level_names)}
 
 
 def setting_label(fast: bool, seeds, n_test: int, n_train: int | None = None) -> str:

@@ -2,10 +2,12 @@
 import dataclasses
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from quee_kit import analysis
 from quee_kit.evaluate import budget_tables
+from quee_kit.study import points_auc
 
 
 def test_noise_zero_is_identity_and_nan_is_kept(study):
@@ -148,3 +150,22 @@ def test_quality_by_depth_reuses_only_what_every_fit_shares(study):
             assert rows[rows.variant == "quee-raw"].auroc.iloc[0] == roc_auc_score(wrong[k], p[k])
     assert study.quality["quee"]["auroc_maxprob"] == study.quality["quee-raw"]["auroc_maxprob"]
     assert study.quality["quee"]["auroc"] != study.quality["quee-raw"]["auroc"]
+
+
+def test_auc_of_an_infeasible_method_is_nan_not_zero():
+    """A method that cannot meet some budget of the AUC range has no AUC there (NaN, shown *infeasible*),
+    not an AUC of 0 and a large negative share of the oracle's gap."""
+    grid = np.geomspace(0.01, 1.0, 30)
+    feasible = pd.DataFrame({"cost_calib": grid, "acc_calib": grid ** 0.1, "cost_test": grid, "acc_test": grid ** 0.1})
+    assert points_auc(feasible, [0.03, 0.15]) == pytest.approx(np.mean(
+        [feasible.acc_test[feasible.cost_calib <= b + 1e-12].max() for b in np.linspace(0.03, 0.15, 41)]))
+    late = feasible[feasible.cost_calib > 0.05]                   # meets 0.15 but not 0.03
+    assert np.isnan(points_auc(late, [0.03, 0.15])) and np.isfinite(points_auc(late, [0.1, 0.15]))
+    auc = {"oracle": [0.95], "best-single": [0.9], "quee": [0.92], "ee-confidence": [float("nan")]}
+    table = analysis.auc_table(auc)
+    assert list(table.method) == ["oracle", "quee", "best-single", "ee-confidence"]    # infeasible last
+    row = table.set_index("method").loc["ee-confidence"]
+    assert np.isnan(row.auc_mean) and np.isnan(row.oracle_gap_share)
+    assert table.set_index("method").loc["quee", "oracle_gap_share"] == pytest.approx(0.4)
+    shown = analysis.format_auc_table(table).set_index("method")
+    assert (shown.loc["ee-confidence"] == "infeasible").all() and shown.loc["quee", "auc_mean"] == 0.92

@@ -1,13 +1,21 @@
 """A real browser: Voilà serves notebook 07 as the README starts it, headless Chromium uses the page.
 
-Checks, at 1400x900: the page is interactive within seconds when the explorer's stored points exist
-(measured and printed; bounded loosely so a busy machine does not fail it); the readout names the
-setting; the budget slider starts at c_min and its numbers are the library's; a walk through λ mode x
-every method x back to budget mode keeps the readout, the method and entry dropdowns and the star
-(colour read from the figure's pixels) in agreement, with no control enabled that does nothing; no
-``title="null"`` tooltips; the figure is shown at its pixel size; the page is saved as a screenshot;
-and after opening and closing the page several times the kernel count returns to its start (the
-culling settings of ``voila.json``, read by Voilà from the working directory).
+Checks, at 1366x768 (a small laptop) and 1920x1080: the page is interactive within seconds when the
+explorer's stored points exist (measured and printed; bounded loosely so a busy machine does not fail
+it); no build message is left on the page; the readout names the setting; the controls and the readout
+are above the fold and the figure inside the page's width, at 2 image pixels per CSS pixel; the budget
+slider starts at c_min and its numbers, at both ends, are the library's; a walk through λ mode x every
+method x back to budget mode keeps the readout, the method and entry dropdowns and the star (colour
+read from the figure's pixels) in agreement, with no control enabled that does nothing; no
+``title="null"`` tooltips; the page is saved as a screenshot; and after opening and closing the page
+several times the kernel count returns to its start (the culling settings of ``voila.json``, read by
+Voilà from the working directory). The page shows the full study's stored points when they exist (as
+after ``make reproduce``), else the fast study's: the test checks whichever the page shows.
+
+JupyterLab: a temporary copy of notebook 01 (the tracked file is never touched) opened in ``jupyter lab``
+(headless, no token): no unsaved-changes marker once its kernel is up (JupyterLab rewrites metadata
+that does not match the running kernel), *Run All Cells* gives no error output, and saving after the run
+writes back the metadata the notebook is stored with.
 
 Needs Debian's ``chromium`` (``apt-get install chromium``) and the ``playwright`` Python package;
 the test is skipped without them. It never downloads a browser (no ``playwright install``). A
@@ -36,7 +44,8 @@ ENABLE = "install Debian's chromium (apt-get install chromium) to run the browse
 PAGE_TIMEOUT_S = 300          # a cold cache: the notebook builds the study before the widgets appear
 INTERACTIVE_BOUND_S = 20      # the target is 5 s (README); a loose bound so that a loaded machine passes
 SERVER_TIMEOUT_S = 60
-VISITS = 3                    # pages opened and closed; their kernels must all go
+VIEWPORTS = [(1366, 768), (1920, 1080), (1366, 768)]   # pages opened and closed; their kernels must all go
+BUILD_TEXT = ("building the explorer data", "Loading widget", "it/s]")   # a first build's messages
 
 
 def _skip_reason() -> str | None:
@@ -179,8 +188,35 @@ def _wait_readout(page, js_condition: str, arg, timeout_ms: int = 20_000):
                            arg=arg, timeout=timeout_ms)
 
 
-def _open(browser, url):
-    page = browser.new_page(viewport={"width": 1400, "height": 900})
+LAYOUT_JS = """() => {
+    const box = s => { const e = document.querySelector(s); if (!e) return null;
+                       const b = e.getBoundingClientRect(); return {left: b.left, right: b.right, top: b.top,
+                                                                   bottom: b.bottom, width: b.width}; };
+    const img = document.querySelector('img.quee-figure');
+    return {figure: box('img.quee-figure'), readout: box('.quee-readout'), controls: box('.quee-mode'),
+            slider: box('.quee-budget-slider'), natural: img ? img.naturalWidth : 0,
+            view: {width: document.documentElement.clientWidth, height: window.innerHeight},
+            scroll: document.documentElement.scrollWidth, text: document.body.innerText};
+}"""
+
+
+def _check_layout(page, viewport) -> dict:
+    """Controls and readout above the fold, the figure inside the page's width at 2x, no build text left."""
+    lay = page.evaluate(LAYOUT_JS)
+    fig, w, h = lay["figure"], lay["view"]["width"], lay["view"]["height"]
+    assert fig["left"] >= 0 and fig["right"] <= w, (viewport, fig, lay["view"])        # not cut off
+    assert lay["scroll"] <= lay["view"]["width"], (viewport, lay["scroll"])            # no sideways scroll
+    assert lay["natural"] == round(2 * fig["width"]), (viewport, lay["natural"], fig)  # sharp on HiDPI
+    for part in ("controls", "slider", "readout"):
+        assert lay[part]["bottom"] <= h, (viewport, part, lay[part])                     # above the fold
+    for text in BUILD_TEXT:
+        assert text not in lay["text"], (viewport, text)
+    assert page.locator(".quee-loading").count() == 0
+    return lay
+
+
+def _open(browser, url, viewport=VIEWPORTS[0]):
+    page = browser.new_page(viewport={"width": viewport[0], "height": viewport[1]})
     t = time.monotonic()
     page.goto(url, wait_until="commit", timeout=PAGE_TIMEOUT_S * 1000)
     error = "[data-mime-type='application/vnd.jupyter.error'], [data-mime-type='application/vnd.jupyter.stderr']"
@@ -221,8 +257,9 @@ def test_voila_explorer(tmp_path):
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
             try:
-                page, t_page = _open(browser, url)
+                page, t_page = _open(browser, url, VIEWPORTS[0])
                 times.append(t_page)
+                _check_layout(page, VIEWPORTS[0])
                 # the culler starts with the first kernel, configured from voila.json
                 assert f"idle durations > {cull['cull_idle_timeout']} seconds" in log.read_text(), "voila.json not read"
                 before = _settle(page)
@@ -230,7 +267,6 @@ def test_voila_explorer(tmp_path):
                 assert float(before["budget"]) == pytest.approx(0.05, rel=1e-6)
                 assert before["setting"] == data.setting and data.setting in before["text"]
                 assert data.setting in page.locator(".quee-loaded").inner_text()    # the loading message, done
-                assert page.locator(".quee-loading").count() == 0
                 _check_agreement(page, model, before)
                 assert page.locator('[title="null"]').count() == 0
 
@@ -251,6 +287,15 @@ def test_voila_explorer(tmp_path):
                 handle.press("End")
                 _settle(page)
 
+                # the slider's maximum for every method (the page once clipped it differently from the library)
+                for name in model.names:
+                    page.select_option(".quee-method select", label=name)
+                    _wait_readout(page, "r.dataset.method === a", name)
+                    _check_agreement(page, model, _settle(page))
+                page.select_option(".quee-method select", label="quee")
+                _wait_readout(page, "r.dataset.method === a", "quee")
+                _settle(page)
+
                 # λ mode x every method x back to budget mode
                 for mode in ("lambda", "budget"):
                     for name in model.names:
@@ -266,22 +311,29 @@ def test_voila_explorer(tmp_path):
                         _check_agreement(page, model, shown)
 
                 assert page.locator('[title="null"]').count() == 0        # none after every control changed
-                # the figure at its pixel size, inside the page width; then the screenshot
-                size = page.evaluate("""() => { const i = document.querySelector('img.quee-figure');
-                    const b = i.getBoundingClientRect();
-                    return {natural: i.naturalWidth, shown: b.width, right: b.right, dpr: window.devicePixelRatio}; }""")
-                assert size["shown"] == size["natural"] and size["right"] <= 1400, size
                 page.select_option(".quee-method select", label="quee")     # the screenshot shows QuEE
                 _wait_readout(page, "r.dataset.method === a", "quee")
                 _settle(page)
-                page.evaluate("() => document.querySelector('.quee-mode').scrollIntoView({block: 'start'})")
+                study, switched = page.locator(".quee-study button"), False
+                if study.count() == 2 and study.first.is_visible():      # both studies stored: a control
+                    other = "fast" if "full" in data.setting else "full"
+                    study.filter(has_text=other).click()
+                    _wait_readout(page, "r.dataset.setting !== a", data.setting)
+                    assert other in _settle(page)["setting"] and other in page.locator(".quee-loaded").inner_text()
+                    study.filter(has_text="full" if other == "fast" else "fast").click()
+                    _wait_readout(page, "r.dataset.setting === a", data.setting)
+                    _check_agreement(page, model, _settle(page))
+                    switched = True
+                _check_layout(page, VIEWPORTS[0])          # every control changed: the layout still holds
                 time.sleep(0.3)
-                page.screenshot(path=str(shot))
+                page.screenshot(path=str(shot))            # the first screen, as a 1366x768 laptop shows it
                 page.close(run_before_unload=True)
 
-                for _ in range(VISITS - 1):
-                    page, t_page = _open(browser, url)
+                for viewport in VIEWPORTS[1:]:
+                    page, t_page = _open(browser, url, viewport)
                     times.append(t_page)
+                    _settle(page)
+                    _check_layout(page, viewport)
                     peaks.append(len(_kernels(proc)))
                     page.close(run_before_unload=True)
             finally:
@@ -291,7 +343,7 @@ def test_voila_explorer(tmp_path):
         while len(_kernels(proc)) > start and time.monotonic() < deadline:
             time.sleep(2)
         left = len(_kernels(proc))
-        assert left == start, f"{left} kernels still running after {VISITS} closed pages (start: {start})"
+        assert left == start, f"{left} kernels still running after {len(VIEWPORTS)} closed pages (start: {start})"
     finally:
         _stop(proc)
     assert proc.poll() is not None
@@ -302,4 +354,84 @@ def test_voila_explorer(tmp_path):
     shutil.copy(shot, keep / "budget_explorer.png")
     print(f"{data.setting}: stored points {t_data:.1f} s; page interactive after "
           f"{', '.join(f'{t:.1f}' for t in times)} s; kernels: start {start}, peak {max(peaks, default=0)}, "
-          f"after closing {VISITS} pages {left}")
+          f"after closing {len(VIEWPORTS)} pages {left}; study control used: {switched}")
+
+
+QUICKSTART = "notebooks/01_quickstart.ipynb"
+LAB_TIMEOUT_S = 300          # a cold cache: 01 trains the fast model first (about a minute on 2 cores)
+DIRTY_TAB = ".lm-TabBar-tab.lm-mod-current.jp-mod-dirty"
+
+
+def _lab_metadata_diff(stored: dict, saved: dict) -> dict:
+    """{key: (stored, saved)} of the notebook-level metadata that differ."""
+    return {k: (stored.get(k), saved.get(k)) for k in sorted({*stored, *saved}) if stored.get(k) != saved.get(k)}
+
+
+def _lab_save(page, path: Path) -> dict:
+    before = path.stat().st_mtime_ns
+    page.keyboard.press("Control+s")
+    deadline = time.monotonic() + 20
+    while path.stat().st_mtime_ns == before and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return json.loads(path.read_text())
+
+
+def test_jupyterlab_quickstart(tmp_path):
+    """Notebook 01 in JupyterLab 4 as a new user runs it: opens without an unsaved-changes marker, runs all
+    cells without an error, and saving after the run writes back the metadata it is stored with."""
+    from playwright.sync_api import sync_playwright
+
+    nb_dir = tmp_path / "notebooks"        # the notebook's relative out_dir (../results) stays in tmp_path
+    nb_dir.mkdir()
+    copy = nb_dir / Path(QUICKSTART).name
+    shutil.copy(ROOT / QUICKSTART, copy)
+    stored = json.loads((ROOT / QUICKSTART).read_text())["metadata"]
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}/"
+    log = tmp_path / "lab.log"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    cmd = [str(Path(sys.executable).with_name("jupyter-lab")), "--no-browser", f"--port={port}",
+           "--ServerApp.ip=127.0.0.1", "--ServerApp.port_retries=0", "--IdentityProvider.token=",
+           "--ServerApp.password=", f"--ServerApp.root_dir={tmp_path}", "--allow-root"]
+    with open(log, "w") as fh:
+        proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=fh, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    try:
+        _wait_for_server(url, proc, log)
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+            try:
+                page = browser.new_page(viewport={"width": 1366, "height": 768})
+                page.goto(url + f"lab/tree/notebooks/{copy.name}", timeout=120_000)
+                idle = ".jp-Notebook-ExecutionIndicator[data-status='idle']"
+                page.wait_for_selector(idle, timeout=120_000)
+                time.sleep(1.0)                   # the kernel's info is merged into the model once it is up
+                if page.locator(DIRTY_TAB).count():
+                    diff = _lab_metadata_diff(stored, _lab_save(page, copy)["metadata"])
+                    raise AssertionError(f"{QUICKSTART} is marked modified on opening: JupyterLab rewrote {diff}")
+                page.locator(".jp-Notebook").first.click()
+                page.get_by_role("menuitem", name="Run", exact=True).click()
+                page.locator("li[data-command='runmenu:run-all']").click()
+                page.wait_for_function("() => document.querySelectorAll('.jp-InputArea-prompt').length > 0 && "
+                                       "[...document.querySelectorAll('.jp-CodeCell .jp-InputArea-prompt')]"
+                                       ".every(p => /\\[\\d+\\]/.test(p.textContent))",
+                                       timeout=LAB_TIMEOUT_S * 1000)
+                page.wait_for_selector(idle, timeout=LAB_TIMEOUT_S * 1000)
+                errors = page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr'], "
+                                      ".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.error']")
+                assert errors.count() == 0, errors.first.inner_text()[-2000:]
+                n_code = sum(c["cell_type"] == "code" for c in json.loads(copy.read_text())["cells"])
+                assert page.locator(".jp-CodeCell .jp-InputArea-prompt").count() == n_code
+                saved = _lab_save(page, copy)
+                assert page.locator(DIRTY_TAB).count() == 0
+                assert _lab_metadata_diff(stored, saved["metadata"]) == {}
+                code = [c for c in saved["cells"] if c["cell_type"] == "code"]
+                assert all(c.get("execution_count") for c in code)
+                bad = [o for c in code for o in c.get("outputs", [])
+                       if o["output_type"] == "error" or o.get("name") == "stderr"]
+                assert bad == [], bad[:1]
+            finally:
+                browser.close()
+    finally:
+        _stop(proc)
+    assert proc.poll() is not None

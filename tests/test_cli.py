@@ -55,7 +55,10 @@ def test_run_outputs(run_dir):
     assert s["seeds"] == [0, 1]
     assert all(s["c_min"][i] < s["c_sat"][i] <= 1.0 for i in range(2))
     auc = {k: v["mean"] for k, v in s["auc"].items()}
-    assert auc["oracle"] >= max(v for k, v in auc.items() if k != "oracle")
+    assert auc["oracle"] >= max(v for k, v in auc.items() if k != "oracle" and v is not None)
+    # a method that cannot meet some budget of the range has no AUC and no share: null, not 0 (JSON has no NaN)
+    assert auc["ee-confidence"] is None and s["oracle_gap_share"]["ee-confidence"] is None
+    assert all((v is None) == (s["oracle_gap_share"][k] is None) for k, v in auc.items())
     assert s["oracle_gap_share"]["oracle"] == pytest.approx(1.0)
     assert s["oracle_gap_share"]["best-single"] == pytest.approx(0.0)
 

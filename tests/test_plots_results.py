@@ -145,3 +145,31 @@ def test_quality_by_depth_plot(plot_theme):
     assert list(lines["quee"].get_ydata()) == pytest.approx([0.81, 0.82, 0.83])
     assert {l.get_label(): list(l.get_ydata()) for l in a2.get_lines()}["quee-mlp"] == pytest.approx([0.05] * 3)
     assert "depth" in a1.get_xlabel() and "AUROC" in a1.get_ylabel() and "ECE" in a2.get_ylabel()
+
+
+def test_over_budget_points_cannot_mislead(curves, budgets_df):
+    """A method over budget on calib at a budget (its cheapest knob shown, costlier than the budget) is drawn
+    small and grey, off its line, and sets neither panel's range: a +6.3-point "win" at a budget the method
+    cannot meet must not look like the biggest one."""
+    curves = curves.copy()
+    low = (curves.method == "quee") & (curves.budget < 0.02)
+    curves.loc[low, ["feasible", "accuracy"]] = [False, 0.999]         # above every feasible point
+    df = budgets_df.copy()
+    over = (df.method == "quee-raw") & (df.budget == BUDGETS[0])
+    df.loc[over, ["diff_vs_best_single", "diff_lo", "diff_hi"]] = [0.063, 0.05, 0.076]
+    df.loc[over & (df.seed != "all"), "feasible"] = False
+    df["feasible"] = df["feasible"].fillna(True).astype(bool)
+    fig = plots.accuracy_cost_figure(curves, df, 0.011, 0.2, METHODS)
+    left, right = fig.axes[:2]
+    line = {l.get_label(): l for l in left.get_lines()}["quee"]
+    assert len(line.get_xdata()) == curves[(curves.method == "quee") & ~low].budget.nunique()
+    assert left.get_ylim()[1] < 0.999                                  # the over-budget points set no range
+    grey = [l for l in left.get_lines() if l.get_label().startswith("_") and l.get_color() == plots.INFEASIBLE_COLOR]
+    assert sum(len(l.get_xdata()) for l in grey) == curves[low].budget.nunique()
+    assert all(l.get_markersize() < line.get_markersize() for l in grey)
+    bars = {c.get_label(): c for c in right.containers}
+    assert len(bars["quee-raw"].lines[0].get_xdata()) == len(BUDGETS) - 1      # no interval, no colour
+    lo, hi = right.get_ylim()
+    assert hi < 6.3 and lo <= -0.2 - 1 and hi >= 0.4 + 1                     # the feasible intervals fit
+    edge = [l for l in right.get_lines() if l.get_markeredgecolor() == plots.INFEASIBLE_COLOR]
+    assert len(edge) == 1 and edge[0].get_ydata()[0] == pytest.approx(hi)   # off-scale: at the edge

@@ -54,3 +54,29 @@ def test_figures_colour_by_name_not_order():
 def test_setting_label_names_the_study():
     assert setting_label(True, [0], 600, 3000) == "fast setting, seed 0, train N=3,000, test N=600"
     assert setting_label(False, [0, 1, 2], 2000) == "full setting, seeds 0,1,2, test N=2,000"
+
+
+def test_level_colours_are_never_a_method_colour():
+    """Levels (01's exit-accuracy lines) take colours from their own palette: none near a method's
+    (w3a8 must not look like quee, w16a16 like static-quant), and the levels apart from each other."""
+    from quee_kit.styles import LEVEL_COLORS, level_palette
+    for lc in LEVEL_COLORS:
+        for m in [*METHOD_STYLES, "other"]:
+            de = float(np.linalg.norm(_lab(lc) - _lab(method_style(m)["color"])))
+            assert de >= 15, f"level colour {lc} looks like {m}'s (ΔE {de:.1f})"
+    for a, b in itertools.combinations(LEVEL_COLORS, 2):
+        assert float(np.linalg.norm(_lab(a) - _lab(b))) >= 30, (a, b)
+    levels = ["w16a16", "w8a8", "w4a8", "w3a8", "w4a4"]
+    assert list(level_palette(levels).values()) == LEVEL_COLORS[:5]
+
+
+@pytest.mark.usefixtures("plot_theme")
+def test_exit_accuracy_plot_uses_level_colours():
+    from quee_kit.styles import level_palette
+    levels = ["w16a16", "w8a8", "w3a8"]
+    df = pd.DataFrame([{"exit": t, "level": lv, "split": s, "accuracy": 0.5 + 0.1 * t}
+                       for lv in levels for s in ("calib", "test") for t in (1, 2, 3)])
+    fig = plots.exit_accuracy_plot(df)
+    drawn = {l.get_label(): to_rgb(l.get_color()) for l in fig.axes[0].get_legend().get_lines()}
+    for lv, c in level_palette(levels).items():
+        assert drawn[lv] == to_rgb(c)

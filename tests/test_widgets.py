@@ -2,6 +2,7 @@
 control is derived from one operating point (no dead or disagreeing controls), the star is the
 method's colour (hollow when infeasible), the stored points load without torch, and a level set is
 never left. No timing asserts (the update time is measured by benchmarks/bench_widgets.py)."""
+import dataclasses
 import io
 import re
 import subprocess
@@ -68,6 +69,94 @@ def test_slider_range_starts_at_c_min(explorer, data):
     assert explorer.model.b_min == data.c_min and explorer.model.b_max > data.c_min
     r = explorer.update(budget=data.c_min / 3, method="quee")       # below the slider: clipped to c_min
     assert r["budget"] == data.c_min
+
+
+def test_page_and_library_agree_at_the_slider_maximum(explorer, data):
+    """The page's slider ends at 10 ** max of its log grid, a little above the model's cap; a model built
+    apart from the page (as the browser test builds one) must clip that budget to the same maximum and so
+    pick the same knob (it once clipped it back to the cap: ``random`` at 0.3016 showed 0.8533 where the
+    library said 0.8450). Budgets as the browser sends them: 10 ** the slider's value."""
+    apart = ExplorerModel(data)
+    assert apart.budget_range == explorer.model.budget_range and apart.b_max == explorer.model.b_max
+    lo, hi, step = apart.budget_range
+    assert 10 ** lo == pytest.approx(data.c_min) and 10 ** hi == apart.b_max
+    assert np.log10(0.05) == pytest.approx(lo + step * round((np.log10(0.05) - lo) / step), abs=1e-12)  # on the grid
+    level_set = next(iter(apart.level_sets))
+    for method in explorer.names:
+        for b in (10 ** explorer.budget_slider.max, 10 ** (explorer.budget_slider.max - step)):
+            shown = explorer.update(budget=b, method=method, level_set=level_set)
+            v = apart.resolve(OperatingPoint(budget=shown["budget"], method=method, level_set=level_set))
+            assert v["budget"] == shown["budget"] and v["knob"] == shown["knob"], method
+            assert (v["accuracy"], v["cost"]) == (shown["accuracy"], shown["cost"])
+
+
+def test_one_cost_axis_for_every_method(explorer, data):
+    """Switching methods never rescales the cost axis: it is the study's [c_min, costliest knob]."""
+    level_set = next(iter(explorer.model.level_sets))
+    xlims = set()
+    for method in explorer.names:
+        explorer.update(method=method, level_set=level_set, budget=0.05)
+        xlims.add(tuple(round(x, 12) for x in explorer.figure.ax_curve.get_xlim()))
+    assert len(xlims) == 1
+    (x0, x1), = xlims
+    costs = np.concatenate([data.methods[m].points["cost_test"].to_numpy() for m in explorer.names])
+    assert x0 < data.c_min <= costs.min() and costs.max() < x1
+
+
+def test_figure_is_sharp_on_hidpi_and_fits_a_small_screen(explorer):
+    """The PNG has 2 image pixels per CSS pixel, and its CSS width fits a 1366 px screen's page."""
+    from PIL import Image
+
+    from quee_kit.explorer.figure import SCALE
+    w, h = Image.open(io.BytesIO(explorer.image.value)).size
+    css_w = int(explorer.image.layout.width.removesuffix("px"))
+    assert SCALE == 2 and w == SCALE * css_w and css_w <= 1300 and explorer.image.layout.max_width == "100%"
+
+
+def test_page_says_what_it_built_and_offers_stored_studies(data, tmp_path):
+    """The page builds missing points (their messages go to its log, cleared when done: checked in the
+    browser test, which has a kernel) and says how long it took; its study control offers exactly the
+    settings whose points are stored (a control, not a code hint)."""
+    from quee_kit.explorer.page import ExplorerPage
+    over = [f"cache_dir={tmp_path}", *OVERRIDES]
+
+    def where(fast):
+        return explorer_artifact(load_config("configs/digits.yaml", [*over, "seed=0"], fast=fast))
+    fast_data = dataclasses.replace(data, fast=True, setting=data.setting.replace("full", "fast"))
+    save_artifact(*where(True), fast_data, fmt="pickle")
+    page = ExplorerPage()
+    assert "quee-loading" in page.status._dom_classes
+    page.open("configs/digits.yaml", fast=None, overrides=over)
+    assert "quee-loaded" in page.status._dom_classes and "quee-loading" not in page.status._dom_classes
+    assert fast_data.setting in page.status.value and "Built in" not in page.status.value
+    assert "python -m quee_kit.explorer" in page.status.value and "fast = False" not in page.status.value
+    assert page.study.layout.display == "none" and page.study.disabled      # one study stored: no choice
+    assert page.body.children == (page.explorer.widget,)
+    save_artifact(*where(False), data, fmt="pickle")                          # now both are stored
+    page = ExplorerPage()
+    page.open("configs/digits.yaml", fast=True, overrides=over)
+    assert page.study.options == (("full", False), ("fast", True)) and not page.study.disabled
+    page.explorer.update(method="oracle")
+    page.study.value = False                                                  # the control, not code
+    assert page.explorer.data.fast is False and page.explorer.state.method == "oracle"
+    assert page.body.children == (page.explorer.widget,) and page.study.value is False
+    where(True)[0].unlink()                                                   # a first visit: builds
+    built = []
+
+    def fake_build(config, fast=None, seed=0, overrides=(), build=True, progress=True):
+        if not build:
+            raise ArtifactError("not stored")
+        print("building the explorer data …")
+        built.append(fast)
+        return fast_data
+    import quee_kit.explorer.page as page_module
+    real, page_module.load_explorer_data = page_module.load_explorer_data, fake_build
+    try:
+        page = ExplorerPage()
+        page.open("configs/digits.yaml", fast=True, overrides=over)
+    finally:
+        page_module.load_explorer_data = real
+    assert built == [True] and "Built in" in page.status.value and fast_data.setting in page.status.value
 
 
 def test_lambda_mode_equals_simulate(study, explorer, data):
@@ -256,7 +345,8 @@ def test_snapshot_is_a_labelled_figure(explorer, data):
     assert "exit" in ax_hist.get_ylabel() and "level" in ax_hist.get_xlabel()
     texts = " ".join(t.get_text() for t in fig.texts)
     assert "accuracy" in texts and data.setting in texts
-    assert ax_curve.get_xlim()[1] < 1.0          # the axis ends where the data does, not at the full model
+    lo, hi = explorer.model.cost_range          # the study's one cost axis, whatever the method
+    assert ax_curve.get_xlim() == pytest.approx((lo / 1.15, hi * 1.15))
     assert explorer.state == before               # the widget is untouched
 
 
@@ -286,7 +376,7 @@ def test_default_opens_the_full_study_when_stored(data, tmp_path):
     assert fast_path != full_path
     save_artifact(fast_path, fast_key, data, fmt="pickle")
     got = load_explorer_data("configs/digits.yaml", fast=None, overrides=over, build=False)
-    assert "python -m quee_kit.explorer" in got.note and "fast = False" in got.note
+    assert "python -m quee_kit.explorer" in got.note and "fast = False" not in got.note   # no code to edit
     save_artifact(full_path, full_key, data, fmt="pickle")
     got = load_explorer_data("configs/digits.yaml", fast=None, overrides=over, build=False)
     assert got.note == "" and list(got.methods) == list(data.methods)
@@ -296,3 +386,16 @@ def test_default_opens_the_full_study_when_stored(data, tmp_path):
     assert got.note
     other = explorer_artifact(load_config("configs/digits.yaml", [*over, "seed=1"]))[0]
     assert other != full_path                                  # the seed is part of the key
+
+
+def test_encode_png_is_lossless():
+    """The page's PNG encoder (rows unfiltered, for speed) gives back the exact RGB pixels; Pillow decodes it."""
+    from PIL import Image
+
+    from quee_kit.explorer.figure import encode_png
+    rng = np.random.default_rng(0)
+    rgba = rng.integers(0, 256, (37, 53, 4), dtype=np.uint8)
+    rgba[5:20, 10:40, :3] = 255                                         # flat areas, as in the figure
+    img = Image.open(io.BytesIO(encode_png(rgba)))
+    assert img.mode == "RGB" and img.size == (53, 37)
+    np.testing.assert_array_equal(np.asarray(img), rgba[..., :3])

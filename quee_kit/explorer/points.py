@@ -215,9 +215,8 @@ def load_explorer_data(config: str = "configs/mnist10k.yaml", fast: bool | None 
             return data
         except ArtifactError:
             fast = True
-            note = ("fast setting: the full study's explorer data is not built yet; build it with "
-                    "`python -m quee_kit.explorer --config configs/mnist10k.yaml` (minutes once) "
-                    "or open this notebook with fast = False")
+            note = ("The full study's explorer points are not built yet: build them once in a terminal with "
+                    f"`python -m quee_kit.explorer --config {config}` (minutes), then reload this page.")
     path, key = locate(fast)
     if not build:
         data = load_artifact(path, key)

@@ -22,8 +22,8 @@ import pandas as pd
 
 from ..budget_rule import select_points
 
-__all__ = ["OperatingPoint", "ExplorerModel", "Memo", "level_set_presets", "chosen_points", "select_points",
-           "exit_level_counts", "exit_errors", "examples_per_exit", "MAX_BUDGET"]
+__all__ = ["OperatingPoint", "ExplorerModel", "Memo", "level_set_presets", "budget_slider_range", "chosen_points",
+           "select_points", "exit_level_counts", "exit_errors", "examples_per_exit", "MAX_BUDGET"]
 
 MAX_BUDGET = 0.3   # above c_sat every method is flat; the slider stops here at the latest
 
@@ -75,6 +75,15 @@ def level_set_presets(level_names) -> dict[str, tuple[int, ...]]:
     if n > 1:
         presets[f"{names[0]} only"] = (0,)
     return presets
+
+
+def budget_slider_range(c_min: float, b_max: float, budget: float) -> tuple[float, float, float]:
+    """(lo, hi, step) in log10 of the budget slider: a grid of about 0.005 decades from ``c_min``
+    through ``budget`` (so the initial budget is a grid point, not snapped to a neighbour), its last
+    point the first at or above ``b_max``. Budgets: normalized BOPs."""
+    lo, lb, hi = np.log10([c_min, np.clip(budget, c_min, b_max), b_max])
+    step = (lb - lo) / max(round((lb - lo) / 0.005), 1) if lb > lo else 0.005
+    return float(lo), float(lo + step * np.ceil((hi - lo) / step - 1e-9)), float(step)
 
 
 def chosen_points(points: pd.DataFrame, budgets) -> pd.DataFrame:
@@ -139,7 +148,7 @@ class ExplorerModel:
     tables of a level subset are built by ``data`` on first use (see ``restrict_to``) and memoized.
     """
 
-    def __init__(self, data, methods: list[str] | None = None):
+    def __init__(self, data, methods: list[str] | None = None, budget: float = 0.05):
         self.data = data
         self.names = list(methods or data.methods)
         unknown = [m for m in self.names if m not in data.methods]
@@ -149,7 +158,14 @@ class ExplorerModel:
         self.b_min = data.c_min
         sat = [float(data.methods[m].points["cost_calib"].iloc[select_points(data.methods[m].points, [1.0])[0][0]])
                for m in self.names]      # the budget above which a method's choice no longer changes
-        self.b_max = float(np.clip(max(sat) * 1.05, 2 * data.c_min, MAX_BUDGET))
+        self.budget_range = budget_slider_range(data.c_min, float(np.clip(max(sat) * 1.05, 2 * data.c_min,
+                                                                             MAX_BUDGET)), budget)
+        # the state's range is the slider's (log10 grid through ``budget``), computed here once, so a page
+        # and a model built on the same data clip a budget to the same maximum
+        self.b_max = float(10 ** self.budget_range[1])
+        # [c_min, the costliest knob of any method on test]: the explorer's one cost axis (normalized BOPs)
+        self.cost_range = (float(data.c_min), max(float(data.methods[m].points["cost_test"].max())
+                                                  for m in self.names))
         self._tables = Memo(64)
         self._views = Memo(512)
 

@@ -17,7 +17,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from ..styles import method_style
-from .figure import DPI, ExplorerFigure
+from .figure import DPI, SCALE, ExplorerFigure
 from .state import ExplorerModel, Memo, chosen_points, examples_per_exit, exit_level_counts
 
 __all__ = ["BudgetExplorer"]
@@ -44,11 +44,11 @@ class BudgetExplorer:
     """
 
     def __init__(self, data, methods: list[str] | None = None, example_count: int = 6, budget: float = 0.05,
-                 method: str = "quee", dpi: int = DPI):
+                 method: str = "quee", dpi: int = DPI, scale: int = SCALE):
         import ipywidgets as w
 
         self.data, self.k = data, example_count
-        self.model = ExplorerModel(data, methods)
+        self.model = ExplorerModel(data, methods, budget)
         self.names = self.model.names
         self.state = self.model.initial(budget, method)
         self._images = data.images.astype(np.float32) / 255.0
@@ -68,11 +68,7 @@ class BudgetExplorer:
                                          description="levels", style=style, **tip("levels"))
         self.entry_dropdown = w.Dropdown(options=["—"], value="—", description="entry", style=style,
                                          disabled=True, **tip("entry"))
-        # log10 grid from c_min through the initial budget (so the page does not snap it to a neighbour)
-        lo, lb, hi = np.log10([self.model.b_min, self.state.budget, self.model.b_max])
-        step = (lb - lo) / max(round((lb - lo) / 0.005), 1) if lb > lo else 0.005
-        hi = lo + step * np.ceil((hi - lo) / step - 1e-9)
-        self.model.b_max = float(10 ** hi)    # the state's range is the slider's: no value it must snap
+        lo, hi, step = self.model.budget_range    # the model's grid: the page clips as the library does
         self.budget_slider = w.FloatLogSlider(value=self.state.budget, base=10, min=lo, max=hi, step=step,
                                               description="budget", readout_format=".4f", continuous_update=True,
                                               style=style, layout=w.Layout(width="560px"), **tip("budget"))
@@ -89,11 +85,12 @@ class BudgetExplorer:
         self.readout = w.HTML(layout=w.Layout(min_height="3.2em"),
                               tooltip="the operating point: test accuracy and cost, and the knob chosen")
         self.readout.add_class("quee-readout-widget")
-        self.figure = ExplorerFigure(data.level_names, int(data.depth.max()), self._images, self.k, dpi=dpi)
-        width, height = self.figure.canvas.get_width_height()
-        # shown at exactly its pixel size (no stretching); a narrower page scrolls instead of shrinking it
-        self.image = w.Image(format="png", layout=w.Layout(width=f"{width}px", min_width=f"{width}px",
-                                                           height=f"{height}px"))
+        self.figure = ExplorerFigure(data.level_names, int(data.depth.max()), self._images, self.k,
+                                     dpi=dpi * scale)
+        width, height = (round(v / scale) for v in self.figure.canvas.get_width_height())
+        # scale image pixels per CSS pixel (sharp on HiDPI screens); a page narrower than the figure shrinks
+        # it to the page's width (max-width) rather than cutting it off
+        self.image = w.Image(format="png", layout=w.Layout(width=f"{width}px", max_width="100%", height="auto"))
         self.image.add_class("quee-figure")
         self._syncing = False
         for c in (self.mode_toggle, self.method_dropdown, self.level_dropdown, self.entry_dropdown,
@@ -103,7 +100,7 @@ class BudgetExplorer:
             w.HBox([self.mode_toggle, self.method_dropdown, self.level_dropdown, self.entry_dropdown],
                    layout=w.Layout(flex_flow="row wrap")),
             w.HBox([self.budget_slider, self.lambda_slider], layout=w.Layout(flex_flow="row wrap")),
-            self.readout, w.Box([self.image], layout=w.Layout(overflow="auto", width="100%"))])
+            self.readout, w.Box([self.image], layout=w.Layout(width="100%"))])
         self.update()
 
     # ------------------------------------------------------------------- the state
@@ -149,11 +146,12 @@ class BudgetExplorer:
             curves.append((name, df))
             accs.append(df["accuracy"].to_numpy())
         own = self.model.table(method, level_set).points        # every knob: where the star can go (λ mode)
-        x_hi = min(max(self.model.b_max, float(own["cost_test"].max())) * 1.15, 1.2)
         accs.append(own["acc_test"].to_numpy())
         lo, hi = float(np.nanmin(np.concatenate(accs))), float(np.nanmax(np.concatenate(accs)))
         ylim = (max(0.0, lo - 0.02), min(1.0, hi + 0.01))
-        xlim = (self.model.b_min / 1.15, x_hi)
+        # one x range for every method and level set (the study's c_min to its costliest knob), so that
+        # switching methods never rescales the axis and curves can be compared by eye
+        xlim = (self.model.cost_range[0] / 1.15, self.model.cost_range[1] * 1.15)
         fig.set_curves(curves, (self.data.level_names[0], self.data.ref_acc), self.data.c_min, self.data.c_sat,
                        xlim, ylim, f"Accuracy vs cost on test under the budget rule — {self.data.setting}; "
                                    f"levels: {level_set}")
