@@ -22,7 +22,8 @@ from .verdicts import level_table, precision_diversity, t_interval, two_interval
 from .study import QUEE_VARIANTS, Study, check_config_against_data, points_auc, run_studies
 
 __all__ = ["paired_bootstrap", "hierarchical_bootstrap", "budget_tables", "core_auc", "quality_table",
-           "curves_table", "c_min_sat", "BUDGET_COLUMNS", "knob_value", "verdict", "oracle_gap_share", "headline", "run_pipeline"]
+           "curves_table", "c_min_sat", "BUDGET_COLUMNS", "knob_value", "verdict", "oracle_gap_share", "headline",
+           "run_pipeline"]
 
 
 def paired_bootstrap(diff: np.ndarray, n: int = 2000, seed: int = 0) -> tuple[float, float, float]:
@@ -74,7 +75,7 @@ def budget_tables(studies: list[Study], budgets, n_boot: int, auc_range) -> tupl
     t-interval over the per-seed differences (``diff_t_lo[_static], diff_t_hi[_static]``, NaN with one seed)
     and ``verdict_single`` / ``verdict_static`` (:func:`~quee_kit.verdicts.two_interval_verdict`). Every row
     has the ``precision_diversity`` of the choice (:func:`~quee_kit.verdicts.precision_diversity`; pooled:
-    the seed mean)."""
+    the seed mean); per-seed rows the ``schedule`` of a schedule baseline's choice (its levels by name)."""
     names = list(studies[0].methods)
     levels = level_table(studies[0].prep.tree.paths, studies[0].prep.tree.L)
     rows = []
@@ -94,7 +95,8 @@ def budget_tables(studies: list[Study], budgets, n_boot: int, auc_range) -> tupl
                              "lambda": knob_value(s.methods[name], desc), "cost": out.mean_cost, "accuracy": out.accuracy,
                              "diff_vs_best_single": m, "diff_lo": lo, "diff_hi": hi,
                              "seed": str(s.cfg.seed), "feasible": ok, "diff_vs_best_static": ms,
-                             "diff_lo_static": los, "diff_hi_static": his, "precision_diversity": div[-1]})
+                             "diff_lo_static": los, "diff_hi_static": his, "precision_diversity": div[-1],
+                             "schedule": desc.get("schedule", "")})
                 for k in refs:
                     diffs[k].append(d[k])
                 feasible.append(ok)
@@ -122,7 +124,7 @@ def budget_tables(studies: list[Study], budgets, n_boot: int, auc_range) -> tupl
 BUDGET_COLUMNS = ["method", "budget", "split", "entry", "lambda", "cost", "accuracy", "diff_vs_best_single",
                   "diff_lo", "diff_hi", "seed", "feasible", "accuracy_std", "cost_std", "diff_t_lo", "diff_t_hi",
                   "verdict_single", "diff_vs_best_static", "diff_lo_static", "diff_hi_static", "diff_t_lo_static",
-                  "diff_t_hi_static", "verdict_static", "precision_diversity"]
+                  "diff_t_hi_static", "verdict_static", "precision_diversity", "schedule"]
 
 
 def core_auc(studies: list[Study]) -> dict[str, list[float]]:
@@ -243,7 +245,8 @@ def run_pipeline(cfg: Config, out: Path, progress: bool = True) -> dict:
     atomic_write_csv(out / "curves.csv", curves)
     atomic_write_csv(out / "budgets.csv", budgets)
     atomic_write_csv(out / "predictor_quality.csv", quality_table(studies, cfg.eval.budgets))
-    from .conditions import decision_summary, room_summary, room_table  # room for per-input precision (reads these studies)
+    # room for per-input precision (reads these studies)
+    from .conditions import decision_summary, room_summary, room_table
     room = room_table(studies)
     atomic_write_csv(out / "room.csv", room)
     cmins = [c_min_sat(s) for s in studies]
@@ -276,7 +279,8 @@ def run_pipeline(cfg: Config, out: Path, progress: bool = True) -> dict:
     atomic_write_json(out / "summary.json", summary)
     if progress:
         pooled = budgets[budgets.seed == "all"]
-        show = pooled[pooled.method.isin(["quee", "best-single", "best-static", "oracle", "static-quant", "ee-confidence"])]
+        show = pooled[pooled.method.isin(["quee", "best-single", "best-static", "oracle", "static-quant",
+                                          "ee-confidence"])]
         print(show.pivot_table(index="method", columns="budget", values="accuracy").round(4).to_string())
         print(f"wrote {out}/curves.csv, budgets.csv, predictor_quality.csv, room.csv, summary.json in {summary['timings']['total_seconds']:.0f} s")
     return summary

@@ -8,7 +8,7 @@ from quee_kit.budget_rule import select_for_budget
 from quee_kit.evaluate import budget_tables
 from quee_kit.paths import PathCache, PathTree
 from quee_kit.quant import parse_level
-from quee_kit.schedules import BestStatic, ConfidenceSchedule, StaticSchedule, rule_frontier
+from quee_kit.schedules import BestStatic, ConfidenceSchedule, StaticSchedule, rule_frontier, schedule_name
 from quee_kit.verdicts import level_table, precision_diversity, t_interval, two_interval_verdict
 
 BUDGETS = np.linspace(0.02, 1.05, 60)   # below c_min (infeasible) to above the reference
@@ -73,7 +73,8 @@ def test_uniform_schedules_reproduce_best_single(study):
     for b in BUDGETS:
         (i, ok), (j, single_ok) = select_for_budget(*env_table, b), select_for_budget(*single_table, b)
         assert ok == single_ok
-        assert env.describe(env.knobs[i])["entry"].split(":")[-1] == single.describe(single.knobs[j])["entry"].split(":")[-1]
+        level = env.describe(env.knobs[i])["entry"].split(":")[-1]
+        assert level == single.describe(single.knobs[j])["entry"].split(":")[-1]
         for split in ("calib", "test"):
             np.testing.assert_array_equal(env.outcome(split, env.knobs[i]).node,
                                           single.outcome(split, single.knobs[j]).node)
@@ -166,3 +167,7 @@ def test_budget_tables_vs_best_static(study):
     # one seed: no t-interval, so no win or loss
     assert pooled.diff_t_lo_static.isna().all() and (pooled.verdict_static == "tie").all()
     assert (pooled[pooled.method == "best-static"].diff_vs_best_static == 0).all()
+    # the chosen schedule, by name, its first level the entry
+    for _, r in seed[seed.method == "ee-confidence-schedule"].iterrows():
+        knob = study.select("ee-confidence-schedule", r.budget)[0]
+        assert r.schedule == schedule_name(study.prep.tree, knob[1]) and r.schedule.split(">")[0] == r.entry
