@@ -15,6 +15,13 @@ Room, on one split of a path cache (every number a share of samples or an AUROC)
   A right and B wrong, score = ê_B − ê_A. Both are *stratified* AUROCs: the chance that, at the same node
   and level pair, a flipped sample outranks an unflipped one (strata without both kinds are skipped), so a
   score that only tells levels apart (w4a4 flips more than w8a8) earns nothing. 0.5 = unpredictable.
+- Where decisions are made (issue 29), per decision depth t (the row of exit t; none at the last exit):
+  ``decision_dependent``: the share of (decision node, sample) pairs whose answer at the *next* exit t+1
+  depends on the level the family allows for block t+1; ``decision_hurt_rate`` / ``decision_hurt_auroc``:
+  the hurt label and stratified AUROC above over *every* plan exit m = t+1..L (plans (m, q) vs (m, q')),
+  not only the last. Rows with ``scope = "tree"`` take every decision node and sample; rows with
+  ``scope = "visited@<budget>"`` only the decisions the variant's budget-rule choice makes (calls of the
+  predictor), ``decisions`` their count.
 - ``oracle_uniform_gap``: core AUC of ``oracle`` − ``oracle-uniform`` on the split (points): what perfect
   per-input precision choice adds over one level per path, even with perfect knowledge.
 """
@@ -29,8 +36,8 @@ from .options import OptionSpace
 from .paths import PathCache
 from .study import Study, select_points
 
-__all__ = ["level_dependence", "stratified_auroc", "flip_rows", "room_measures", "room_table", "room_summary",
-           "calib_gain"]
+__all__ = ["level_dependence", "stratified_auroc", "grouped_auroc", "flip_rows", "plan_rows", "next_exit_dependence",
+           "decision_measures", "room_measures", "room_table", "room_summary", "decision_summary", "calib_gain"]
 
 
 def level_dependence(correct: np.ndarray) -> dict[str, np.ndarray]:
@@ -92,6 +99,76 @@ def flip_rows(err_hat: np.ndarray, cache: PathCache, opts: OptionSpace) -> dict[
     return {k: np.concatenate(v) for k, v in out.items()}
 
 
+def grouped_auroc(score: np.ndarray, label: np.ndarray, stratum: np.ndarray) -> float:
+    """:func:`stratified_auroc`'s AUROC (the same pooling over strata), grouping by one sort: for many strata."""
+    score, label, stratum = np.asarray(score, float), np.asarray(label, bool), np.asarray(stratum)
+    order = np.argsort(stratum, kind="stable")
+    starts = np.flatnonzero(np.r_[True, stratum[order][1:] != stratum[order][:-1]])
+    num = den = 0.0
+    for k in np.split(order, starts[1:]) if len(order) else []:
+        y = label[k]
+        p, n = int(y.sum()), int((~y).sum())
+        if p and n:
+            num += rankdata(score[k])[y].sum() - p * (p + 1) / 2
+            den += p * n
+    return num / den if den else float("nan")
+
+
+def plan_rows(err_hat: np.ndarray, cache: PathCache, opts: OptionSpace) -> dict[str, np.ndarray]:
+    """:func:`flip_rows` over every plan exit: one row per (decision node, cheaper next level q', plan exit m,
+    sample) with ``hurt`` (the plan (m, q) at the node's level q right, (m, q') wrong), ``delta`` = ê(m, q') −
+    ê(m, q), the ``stratum`` (node, q', m), and the row's ``node`` and ``sample``."""
+    tree, L, nq, N = opts.tree, opts.tree.L, opts.n_levels, cache.n_samples
+    correct, cols = cache.correct_np, np.arange(N)
+    out = {k: [] for k in ("hurt", "delta", "stratum", "node", "sample")}
+    for node in np.flatnonzero(tree.depth < L):
+        q = int(tree.level[node])
+        for q2 in (q2 for q2 in tree.allowed_next(q) if q2 > q):
+            for m in range(int(tree.depth[node]) + 1, L + 1):
+                o_a, o_b = (m - 1) * nq + q, (m - 1) * nq + q2
+                a, b = opts.target[node, o_a], opts.target[node, o_b]
+                if a < 0 or b < 0:
+                    continue
+                out["hurt"].append(correct[a] & ~correct[b])
+                out["delta"].append(err_hat[node, :, o_b] - err_hat[node, :, o_a])
+                out["stratum"].append(np.full(N, (node * nq + q2) * (L + 1) + m))
+                out["node"].append(np.full(N, node))
+                out["sample"].append(cols)
+    if not out["hurt"]:
+        return {k: np.zeros(0, dtype=bool if k == "hurt" else float) for k in out}
+    return {k: np.concatenate(v) for k, v in out.items()}
+
+
+def next_exit_dependence(cache: PathCache, tree) -> np.ndarray:
+    """(n_nodes, N) bool: at a decision node, whether the answer at the next exit depends on the level the family
+    allows for the next block (the children's correctness differs); False at the leaves."""
+    table, correct = tree.child_table(), cache.correct_np
+    out = np.zeros(correct.shape, dtype=bool)
+    for node in np.flatnonzero(tree.depth < tree.L):
+        kids = table[node][table[node] >= 0]
+        out[node] = correct[kids].any(0) & ~correct[kids].all(0)
+    return out
+
+
+def decision_measures(rows: dict, dependent: np.ndarray, tree, visited: np.ndarray | None = None) -> list[dict]:
+    """Per decision depth t = 1..L-1: ``decision_dependent``, ``decision_hurt_rate``, ``decision_hurt_auroc`` and
+    ``decisions`` (module docstring). rows: :func:`plan_rows`; dependent: :func:`next_exit_dependence`;
+    visited: (n_nodes, N) bool, the decisions to count (None: every decision node and sample)."""
+    keep = np.ones(len(rows["hurt"]), bool) if visited is None else visited[rows["node"], rows["sample"]]
+    row_depth = tree.depth[rows["node"]] if len(rows["node"]) else np.zeros(0, int)
+    out = []
+    for t in range(1, tree.L):
+        at = tree.depth == t
+        pairs = np.broadcast_to(at[:, None], dependent.shape) if visited is None else visited & at[:, None]
+        k = keep & (row_depth == t)
+        n = int(pairs.sum())
+        out.append({"decision_dependent": float(dependent[pairs].mean()) if n else float("nan"),
+                    "decision_hurt_rate": float(rows["hurt"][k].mean()) if k.any() else float("nan"),
+                    "decision_hurt_auroc": grouped_auroc(rows["delta"][k], rows["hurt"][k], rows["stratum"][k]),
+                    "decisions": n})
+    return out
+
+
 def room_measures(err_hat: np.ndarray, cache: PathCache, opts: OptionSpace) -> dict:
     """Room of one split (see the module docstring): per-exit shares (lists over exits 1..L), the flip
     share and AUROCs of the decision nodes' cheaper-level plans."""
@@ -106,23 +183,41 @@ def room_measures(err_hat: np.ndarray, cache: PathCache, opts: OptionSpace) -> d
             "flip_auroc": flip_auroc, "hurt_auroc": hurt_auroc, "flips": n_flip, "hurts": n_hurt}
 
 
-def room_table(studies: list[Study], variant: str = "quee") -> pd.DataFrame:
+def room_table(studies: list[Study], variant: str = "quee", budgets=None) -> pd.DataFrame:
     """Per seed and split (calib: out-of-fold estimates; test: the refitted predictor), one row per exit
     with the shares, and the node-level measures (flip rate, AUROCs) and ``oracle_uniform_gap`` (core AUC of
-    that split, points) repeated on every row of the seed and split."""
-    rows = []
+    that split, points) repeated on every row of the seed and split (``scope = "tree"``), with the decision
+    measures of the decisions at that depth (module docstring). Then, per seed, split and budget of
+    ``budgets`` (default: the config's), one row per decision depth with the decision measures of the
+    decisions ``variant``'s budget-rule choice makes there (``scope = "visited@<budget>"``)."""
+    rows, visited_rows = [], []
     for s in studies:
-        budgets = np.linspace(*c_min_sat(s), 41)                   # the core AUC's budgets
+        tree = s.prep.tree
+        c_budgets = np.linspace(*c_min_sat(s), 41)                 # the core AUC's budgets
+        knobs = {b: s.select(variant, b)[0] for b in (s.cfg.eval.budgets if budgets is None else budgets)}
         for split in ("calib", "test"):
-            auc = {m: _split_auc(s.points[m], budgets, split) for m in ("oracle", "oracle-uniform")}
+            auc = {m: _split_auc(s.points[m], c_budgets, split) for m in ("oracle", "oracle-uniform")}
             gap = 100 * (auc["oracle"] - auc["oracle-uniform"])
-            m = room_measures(s.predictors[variant][split], s.prep.caches[split], s.opts)
-            for t in range(s.prep.tree.L):
+            cache, err_hat = s.prep.caches[split], s.predictors[variant][split]
+            m = room_measures(err_hat, cache, s.opts)
+            plans, dependent = plan_rows(err_hat, cache, s.opts), next_exit_dependence(cache, tree)
+            per_depth = decision_measures(plans, dependent, tree)
+            last = {"decision_dependent": np.nan, "decision_hurt_rate": np.nan, "decision_hurt_auroc": np.nan,
+                    "decisions": 0}                                  # no decision at the last exit
+            for t in range(tree.L):
                 rows.append({"seed": s.prep.cfg.seed, "split": split, "exit": t + 1,
                              **{k: m[f"{k}_share"][t] for k in ("dependent", "hurt", "help")},
                              "flip_rate": m["flip_rate"], "flip_auroc": m["flip_auroc"],
-                             "hurt_auroc": m["hurt_auroc"], "oracle_uniform_gap": gap})
-    return pd.DataFrame(rows)
+                             "hurt_auroc": m["hurt_auroc"], "oracle_uniform_gap": gap, "scope": "tree",
+                             **(per_depth[t] if t < tree.L - 1 else last)})
+            for b, knob in knobs.items():
+                node, sample = s.methods[variant].visited(split, knob)
+                seen = np.zeros(dependent.shape, dtype=bool)
+                seen[node, sample] = True
+                for t, d in enumerate(decision_measures(plans, dependent, tree, seen)):
+                    visited_rows.append({"seed": s.prep.cfg.seed, "split": split, "exit": t + 1,
+                                         "scope": f"visited@{b:g}", **d})
+    return pd.DataFrame(rows + visited_rows)
 
 
 def _split_auc(points: pd.DataFrame, budgets, split: str) -> float:
@@ -137,8 +232,9 @@ def room_summary(table: pd.DataFrame | Study | list) -> dict:
     ``dependent_share_mean`` (over exits), flip rate, AUROCs, oracle − oracle-uniform (points)."""
     if not isinstance(table, pd.DataFrame):
         table = room_table([table] if isinstance(table, Study) else table)
+    scoped = table.get("scope", pd.Series("tree", index=table.index))
     out = {}
-    for split, g in table.groupby("split"):
+    for split, g in table[scoped == "tree"].groupby("split"):
         last = g[g["exit"] == g["exit"].max()]
         per_seed = g.groupby("seed").first()
         out[split] = {"dependent_share_last": float(last["dependent"].mean()),
@@ -146,6 +242,18 @@ def room_summary(table: pd.DataFrame | Study | list) -> dict:
                       "hurt_share_last": float(last["hurt"].mean()),
                       **{k: float(per_seed[k].mean()) for k in ("flip_rate", "flip_auroc", "hurt_auroc",
                                                                 "oracle_uniform_gap")}}
+    return out
+
+
+def decision_summary(table: pd.DataFrame) -> dict:
+    """Seed means of :func:`room_table`'s decision measures per split and scope (``tree``, ``visited@<budget>``),
+    lists over decision depths 1..L-1 (None where no decision was made)."""
+    out: dict = {}
+    decided = table[table.exit < table.exit.max()]
+    for (split, scope), v in decided.groupby(["split", "scope"]):
+        per_depth = v.groupby("exit")[["decision_dependent", "decision_hurt_auroc", "decisions"]].mean()
+        out.setdefault(split, {})[scope] = {k: [None if np.isnan(x) else float(x) for x in per_depth[k]]
+                                            for k in per_depth}
     return out
 
 

@@ -18,10 +18,12 @@ from .methods import scalar_knob
 from .calibration import quality_metrics
 from .predictors import exit_now_rows
 from .prepare import peak_memory_mb
+from .verdicts import level_table, precision_diversity, t_interval, two_interval_verdict
 from .study import QUEE_VARIANTS, Study, check_config_against_data, points_auc, run_studies
 
 __all__ = ["paired_bootstrap", "hierarchical_bootstrap", "budget_tables", "core_auc", "quality_table",
-           "curves_table", "c_min_sat", "knob_value", "verdict", "oracle_gap_share", "run_pipeline"]
+           "curves_table", "c_min_sat", "BUDGET_COLUMNS", "knob_value", "verdict", "oracle_gap_share", "headline",
+           "run_pipeline"]
 
 
 def paired_bootstrap(diff: np.ndarray, n: int = 2000, seed: int = 0) -> tuple[float, float, float]:
@@ -66,34 +68,63 @@ def budget_tables(studies: list[Study], budgets, n_boot: int, auc_range) -> tupl
 
     Per-seed rows: the paired bootstrap over test samples. Pooled rows (``seed == "all"``): the
     seed-mean difference with :func:`hierarchical_bootstrap` (seeds and test samples resampled), so a
-    "significant" pooled difference does not hinge on which backbones were trained."""
+    "significant" pooled difference does not hinge on which backbones were trained.
+
+    Every difference is taken against best-single (``diff_vs_best_single, diff_lo, diff_hi``) and against
+    best-static, the headline (``diff_vs_best_static, diff_lo_static, diff_hi_static``); pooled rows add the
+    t-interval over the per-seed differences (``diff_t_lo[_static], diff_t_hi[_static]``, NaN with one seed)
+    and ``verdict_single`` / ``verdict_static`` (:func:`~quee_kit.verdicts.two_interval_verdict`). Every row
+    has the ``precision_diversity`` of the choice (:func:`~quee_kit.verdicts.precision_diversity`; pooled:
+    the seed mean); per-seed rows the ``schedule`` of a schedule baseline's choice (its levels by name)."""
     names = list(studies[0].methods)
+    levels = level_table(studies[0].prep.tree.paths, studies[0].prep.tree.L)
     rows = []
     for b in budgets:
-        bs = [s.at_budget("best-single", b)[2].correct.astype(float) for s in studies]
+        refs = {k: [s.at_budget(m, b)[2].correct.astype(float) for s in studies]
+                for k, m in (("", "best-single"), ("_static", "best-static"))}
         for name in names:
-            diffs, accs, costs, feasible = [], [], [], []
+            diffs, accs, costs, feasible, div = {k: [] for k in refs}, [], [], [], []
             for seed_i, s in enumerate(studies):
                 knob, ok, out = s.at_budget(name, b)
-                d = out.correct - bs[seed_i]
-                m, lo, hi = paired_bootstrap(d, n_boot, seed=seed_i)
+                d = {k: out.correct - r[seed_i] for k, r in refs.items()}
+                m, lo, hi = paired_bootstrap(d[""], n_boot, seed=seed_i)
+                ms, los, his = paired_bootstrap(d["_static"], n_boot, seed=seed_i)
                 desc = s.methods[name].describe(knob)
+                div.append(precision_diversity(levels, out.node))
                 rows.append({"method": name, "budget": b, "split": "test", "entry": desc["entry"],
                              "lambda": knob_value(s.methods[name], desc), "cost": out.mean_cost, "accuracy": out.accuracy,
                              "diff_vs_best_single": m, "diff_lo": lo, "diff_hi": hi,
-                             "seed": str(s.cfg.seed), "feasible": ok})
-                diffs.append(d)
+                             "seed": str(s.cfg.seed), "feasible": ok, "diff_vs_best_static": ms,
+                             "diff_lo_static": los, "diff_hi_static": his, "precision_diversity": div[-1],
+                             "schedule": desc.get("schedule", "")})
+                for k in refs:
+                    diffs[k].append(d[k])
                 feasible.append(ok)
                 accs.append(out.accuracy)
                 costs.append(out.mean_cost)
-            m, lo, hi = hierarchical_bootstrap(np.array(diffs), n_boot, seed=123)
+            pooled = {}
+            for k in refs:
+                m, lo, hi = hierarchical_bootstrap(np.array(diffs[k]), n_boot, seed=123)
+                _, t_lo, t_hi = t_interval(np.array(diffs[k]).mean(1))
+                pooled[k] = (m, lo, hi, t_lo, t_hi, two_interval_verdict(lo, hi, t_lo, t_hi))
+            (m, lo, hi, t_lo, t_hi, v), (ms, los, his, t_los, t_his, vs) = pooled[""], pooled["_static"]
             rows.append({"method": name, "budget": b, "split": "test", "entry": "", "lambda": np.nan,
                          "cost": float(np.mean(costs)), "accuracy": float(np.mean(accs)),
                          "diff_vs_best_single": m, "diff_lo": lo, "diff_hi": hi, "seed": "all",
                          "feasible": all(feasible), "accuracy_std": float(np.std(accs)),
-                         "cost_std": float(np.std(costs))})
+                         "cost_std": float(np.std(costs)), "diff_vs_best_static": ms, "diff_lo_static": los,
+                         "diff_hi_static": his, "precision_diversity": float(np.mean(div)),
+                         "diff_t_lo": t_lo, "diff_t_hi": t_hi, "verdict_single": v,
+                         "diff_t_lo_static": t_los, "diff_t_hi_static": t_his, "verdict_static": vs})
     auc = {name: [points_auc(s.points[name], auc_range) for s in studies] for name in names}
-    return pd.DataFrame(rows), auc
+    return pd.DataFrame(rows)[BUDGET_COLUMNS], auc
+
+
+# budgets.csv: the historic columns first (unchanged), then issue 29's (best-static, t-intervals, diversity)
+BUDGET_COLUMNS = ["method", "budget", "split", "entry", "lambda", "cost", "accuracy", "diff_vs_best_single",
+                  "diff_lo", "diff_hi", "seed", "feasible", "accuracy_std", "cost_std", "diff_t_lo", "diff_t_hi",
+                  "verdict_single", "diff_vs_best_static", "diff_lo_static", "diff_hi_static", "diff_t_lo_static",
+                  "diff_t_hi_static", "verdict_static", "precision_diversity", "schedule"]
 
 
 def core_auc(studies: list[Study]) -> dict[str, list[float]]:
@@ -186,6 +217,22 @@ def oracle_gap_share(auc: dict) -> dict:
     return {k: (mean[k] - mean["best-single"]) / gap if gap > 0 else None for k in mean}
 
 
+def headline(budgets: pd.DataFrame, methods: list[str]) -> dict:
+    """The headline comparison of summary.json: per method of ``methods`` (the QuEE variants) and budget, its
+    pooled difference vs best-static (percentage points) with both intervals, the verdict, and the precision
+    diversity of its choice (the seed mean)."""
+    pooled = budgets[budgets.seed == "all"]
+    pts = lambda x: None if np.isnan(x) else float(100 * x)   # noqa: E731  (one seed: no t-interval, JSON null)
+    out = {}
+    for name in methods:
+        rows = pooled[pooled.method == name]
+        out[name] = [{"budget": float(r.budget), "diff": pts(r.diff_vs_best_static),
+                      "boot": [pts(r.diff_lo_static), pts(r.diff_hi_static)],
+                      "t": [pts(r.diff_t_lo_static), pts(r.diff_t_hi_static)], "verdict": r.verdict_static,
+                      "precision_diversity": float(r.precision_diversity)} for r in rows.itertuples()]
+    return out
+
+
 def run_pipeline(cfg: Config, out: Path, progress: bool = True) -> dict:
     """``quee-kit run``: every seed of ``cfg.eval.seeds``; writes curves.csv, budgets.csv, summary.json."""
     check_config_against_data(cfg)
@@ -198,7 +245,8 @@ def run_pipeline(cfg: Config, out: Path, progress: bool = True) -> dict:
     atomic_write_csv(out / "curves.csv", curves)
     atomic_write_csv(out / "budgets.csv", budgets)
     atomic_write_csv(out / "predictor_quality.csv", quality_table(studies, cfg.eval.budgets))
-    from .conditions import room_summary, room_table  # room for per-input precision (reads these studies)
+    # room for per-input precision (reads these studies)
+    from .conditions import decision_summary, room_summary, room_table
     room = room_table(studies)
     atomic_write_csv(out / "room.csv", room)
     cmins = [c_min_sat(s) for s in studies]
@@ -230,6 +278,8 @@ def run_pipeline(cfg: Config, out: Path, progress: bool = True) -> dict:
         "oracle_gap_share_core": gap_shares(auc_core),
         "oracle_gap_share": gap_shares(auc),
         "room": room_summary(room),
+        "room_decisions": decision_summary(room),
+        "vs_best_static": headline(budgets, list(studies[0].predictors)),
         "predictors": {name: [s.quality.get(name) for s in studies] for name in studies[0].quality},
         "timings": {"total_seconds": time.perf_counter() - t0, "per_seed": [s.timings for s in studies],
                     "peak_memory_mb": peak_memory_mb()},
@@ -237,7 +287,8 @@ def run_pipeline(cfg: Config, out: Path, progress: bool = True) -> dict:
     atomic_write_json(out / "summary.json", summary)
     if progress:
         pooled = budgets[budgets.seed == "all"]
-        show = pooled[pooled.method.isin(["quee", "best-single", "oracle", "static-quant", "ee-confidence"])]
+        show = pooled[pooled.method.isin(["quee", "best-single", "best-static", "oracle", "static-quant",
+                                          "ee-confidence"])]
         print(show.pivot_table(index="method", columns="budget", values="accuracy").round(4).to_string())
         print("model per seed: " + ", ".join(f"{seed}: {src}" for seed, src in zip(cfg.eval.seeds, summary["model_source"])))
         print(f"wrote {out}/curves.csv, budgets.csv, predictor_quality.csv, room.csv, summary.json in {summary['timings']['total_seconds']:.0f} s")

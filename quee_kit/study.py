@@ -19,6 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import baselines  # noqa: F401  (registers the baselines)
+from . import schedules  # noqa: F401  (registers the static-schedule baselines, after best-single)
 from .artifacts import ArtifactError, content_hash, load_artifact, save_artifact
 from .backends import quant_key
 from .config import Config, ConfigError, cache_dir

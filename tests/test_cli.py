@@ -52,6 +52,13 @@ def test_run_outputs(run_dir):
     s = json.loads((run_dir / "summary.json").read_text())
     for key in ["reference_accuracy", "c_min", "c_sat", "auc", "oracle_gap_share", "seeds", "timings", "predictors"]:
         assert key in s
+    # the headline comparison: best-static, with the t-interval over the two seeds centred on the pooled mean
+    pooled = budgets[budgets.seed.astype(str) == "all"]
+    assert (pooled.diff_t_lo_static < pooled.diff_t_hi_static).any()
+    centre = (pooled.diff_t_lo_static + pooled.diff_t_hi_static) / 2
+    assert (centre - pooled.diff_vs_best_static).abs().max() < 1e-6
+    assert set(pooled.verdict_static) <= {"win", "loss", "tie"}
+    assert [r["budget"] for r in s["vs_best_static"]["quee"]] == [0.04, 0.08, 0.2]
     assert s["seeds"] == [0, 1]
     assert all(s["c_min"][i] < s["c_sat"][i] <= 1.0 for i in range(2))
     auc = {k: v["mean"] for k, v in s["auc"].items()}
@@ -64,10 +71,17 @@ def test_run_outputs(run_dir):
 
 
 def test_run_writes_the_room_for_per_input_precision(run_dir):
-    room = pd.read_csv(run_dir / "room.csv")
+    rows = pd.read_csv(run_dir / "room.csv")
     assert {"seed", "split", "exit", "dependent", "hurt", "help", "flip_rate", "flip_auroc", "hurt_auroc",
-            "oracle_uniform_gap"} <= set(room.columns)
+            "oracle_uniform_gap", "scope", "decision_dependent", "decision_hurt_auroc"} <= set(rows.columns)
+    room, visited = rows[rows.scope == "tree"], rows[rows.scope != "tree"]
     assert len(room) == 2 * 2 * 4                       # seeds x splits x exits (digits: 4 blocks)
+    assert len(visited) == 2 * 2 * 3 * 3                # seeds x splits x budgets x decision depths
+    assert set(visited.scope) == {"visited@0.04", "visited@0.08", "visited@0.2"}
+    # a visited decision is one of the tree's decisions at that depth
+    tree_decisions = room.set_index(["seed", "split", "exit"]).decisions
+    assert (visited.decisions.to_numpy() <= tree_decisions.loc[list(zip(visited.seed, visited.split,
+                                                                        visited.exit))].to_numpy()).all()
     # a sample that a cheaper level hurts or helps has level-dependent correctness, never the other way round
     assert (room.hurt <= room.dependent + 1e-12).all() and (room.help <= room.dependent + 1e-12).all()
     assert room[["dependent", "flip_rate"]].stack().between(0, 1).all()

@@ -4,7 +4,8 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
-from quee_kit.conditions import flip_rows, level_dependence, room_measures, stratified_auroc
+from quee_kit.conditions import (decision_measures, flip_rows, grouped_auroc, level_dependence, next_exit_dependence,
+                                 plan_rows, room_measures, stratified_auroc)
 from quee_kit.paths import PathCache, PathTree
 from quee_kit.predictors import OptionSpace
 from quee_kit.quant import parse_level
@@ -59,6 +60,36 @@ def test_flip_rows_and_room_measures_known_values(tiny):
     assert m["flip_auroc"] == pytest.approx(0.5)   # |delta| of flips 0.4, 0.05 vs 0.1, 0.2: 2 of 4 pairs
     assert m["hurt_auroc"] == pytest.approx(1.0)   # the one hurt sample has the largest delta
     assert m["dependent_share"] == pytest.approx([0.5, 0.75])
+
+
+def test_decision_measures_known_values(tiny):
+    """Where the decisions are made: node (0,) has a cheaper next level, (1,) has one child only."""
+    cache, opts, err_hat = tiny
+    tree = opts.tree
+    rows = plan_rows(err_hat, cache, opts)
+    flips = flip_rows(err_hat, cache, opts)          # two blocks: the only plan exit is the last one
+    np.testing.assert_array_equal(rows["hurt"], flips["hurt"])
+    np.testing.assert_allclose(rows["delta"], flips["delta"])
+    dep = next_exit_dependence(cache, tree)
+    assert dep[tree.index[(0,)]].tolist() == [False, True, False, True]   # (0,0) 1110 vs (0,1) 1011
+    assert not dep[tree.index[(1,)]].any() and not dep[tree.depth == 2].any()
+    (every,) = decision_measures(rows, dep, tree)
+    assert every == {"decision_dependent": 0.25, "decision_hurt_rate": 0.25, "decision_hurt_auroc": 1.0,
+                     "decisions": 8}
+    seen = np.zeros(dep.shape, bool)
+    seen[tree.index[(0,)], [0, 2]] = True            # two visited decisions: neither dependent nor hurt
+    (part,) = decision_measures(rows, dep, tree, seen)
+    assert part["decisions"] == 2 and part["decision_dependent"] == 0.0 and part["decision_hurt_rate"] == 0.0
+    assert np.isnan(part["decision_hurt_auroc"])     # no hurt among them: no AUROC
+    seen[tree.index[(0,)], 1] = True
+    (part,) = decision_measures(rows, dep, tree, seen)
+    assert part["decision_dependent"] == pytest.approx(1 / 3) and part["decision_hurt_auroc"] == 1.0
+
+
+def test_grouped_auroc_equals_stratified_auroc():
+    rng = np.random.default_rng(1)
+    score, label, stratum = rng.random(500).round(1), rng.random(500) < 0.3, rng.integers(0, 12, 500)
+    assert grouped_auroc(score, label, stratum) == pytest.approx(stratified_auroc(score, label, stratum)[0])
 
 
 def test_stratified_auroc_ignores_scores_that_only_separate_strata():
