@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Callable
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["content_hash", "atomic_write_bytes", "atomic_write_csv", "atomic_write_json", "save_artifact", "load_artifact", "load_or_build",
+__all__ = ["content_hash", "atomic_write_bytes", "atomic_write_csv", "atomic_write_json", "file_mode", "umask", "save_artifact", "load_artifact", "load_or_build",
            "ArtifactError", "tensor_digest", "points_source_digest", "NOT_POINTS"]
 
 # QUEEKIT1 files held pickle or torch.load payloads: they are refused (and rebuilt), never read.
@@ -73,17 +73,21 @@ def points_source_digest(*extra: str | Path) -> str:
     return h.hexdigest()
 
 
+def umask() -> int:
+    """This process's umask, read once (reading it means setting it: it is set straight back)."""
+    global _UMASK
+    if _UMASK is None:
+        _UMASK = os.umask(0o022)
+        os.umask(_UMASK)
+    return _UMASK
+
+
 def file_mode() -> int:
-    """The mode a new file gets from the umask (0o666 less it), read once."""
-    global _FILE_MODE
-    if _FILE_MODE is None:
-        umask = os.umask(0o022)   # reading the umask means setting it: set it straight back
-        os.umask(umask)
-        _FILE_MODE = 0o666 & ~umask
-    return _FILE_MODE
+    """The mode a new file gets from the umask (0o666 less it), as a plain ``open`` would give it."""
+    return 0o666 & ~umask()
 
 
-_FILE_MODE: int | None = None
+_UMASK: int | None = None
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:

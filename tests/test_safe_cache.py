@@ -2,7 +2,6 @@
 import hashlib
 import io
 import json
-import os
 import pickle
 import struct
 import warnings
@@ -123,13 +122,9 @@ def test_a_planted_cifar_batch_runs_nothing(tmp_path):
     assert not marker.exists()
 
 
-def test_files_get_the_umask_permissions(tmp_path):
-    old = os.umask(0o002)   # a group-shared cache
-    try:
-        from quee_kit import artifacts
-        artifacts._FILE_MODE = None
-        save_artifact(tmp_path / "a.pt", "k", {"x": 1})
-        assert (tmp_path / "a.pt").stat().st_mode & 0o777 == 0o664
-    finally:
-        os.umask(old)
-        artifacts._FILE_MODE = None
+def test_files_get_the_umask_permissions(tmp_path, monkeypatch):
+    from quee_kit import artifacts
+    for mask, mode in ((0o002, 0o664), (0o077, 0o600)):   # a group-shared cache; a private one
+        monkeypatch.setattr(artifacts, "_UMASK", mask)
+        save_artifact(tmp_path / f"{mask}.pt", "k", {"x": 1})
+        assert (tmp_path / f"{mask}.pt").stat().st_mode & 0o777 == mode
