@@ -107,8 +107,9 @@ def _get(cfg, dotted: str):
 
 
 def _number(lo, hi) -> str:
-    kind = "an int" if isinstance(lo, int) and isinstance(hi, int) else "a number"
-    return f"{kind} in [{lo:g}, {hi:g}]"
+    if isinstance(lo, int) and isinstance(hi, int):
+        return f"an int in [{lo}, {hi}]"
+    return f"a number in [{lo:g}, {hi:g}]"
 
 
 def check_lengths(cfg) -> None:
