@@ -66,6 +66,14 @@ def _exchange(a: Path, b: Path) -> bool:
     raise OSError(err, os.strerror(err), str(b))
 
 
+def _link(src, dst) -> None:
+    """A hard link of ``src`` at ``dst``; a copy where the file system has no hard links."""
+    try:
+        os.link(src, dst, follow_symlinks=False)
+    except OSError:
+        shutil.copy2(src, dst, follow_symlinks=False)
+
+
 def _publish(stage: Path, out: Path) -> None:
     """Put ``stage`` in place of ``out``, keeping the files of ``out`` that ``stage`` lacks."""
     if not out.exists():
@@ -74,9 +82,9 @@ def _publish(stage: Path, out: Path) -> None:
     for entry in out.iterdir():   # kept: hard links (no copy) of what this run did not write
         if not (stage / entry.name).exists():
             if entry.is_dir() and not entry.is_symlink():
-                shutil.copytree(entry, stage / entry.name, symlinks=True, copy_function=os.link)
+                shutil.copytree(entry, stage / entry.name, symlinks=True, copy_function=_link)
             else:
-                os.link(entry, stage / entry.name, follow_symlinks=False)
+                _link(entry, stage / entry.name)
     if not _exchange(stage, out):
         old = stage.with_name(stage.name + "-old")
         os.rename(out, old)
