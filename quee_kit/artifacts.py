@@ -1,19 +1,22 @@
 """Content hashes, atomic writes, and stale/corrupt artifact detection.
 
 An artifact file is ``MAGIC | header length | JSON header | payload``; the header holds the
-key (hash of everything the artifact was built from), the sha256 of the payload and its
-format: ``torch`` (``torch.save``, the default) or ``pickle`` (for numpy/pandas payloads that
-must load without importing torch, e.g. the explorer's points). :func:`load_or_build` reuses
-a file only when key and checksum match; anything else (stale key, truncated or flipped
-bytes, unreadable file) is reported and rebuilt.
+key (hash of everything the artifact was built from) and the sha256 of the payload. The payload is
+always :mod:`quee_kit.safe_codec` (JSON + safetensors): the code decides how a file is read, never
+the file, so a file planted in a shared cache cannot run code (``docs/shared-caches.md``; the key and
+checksum are public, they only catch stale and damaged files). A payload of numpy arrays loads
+without importing torch (the explorer's points). :func:`load_or_build` reuses a file only when key
+and checksum match; anything else (stale key, truncated or flipped bytes, an old pickle-format
+file, unreadable file) is reported and rebuilt.
+
+Files are created with the permissions the umask allows (as ``open`` would), not ``mkstemp``'s 0600,
+so that a group can share a cache.
 """
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
-import pickle
 import struct
 import tempfile
 import warnings
@@ -23,10 +26,13 @@ from typing import TYPE_CHECKING, Any, Callable
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["content_hash", "atomic_write_bytes", "atomic_write_csv", "atomic_write_json", "save_artifact", "load_artifact", "load_or_build",
+__all__ = ["content_hash", "atomic_write_bytes", "atomic_write_csv", "atomic_write_json", "file_mode", "umask", "save_artifact", "load_artifact", "load_or_build",
            "ArtifactError", "tensor_digest", "points_source_digest", "NOT_POINTS"]
 
-MAGIC = b"QUEEKIT1"
+# QUEEKIT1 files held pickle or torch.load payloads: they are refused (and rebuilt), never read.
+MAGIC = b"QUEEKIT2"
+OLD_MAGIC = b"QUEEKIT1"
+PAYLOAD_FORMAT = "safe1"   # the only payload this code reads (quee_kit.safe_codec)
 
 # Modules of the package that hold no number of a result (figures, CLI, the notebook runner): editing them
 # leaves stored points valid (:func:`points_source_digest`).
@@ -67,12 +73,31 @@ def points_source_digest(*extra: str | Path) -> str:
     return h.hexdigest()
 
 
+def umask() -> int:
+    """This process's umask, read once (reading it means setting it: it is set straight back)."""
+    global _UMASK
+    if _UMASK is None:
+        _UMASK = os.umask(0o022)
+        os.umask(_UMASK)
+    return _UMASK
+
+
+def file_mode() -> int:
+    """The mode a new file gets from the umask (0o666 less it), as a plain ``open`` would give it."""
+    return 0o666 & ~umask()
+
+
+_UMASK: int | None = None
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write to a temp file in the same folder, fsync, then rename over ``path``."""
+    """Write to a temp file in the same folder, fsync, then rename over ``path``; the file gets the
+    umask's permissions (:func:`file_mode`), as a plain ``open`` would give it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
     try:
+        os.fchmod(fd, file_mode())   # mkstemp makes 0600: another user of a shared cache could not read it
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -93,29 +118,23 @@ def atomic_write_json(path: str | Path, obj) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, default=float) + "\n").encode())
 
 
-FORMATS = ("torch", "pickle")
-
-
-def save_artifact(path: str | Path, key: str, payload: Any, fmt: str = "torch") -> None:
-    if fmt not in FORMATS:
-        raise ValueError(f"fmt must be one of {FORMATS} (got {fmt!r})")
-    if fmt == "torch":
-        import torch   # imported here: a pickle artifact must load without it
-        buf = io.BytesIO()
-        torch.save(payload, buf)
-        body = buf.getvalue()
-    else:
-        body = pickle.dumps(payload, protocol=pickle.HIGHEST_PROTOCOL)
-    header = json.dumps({"key": key, "sha256": hashlib.sha256(body).hexdigest(), "format": fmt}).encode()
+def save_artifact(path: str | Path, key: str, payload: Any) -> None:
+    """Store ``payload`` (what :mod:`quee_kit.safe_codec` encodes, else TypeError) under ``key``, atomically."""
+    from .safe_codec import encode
+    body = encode(payload)
+    header = json.dumps({"key": key, "sha256": hashlib.sha256(body).hexdigest(), "format": PAYLOAD_FORMAT}).encode()
     atomic_write_bytes(path, MAGIC + struct.pack("<I", len(header)) + header + body)
 
 
 def load_artifact(path: str | Path, key: str) -> Any:
-    """Load an artifact, raising :class:`ArtifactError` if missing, stale or corrupted."""
+    """Load an artifact, raising :class:`ArtifactError` if missing, stale, corrupted or of the old format."""
+    from .safe_codec import decode
     path = Path(path)
     if not path.is_file():
         raise ArtifactError(f"{path}: missing")
     raw = path.read_bytes()
+    if raw[:8] == OLD_MAGIC:
+        raise ArtifactError(f"{path}: old format (a pickle payload, which this version never reads)")
     try:
         if raw[:8] != MAGIC:
             raise ValueError("bad magic")
@@ -128,14 +147,13 @@ def load_artifact(path: str | Path, key: str) -> Any:
         raise ArtifactError(f"{path}: stale (built from different inputs)")
     if hashlib.sha256(body).hexdigest() != header.get("sha256"):
         raise ArtifactError(f"{path}: corrupted payload (checksum mismatch)")
-    if header.get("format", "torch") == "pickle":
-        return pickle.loads(body)
-    import torch
-    return torch.load(io.BytesIO(body), weights_only=False)
+    try:
+        return decode(body)
+    except Exception as e:  # noqa: BLE001 - bytes that are not the codec's: a damaged or forged file
+        raise ArtifactError(f"{path}: unreadable payload ({type(e).__name__})") from None
 
 
-def load_or_build(path: str | Path, key: str, build: Callable[[], Any], what: str = "artifact",
-                  fmt: str = "torch") -> Any:
+def load_or_build(path: str | Path, key: str, build: Callable[[], Any], what: str = "artifact") -> Any:
     """Return the artifact at ``path`` built from ``key``, building and saving it if needed."""
     path = Path(path)
     try:
@@ -144,5 +162,5 @@ def load_or_build(path: str | Path, key: str, build: Callable[[], Any], what: st
         if path.exists():
             warnings.warn(f"rebuilding {what}: {e}", stacklevel=2)
     payload = build()
-    save_artifact(path, key, payload, fmt)
+    save_artifact(path, key, payload)
     return payload

@@ -1,13 +1,23 @@
-"""Command line: ``quee-kit cache | run | reproduce`` (also ``python -m quee_kit``)."""
+"""Command line: ``quee-kit cache | run | reproduce`` (also ``python -m quee_kit``).
+
+Errors a user can cause are one line and exit status 2. SIGINT (Ctrl-C) and SIGTERM stop a command
+cleanly: the worker processes are terminated, one line is printed and the exit status is 130 / 143;
+the artifacts finished so far are kept (each is written atomically), so the next run resumes from
+them, and ``--out`` keeps the previous run's files (:mod:`quee_kit.outputs`).
+"""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from .artifacts import atomic_write_csv, atomic_write_json
-from .config import UserError, load_config
+from .config import UserError, cache_dir, load_config
+from .outputs import check_out, check_writable_dir, staged_output
 
 __all__ = ["main", "build_parser"]
 
@@ -25,29 +35,67 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--debug", action="store_true", help="show the Python traceback of an error, not one line")
 
 
+class Stopped(BaseException):
+    """SIGINT or SIGTERM, raised in the main thread (a BaseException, as KeyboardInterrupt: no
+    ``except Exception`` swallows it on its way out)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _stop(signum, frame):
+    for s in (signal.SIGINT, signal.SIGTERM):   # a second Ctrl-C must not interrupt the clean-up
+        signal.signal(s, signal.SIG_IGN)
+    raise Stopped(signum)
+
+
+@contextlib.contextmanager
+def stop_on_signals():
+    """Within the block, SIGINT and SIGTERM raise :class:`Stopped` (the previous handlers come back after)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    for s in old:
+        signal.signal(s, _stop)
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def _check_places(cfg, out) -> None:
+    """``--out`` and ``cache_dir`` writable, before any compute (not found out after it)."""
+    check_out(out)
+    check_writable_dir(cache_dir(cfg), "cache_dir")
+
+
 def _overrides(args) -> list[str]:
     return list(args.overrides) + (["model.retrain=true"] if args.retrain else [])
 
 
 def cmd_cache(args) -> int:
     cfg = load_config(args.config, _overrides(args))  # before the torch imports: a bad config fails fast
+    _check_places(cfg, args.out)
     from .distributed import is_main, process_group
     from .prepare import exits_table, peak_memory_mb, prepare
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     with process_group(cfg.device):  # under torchrun: samples sharded across ranks, rank 0 writes the outputs
         prep = prepare(cfg, progress=not args.quiet)
         if not is_main():
             return 0
     df = exits_table(prep)
-    atomic_write_csv(out / "exits.csv", df)
     stats = {"tree_nodes": len(prep.tree), "family": prep.tree.family,
              "levels": [l.name for l in prep.levels], "depth": prep.tree.L,
              "splits": {s: c.stats for s, c in prep.caches.items()},
              "build_seconds": sum(c.stats["seconds"] for c in prep.caches.values()),
              "train_seconds": prep.timings["train_seconds"], "model_source": prep.model_source,
              "peak_memory_mb": peak_memory_mb()}
-    atomic_write_json(out / "cache_stats.json", stats)
+    with staged_output(out) as stage:   # both files appear together
+        atomic_write_csv(stage / "exits.csv", df)
+        atomic_write_json(stage / "cache_stats.json", stats)
     test = df[df.split == "test"].pivot_table(index="level", columns="exit", values="accuracy", sort=False)
     print(f"model: {prep.model_source}")
     print(f"path tree: {len(prep.tree)} nodes ({prep.tree.family}); "
@@ -62,6 +110,7 @@ def cmd_run(args) -> int:
     if args.seeds:
         overrides.append(f"eval.seeds=[{args.seeds}]")
     cfg = load_config(args.config, overrides)  # before the torch imports: a bad config fails fast
+    _check_places(cfg, args.out)
     from .distributed import is_main, launched_by_torchrun, process_group
     from .evaluate import run_pipeline
     from .study import check_config_against_data
@@ -108,7 +157,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return args.fn(args)
+        with stop_on_signals():
+            return args.fn(args)
+    except Stopped as e:
+        print(f"quee-kit: stopped by {signal.Signals(e.signum).name}; the artifacts finished so far are kept "
+              "and the next run resumes from them", file=sys.stderr)
+        return 128 + e.signum
     except (UserError, OSError) as e:
         # What a user can cause (a config, a data file, a path that cannot be read or written) is one
         # line and exit status 2; anything else is a bug and keeps its traceback.

@@ -2,7 +2,9 @@
 
 Every key has a default. An unknown key, a wrong type or an impossible value raises
 :class:`ConfigError` with one line naming the key and what is allowed, before any
-compute starts (configs are built and validated by :func:`load_config`).
+compute starts (configs are built and validated by :func:`load_config`). YAML is read without
+aliases or duplicate keys, and every number must lie in its declared range
+(:mod:`quee_kit.config_rules`).
 """
 from __future__ import annotations
 
@@ -11,36 +13,11 @@ import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
+from .config_rules import ConfigError, UserError, check_lengths, check_limits, fail, read_yaml
 
 from .locations import PROJECT_ROOT, resolve_path
 
 __all__ = ["UserError", "ConfigError", "read_yaml", "Config", "load_config", "parse_overrides", "cache_dir", "key_fields", "FAST_OVERRIDES"]
-
-
-class UserError(ValueError):
-    """A problem the user can fix (a config, a data file, a missing file): its message is one line
-    that names what is wrong, and the CLI prints it alone and exits with status 2 (``--debug`` shows
-    the traceback). Anything else that escapes is a bug and keeps its traceback."""
-
-
-class ConfigError(UserError):
-    """A one-line error naming the offending config key and the allowed values."""
-
-
-def read_yaml(text: str, where: str):
-    """``yaml.safe_load`` whose parse errors become one line naming ``where`` and the position."""
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        pos = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        what = getattr(e, "problem", None) or type(e).__name__
-        raise ConfigError(f"config: {where} is not valid YAML{pos}: {what}") from None
-
-
-def _fail(key: str, allowed: str, got) -> typing.NoReturn:
-    raise ConfigError(f"config: {key} must be {allowed} (got {got!r})")
 
 
 @dataclass
@@ -73,14 +50,14 @@ class DataConfig:
         except ValueError as e:
             raise ConfigError(f"config: {e}") from None
         if self.workers < 0:
-            _fail(f"{p}.workers", "an int >= 0", self.workers)
+            fail(f"{p}.workers", "an int >= 0", self.workers)
         if self.image_size is not None and self.image_size < 8:
-            _fail(f"{p}.image_size", "null or an int >= 8", self.image_size)
+            fail(f"{p}.image_size", "null or an int >= 8", self.image_size)
         if self.sizes is not None and (len(self.sizes) != 3 or min(self.sizes) < 1):
-            _fail(f"{p}.sizes", "null or three positive ints [train, calib, test]", self.sizes)
+            fail(f"{p}.sizes", "null or three positive ints [train, calib, test]", self.sizes)
         for k in ("difficulty", "heterogeneity"):
             if not 0.0 <= getattr(self, k) <= 1.0:
-                _fail(f"{p}.{k}", "a number in [0, 1] (0 = the plain data)", getattr(self, k))
+                fail(f"{p}.{k}", "a number in [0, 1] (0 = the plain data)", getattr(self, k))
 
 
 @dataclass
@@ -111,28 +88,26 @@ class ModelConfig:
     def validate(self, p: str) -> None:
         from .models import BACKBONES
         if self.exit_weighting not in ("uniform", "depth"):
-            _fail(f"{p}.exit_weighting", "'uniform' or 'depth'", self.exit_weighting)
+            fail(f"{p}.exit_weighting", "'uniform' or 'depth'", self.exit_weighting)
         if self.arch not in BACKBONES:
-            _fail(f"{p}.arch", "one of " + ", ".join(sorted(BACKBONES)), self.arch)
+            fail(f"{p}.arch", "one of " + ", ".join(sorted(BACKBONES)), self.arch)
         for k in ("patch", "dim", "depth", "heads", "mlp_ratio", "batch_size"):
             if getattr(self, k) < 1:
-                _fail(f"{p}.{k}", "an int >= 1", getattr(self, k))
+                fail(f"{p}.{k}", "an int >= 1", getattr(self, k))
         if self.epochs < 0:
-            _fail(f"{p}.epochs", "an int >= 0", self.epochs)
+            fail(f"{p}.epochs", "an int >= 0", self.epochs)
         if self.dim % self.heads:
-            _fail(f"{p}.heads", f"a divisor of model.dim={self.dim}", self.heads)
+            fail(f"{p}.heads", f"a divisor of model.dim={self.dim}", self.heads)
         if self.lr <= 0:
-            _fail(f"{p}.lr", "a float > 0", self.lr)
+            fail(f"{p}.lr", "a float > 0", self.lr)
         if self.train not in ("joint", "heads"):
-            _fail(f"{p}.train", "'joint' or 'heads'", self.train)
+            fail(f"{p}.train", "'joint' or 'heads'", self.train)
         if self.timm_shape not in ("pretrained", "config"):
-            _fail(f"{p}.timm_shape", "'pretrained' or 'config'", self.timm_shape)
+            fail(f"{p}.timm_shape", "'pretrained' or 'config'", self.timm_shape)
         if self.checkpoint is not None and not Path(self.checkpoint).is_file():
-            _fail(f"{p}.checkpoint", "null or an existing .pth/.pt/.safetensors file", self.checkpoint)
+            fail(f"{p}.checkpoint", "null or an existing .pth/.pt/.safetensors file", self.checkpoint)
         if self.checkpoint is not None and self.pretrained:
-            _fail(f"{p}.pretrained", "false when model.checkpoint is set (one source of weights)", self.pretrained)
-        if self.weight_decay < 0 or self.warmup_epochs < 0:
-            _fail(f"{p}.weight_decay/warmup_epochs", "floats >= 0", (self.weight_decay, self.warmup_epochs))
+            fail(f"{p}.pretrained", "false when model.checkpoint is set (one source of weights)", self.pretrained)
 
 
 @dataclass
@@ -149,22 +124,22 @@ class QuantConfig:
     def validate(self, p: str) -> None:
         from .quant import parse_level
         if not self.levels:
-            _fail(f"{p}.levels", "a non-empty list like [w16a16, w8a8]", self.levels)
+            fail(f"{p}.levels", "a non-empty list like [w16a16, w8a8]", self.levels)
         for s in self.levels:
             try:
                 parse_level(s)
             except ValueError as e:
                 raise ConfigError(f"config: {p}.levels: {e}") from None
         if len(set(self.levels)) != len(self.levels):
-            _fail(f"{p}.levels", "a list without repeats", self.levels)
+            fail(f"{p}.levels", "a list without repeats", self.levels)
         if self.ref_dtype not in ("float32", "bfloat16"):
-            _fail(f"{p}.ref_dtype", "'float32' or 'bfloat16'", self.ref_dtype)
+            fail(f"{p}.ref_dtype", "'float32' or 'bfloat16'", self.ref_dtype)
         if self.backend not in ("fake", "compiled", "int", "int-compiled"):
-            _fail(f"{p}.backend", "'fake', 'compiled', 'int' or 'int-compiled'", self.backend)
+            fail(f"{p}.backend", "'fake', 'compiled', 'int' or 'int-compiled'", self.backend)
         if self.act_granularity not in ("tensor", "token"):
-            _fail(f"{p}.act_granularity", "'tensor' or 'token'", self.act_granularity)
+            fail(f"{p}.act_granularity", "'tensor' or 'token'", self.act_granularity)
         if self.clip_percentile is not None and not (50.0 < self.clip_percentile <= 100.0):
-            _fail(f"{p}.clip_percentile", "null or a float in (50, 100]", self.clip_percentile)
+            fail(f"{p}.clip_percentile", "null or a float in (50, 100]", self.clip_percentile)
 
 
 @dataclass
@@ -174,9 +149,9 @@ class PathsConfig:
 
     def validate(self, p: str) -> None:
         if self.family not in ("monotone", "free", "uniform"):
-            _fail(f"{p}.family", "'monotone', 'free' or 'uniform'", self.family)
+            fail(f"{p}.family", "'monotone', 'free' or 'uniform'", self.family)
         if self.batch_size < 1:
-            _fail(f"{p}.batch_size", "an int >= 1", self.batch_size)
+            fail(f"{p}.batch_size", "an int >= 1", self.batch_size)
 
 
 @dataclass
@@ -200,22 +175,22 @@ class PredictorConfig:
 
     def validate(self, p: str) -> None:
         if self.kind not in ("mlp", "binned", "platt"):
-            _fail(f"{p}.kind", "'mlp', 'binned' or 'platt'", self.kind)
+            fail(f"{p}.kind", "'mlp', 'binned' or 'platt'", self.kind)
         if self.balance not in ("depth", "none"):
-            _fail(f"{p}.balance", "'depth' or 'none'", self.balance)
+            fail(f"{p}.balance", "'depth' or 'none'", self.balance)
         if self.bins < 2:
-            _fail(f"{p}.bins", "an int >= 2", self.bins)
+            fail(f"{p}.bins", "an int >= 2", self.bins)
         if self.targets not in ("kmeans", "knn", "raw"):
-            _fail(f"{p}.targets", "'kmeans', 'knn' or 'raw'", self.targets)
+            fail(f"{p}.targets", "'kmeans', 'knn' or 'raw'", self.targets)
         for k in ("K", "knn_k", "hidden", "layers", "epochs", "patience", "max_rows"):
             if getattr(self, k) < 1:
-                _fail(f"{p}.{k}", "an int >= 1", getattr(self, k))
+                fail(f"{p}.{k}", "an int >= 1", getattr(self, k))
         if self.folds < 2:
-            _fail(f"{p}.folds", "an int >= 2 (cross-fitting)", self.folds)
+            fail(f"{p}.folds", "an int >= 2 (cross-fitting)", self.folds)
         if self.prior_weight < 0:
-            _fail(f"{p}.prior_weight", "a float >= 0", self.prior_weight)
+            fail(f"{p}.prior_weight", "a float >= 0", self.prior_weight)
         if self.lr <= 0:
-            _fail(f"{p}.lr", "a float > 0", self.lr)
+            fail(f"{p}.lr", "a float > 0", self.lr)
 
 
 @dataclass
@@ -233,19 +208,19 @@ class EvalConfig:
 
     def validate(self, p: str) -> None:
         if not self.budgets or min(self.budgets) <= 0:
-            _fail(f"{p}.budgets", "a non-empty list of floats > 0", self.budgets)
+            fail(f"{p}.budgets", "a non-empty list of floats > 0", self.budgets)
         if len(self.auc_range) != 2 or not (0 < self.auc_range[0] < self.auc_range[1]):
-            _fail(f"{p}.auc_range", "[lo, hi] with 0 < lo < hi", self.auc_range)
+            fail(f"{p}.auc_range", "[lo, hi] with 0 < lo < hi", self.auc_range)
         if self.lambda_grid < 2:
-            _fail(f"{p}.lambda_grid", "an int >= 2", self.lambda_grid)
+            fail(f"{p}.lambda_grid", "an int >= 2", self.lambda_grid)
         if self.bootstrap < 100:
-            _fail(f"{p}.bootstrap", "an int >= 100", self.bootstrap)
+            fail(f"{p}.bootstrap", "an int >= 100", self.bootstrap)
         if not self.seeds:
-            _fail(f"{p}.seeds", "a non-empty list of ints", self.seeds)
+            fail(f"{p}.seeds", "a non-empty list of ints", self.seeds)
         if self.variants is not None:
             from .evaluate import QUEE_VARIANTS
             if "quee" not in self.variants or not set(self.variants) <= set(QUEE_VARIANTS):
-                _fail(f"{p}.variants", "null or a list holding quee and any of " + ", ".join(QUEE_VARIANTS),
+                fail(f"{p}.variants", "null or a list holding quee and any of " + ", ".join(QUEE_VARIANTS),
                       self.variants)
 
 
@@ -263,14 +238,16 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     def validate(self) -> "Config":
+        check_lengths(self)
         if self.jobs < 0:
-            _fail("jobs", "an int >= 0 (0: one per core)", self.jobs)
+            fail("jobs", "an int >= 0 (0: one per core)", self.jobs)
         if self.device not in ("cpu", "cuda") and not self.device.startswith("cuda:"):
-            _fail("device", "'cpu', 'cuda' or 'cuda:N'", self.device)
+            fail("device", "'cpu', 'cuda' or 'cuda:N'", self.device)
         for f in dataclasses.fields(self):
             sub = getattr(self, f.name)
             if dataclasses.is_dataclass(sub):
                 sub.validate(f.name)
+        check_limits(self)   # after the sections: their own messages come first where both apply
         return self
 
 
@@ -291,30 +268,30 @@ def _coerce(value, tp, key: str):
         return _coerce(value, inner[0], key)
     if origin is list:
         if not isinstance(value, (list, tuple)):
-            _fail(key, f"a list of {_type_name(args[0])}", value)
+            fail(key, f"a list of {_type_name(args[0])}", value)
         return [_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)]
     if tp is bool:
         if not isinstance(value, bool):
-            _fail(key, "true or false", value)
+            fail(key, "true or false", value)
         return value
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            _fail(key, "an int", value)
+            fail(key, "an int", value)
         return value
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            _fail(key, "a number", value)
+            fail(key, "a number", value)
         return float(value)
     if tp is str:
         if not isinstance(value, str):
-            _fail(key, "a string", value)
+            fail(key, "a string", value)
         return value
     raise TypeError(f"unsupported annotation {tp} for {key}")
 
 
 def _from_dict(cls, d: dict, prefix: str):
     if not isinstance(d, dict):
-        _fail(prefix or "config", "a mapping", d)
+        fail(prefix or "config", "a mapping", d)
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     kwargs = {}

@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 from .artifacts import atomic_write_csv, atomic_write_json
 from .config import Config
 from .methods import scalar_knob
+from .outputs import staged_output
 from .calibration import quality_metrics
 from .predictors import exit_now_rows
 from .prepare import peak_memory_mb
@@ -234,10 +235,25 @@ def headline(budgets: pd.DataFrame, methods: list[str]) -> dict:
 
 
 def run_pipeline(cfg: Config, out: Path, progress: bool = True) -> dict:
-    """``quee-kit run``: every seed of ``cfg.eval.seeds``; writes curves.csv, budgets.csv, summary.json."""
+    """``quee-kit run``: every seed of ``cfg.eval.seeds``; writes curves.csv, budgets.csv,
+    predictor_quality.csv, room.csv and summary.json into ``out``, all five at once at the end
+    (:func:`~quee_kit.outputs.staged_output`: a reader never sees a mix of two runs' files)."""
     check_config_against_data(cfg)
     t0 = time.perf_counter()
-    out.mkdir(parents=True, exist_ok=True)
+    with staged_output(out) as stage:
+        summary, budgets = _pipeline(cfg, stage, progress, t0)
+    if progress:
+        pooled = budgets[budgets.seed == "all"]
+        show = pooled[pooled.method.isin(["quee", "best-single", "best-static", "oracle", "static-quant",
+                                          "ee-confidence"])]
+        print(show.pivot_table(index="method", columns="budget", values="accuracy").round(4).to_string())
+        print("model per seed: " + ", ".join(f"{seed}: {src}" for seed, src in zip(cfg.eval.seeds, summary["model_source"])))
+        print(f"wrote {out}/curves.csv, budgets.csv, predictor_quality.csv, room.csv, summary.json in {summary['timings']['total_seconds']:.0f} s")
+    return summary
+
+
+def _pipeline(cfg: Config, out: Path, progress: bool, t0: float) -> tuple[dict, pd.DataFrame]:
+    """The studies of :func:`run_pipeline` and its five files, written into ``out``: (summary, budgets)."""
     variants = None if cfg.eval.variants is None else {k: QUEE_VARIANTS[k] for k in cfg.eval.variants}
     studies = run_studies(cfg, cfg.eval.seeds, progress, variants)
     budgets, auc = budget_tables(studies, cfg.eval.budgets, cfg.eval.bootstrap, cfg.eval.auc_range)
@@ -285,11 +301,4 @@ def run_pipeline(cfg: Config, out: Path, progress: bool = True) -> dict:
                     "peak_memory_mb": peak_memory_mb()},
     }
     atomic_write_json(out / "summary.json", summary)
-    if progress:
-        pooled = budgets[budgets.seed == "all"]
-        show = pooled[pooled.method.isin(["quee", "best-single", "best-static", "oracle", "static-quant",
-                                          "ee-confidence"])]
-        print(show.pivot_table(index="method", columns="budget", values="accuracy").round(4).to_string())
-        print("model per seed: " + ", ".join(f"{seed}: {src}" for seed, src in zip(cfg.eval.seeds, summary["model_source"])))
-        print(f"wrote {out}/curves.csv, budgets.csv, predictor_quality.csv, room.csv, summary.json in {summary['timings']['total_seconds']:.0f} s")
-    return summary
+    return summary, budgets

@@ -11,6 +11,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from .config_rules import ConfigError
 from .gemm import Linear
 from .quant import softmax_fake_quant
 
@@ -49,7 +50,7 @@ class ViTStem(nn.Module):
     def __init__(self, in_ch: int, img: int, patch: int, dim: int):
         super().__init__()
         if img % patch:
-            raise ValueError(f"model.patch={patch} must divide the image side {img}")
+            raise ConfigError(f"config: model.patch must divide the image side {img} (got {patch})")
         self.proj = nn.Conv2d(in_ch, dim, patch, stride=patch)
         n = (img // patch) ** 2
         self.cls = nn.Parameter(torch.zeros(1, 1, dim))
@@ -185,7 +186,7 @@ def build_vit(cfg, image_shape: tuple[int, int, int], num_classes: int) -> Early
     """The default small ViT (patch 7, dim 64, 6 blocks, 4 heads, MLP ratio 2 on MNIST)."""
     c, h, w = image_shape
     if h != w:
-        raise ValueError(f"vit needs square images (got {h}x{w})")
+        raise ConfigError(f"config: model.arch=vit needs square images (got {h}x{w})")
     stem = ViTStem(c, h, cfg.patch, cfg.dim)
     blocks = [ViTBlock(cfg.dim, cfg.heads, cfg.mlp_ratio) for _ in range(cfg.depth)]
     heads = [ExitHead(cfg.dim, num_classes) for _ in range(cfg.depth)]

@@ -11,6 +11,7 @@ import contextlib
 import multiprocessing
 import os
 import pickle
+import signal
 import warnings
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -18,7 +19,7 @@ from typing import Any, Callable, Iterable
 
 import torch
 
-__all__ = ["cores", "resolve_jobs", "one_thread", "run_jobs", "warn_workers_failed"]
+__all__ = ["cores", "resolve_jobs", "one_thread", "run_jobs", "stop_pool", "warn_workers_failed"]
 
 
 def cores() -> int:
@@ -57,6 +58,9 @@ _SHARED: Any = None
 
 def _start_worker(payload: bytes) -> None:
     global _SHARED
+    # Ctrl-C reaches the terminal's whole process group: the main process alone answers it (it stops
+    # the workers), so that it is one line, not a traceback per worker.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     _SHARED = pickle.loads(payload)
     torch.set_num_threads(1)
 
@@ -86,11 +90,31 @@ def run_jobs(fn: Callable[[Any, Any], Any], items: Iterable, jobs: int | None = 
     # Plain pickle, by value: multiprocessing's own pickler would move this process's tensors to shared
     # memory in place, leaving every numpy view already taken of them pointing at freed memory.
     payload = pickle.dumps(shared, protocol=pickle.HIGHEST_PROTOCOL)
+    pool = ProcessPoolExecutor(n, mp_context=ctx, initializer=_start_worker, initargs=(payload,))
     try:
-        with ProcessPoolExecutor(n, mp_context=ctx, initializer=_start_worker, initargs=(payload,)) as pool:
-            return list(tqdm(pool.map(_call, [fn] * len(items), items), total=len(items), desc=desc,
-                             disable=desc is None, leave=False))
+        out = list(tqdm(pool.map(_call, [fn] * len(items), items), total=len(items), desc=desc,
+                        disable=desc is None, leave=False))
     except BrokenProcessPool:
+        pool.shutdown(wait=True)
         warn_workers_failed()
         with one_thread():
             return [fn(shared, it) for it in items]
+    except BaseException:   # Ctrl-C, SIGTERM (the CLI raises there), an error: no worker outlives the call
+        stop_pool(pool)
+        raise
+    pool.shutdown(wait=True)
+    return out
+
+
+def stop_pool(pool: ProcessPoolExecutor, grace: float = 2.0) -> None:
+    """Terminate a pool's workers now (SIGTERM, then SIGKILL after ``grace`` seconds), not after the piece
+    each is running: what an interrupted run needs (``shutdown`` alone waits for the running pieces)."""
+    procs = list((getattr(pool, "_processes", None) or {}).values())   # the stdlib keeps no public list
+    for p in procs:
+        p.terminate()
+    pool.shutdown(wait=False, cancel_futures=True)
+    for p in procs:
+        p.join(grace)
+        if p.is_alive():
+            p.kill()
+            p.join(grace)

@@ -96,6 +96,22 @@ def _download(name: str, root: Path) -> None:
             (datasets.CIFAR10 if name == "cifar10" else datasets.CIFAR100)(str(root), train=train, download=True)
 
 
+class ArraysUnpickler(pickle.Unpickler):
+    """An unpickler that builds only dicts, lists, strings, bytes, numbers and numpy arrays: what the CIFAR
+    batches hold. Any other global (a function to call, a class to build) is refused, so a planted
+    file (e.g. read with ``data.verify: false``) cannot run code."""
+
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+               ("numpy", "ndarray"), ("numpy", "dtype"),
+               ("_codecs", "encode")}   # how a Python 3 writer's protocol-2 pickle spells bytes
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"refused global {module}.{name}"[:120])
+        return super().find_class(module, name)
+
+
 def read_cifar(name: str, root: Path, verify: bool = True) -> OfficialSplits:
     """Read the CIFAR python pickle batches: data (N, 3072) uint8 rows -> (N, 3, 32, 32)."""
     folder_name, train_files, test_files, meta, label_key, names_key, calib = _CIFAR[name]
@@ -108,10 +124,11 @@ def read_cifar(name: str, root: Path, verify: bool = True) -> OfficialSplits:
         # reads them); bytes keys (a Python 3 writer's) are decoded to the same names.
         try:
             with open(path, "rb") as f:
-                d = pickle.load(f, encoding="latin1")
+                d = ArraysUnpickler(f, encoding="latin1").load()
             return {(k.decode("latin1") if isinstance(k, bytes) else k): v for k, v in d.items()}
         except Exception as e:  # noqa: BLE001 - any unpickling failure means a malformed file
-            raise DataError(f"data.root: {path} is not a CIFAR python pickle ({type(e).__name__})") from None
+            raise DataError(f"data.root: {path} is not a CIFAR python pickle ({type(e).__name__}"
+                            f"{': ' + str(e) if isinstance(e, pickle.UnpicklingError) else ''})") from None
 
     def read(files):
         xs, ys = [], []

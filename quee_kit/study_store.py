@@ -79,7 +79,7 @@ def store_study(path, key, opts: OptionSpace, fitted: dict, points: dict, test_n
     ``final`` predictor, its ``call_cost`` and ``quality``), every method's ``points`` and ``test_nodes``."""
     if key is None:
         return
-    import torch   # tensors, not numpy arrays: torch.save writes their bytes as they are
+    import torch   # the estimates stored as tensors (the safe codec keeps their dtype and bits either way)
     fits = {k: {**{s: torch.from_numpy(pack_estimates(f[s], opts)) for s in ("calib", "test")},
                 "final": f["final"].state(), "call_cost": f["call_cost"], "quality": f["quality"]}
             for k, f in fitted.items()}

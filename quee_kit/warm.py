@@ -20,7 +20,7 @@ from typing import Callable
 
 from .artifacts import content_hash
 from .config import Config, key_fields
-from .parallel import one_thread, resolve_jobs, warn_workers_failed
+from .parallel import one_thread, resolve_jobs, stop_pool, warn_workers_failed
 
 __all__ = ["Task", "study_tasks", "run_graph", "warm", "estimated_seconds", "release_loaded"]
 
@@ -142,7 +142,10 @@ def _chain_lengths(tasks: dict[str, Task]) -> dict[str, float]:
 
 
 def _start_worker() -> None:
+    import signal
+
     import torch
+    signal.signal(signal.SIGINT, signal.SIG_IGN)   # Ctrl-C is the main process's to answer (parallel.py)
     torch.set_num_threads(1)
 
 
@@ -200,7 +203,7 @@ def run_graph(tasks, jobs: int | None = 0, progress: bool = True) -> dict[str, f
                         bar.update(1)
             except BaseException:
                 todo.extend(running.values())   # a broken pool: these are run again below
-                pool.shutdown(cancel_futures=True)
+                stop_pool(pool)                 # an interrupt: no worker finishes its piece first
                 raise
     except BrokenProcessPool:
         warn_workers_failed()

@@ -79,3 +79,79 @@ def test_eval_variants_names_known_quee_variants():
         load_config(None, ["eval.variants=[quee-exit-only]"])
     with pytest.raises(ConfigError, match=r"eval\.variants"):
         load_config(None, ["eval.variants=[quee, quee-fancy]"])
+
+
+# ---------------------------------------------------------------- values generated from the declared limits
+
+from quee_kit.config_rules import LIMITS, MAX_LENGTH, read_yaml  # noqa: E402
+
+_LIST_AT = {"data.sizes": lambda v: [v, 10, 10], "eval.auc_range": None}
+
+
+def _outside(lo, hi):
+    """Values just outside [lo, hi], plus the non-finite ones for a float range."""
+    if isinstance(lo, int) and isinstance(hi, int):
+        return [lo - 1, hi + 1]
+    return [lo - max(abs(lo), 1.0), hi * 2 + 1, float("nan"), float("inf"), float("-inf")]
+
+
+def _override(key: str, v) -> str:
+    text = {float("nan"): ".nan", float("inf"): ".inf", float("-inf"): "-.inf"}.get(v, repr(v)) if v == v else ".nan"
+    if not key.endswith("[]"):
+        return f"{key}={text}"
+    base = key[:-2]
+    if base == "eval.auc_range":   # the item out of range next to a valid one, so that lo < hi holds where it can
+        return f"{base}=[{text},90.0]" if not v == v or v < 1 else f"{base}=[0.03,{text}]"
+    items = {"data.sizes": f"[{text},10,10]"}.get(base, f"[{text}]")
+    return f"{base}={items}"
+
+
+@pytest.mark.parametrize("key", sorted(LIMITS))
+def test_every_declared_limit_fails_with_one_short_line(key):
+    for v in _outside(*LIMITS[key]):
+        with pytest.raises(ConfigError) as e:
+            load_config("configs/digits.yaml", [_override(key, v)])
+        msg = str(e.value)
+        assert key.removesuffix("[]") in msg and "\n" not in msg and len(msg) <= 300, (v, msg)
+    lo, hi = LIMITS[key]    # the bounds themselves pass the limit check (a section may still refuse them)
+    for v in (lo, hi):
+        try:
+            load_config("configs/digits.yaml", [_override(key, v)])
+        except ConfigError as e:
+            assert "must be an int in" not in str(e) and "must be a number in" not in str(e), str(e)
+
+
+@pytest.mark.parametrize("key", sorted(MAX_LENGTH))
+def test_lists_longer_than_declared_fail(key):
+    n = MAX_LENGTH[key] + 1
+    item = {"eval.budgets": "0.05", "eval.seeds": "0", "quant.levels": "w8a8", "eval.variants": "quee"}[key]
+    with pytest.raises(ConfigError, match=rf"^config: {key} must be a list of at most {n - 1} items \(got '{n} items'\)$"):
+        load_config("configs/digits.yaml", [f"{key}=[{','.join([item] * n)}]"])
+
+
+def test_yaml_aliases_and_duplicate_keys_are_refused(tmp_path):
+    bomb = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"{c}: &{c} [*{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}]\n" for p, c in zip("abcdefgh", "bcdefghi"))
+    with pytest.raises(ConfigError, match=r"line 2, column \d+: aliases \(\*name\) are not allowed"):
+        read_yaml(bomb, "bomb.yaml")
+    with pytest.raises(ConfigError, match=r"^config: dup.yaml is not valid YAML at line 3, column 3: duplicate key 'epochs'$"):
+        read_yaml("model:\n  epochs: 3\n  epochs: 30\n", "dup.yaml")
+    assert read_yaml("model: {epochs: 3}\nseed: 1\n", "ok.yaml") == {"model": {"epochs": 3}, "seed": 1}
+
+
+def test_a_huge_value_is_shown_cut():
+    with pytest.raises(ConfigError) as e:
+        load_config("configs/digits.yaml", ["model.arch=" + "x" * 100_000])
+    assert len(str(e.value)) <= 300 and "\n" not in str(e.value) and "model.arch" in str(e.value)
+    with pytest.raises(ConfigError) as e:
+        load_config("configs/digits.yaml", ["eval.budgets=[" + ",".join(["[0.1]"] * 10_000) + "]"])
+    assert len(str(e.value)) <= 300 and "eval.budgets" in str(e.value)
+
+
+def test_patch_that_does_not_divide_the_image_is_one_line(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "quee_kit", "cache", "--config", "configs/digits.yaml", "--quiet",
+                        "--set", "model.patch=3", "--set", f"cache_dir={tmp_path / 'c'}", "--out", str(tmp_path / "o")],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and r.stdout == ""
+    assert r.stderr.strip() == ("quee-kit: config: model.patch must divide the image side 8 (got 3) "
+                                "(--debug shows the traceback)")

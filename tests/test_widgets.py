@@ -353,10 +353,11 @@ def test_snapshot_is_a_labelled_figure(explorer, data):
 def test_stored_points_load_without_torch(data, tmp_path):
     """The page's promise: the artifact loads and answers without importing torch."""
     path = tmp_path / "explorer.pkl"
-    save_artifact(path, "k", data, fmt="pickle")
+    save_artifact(path, "k", data.to_payload())
     r = ExplorerModel(data).resolve(OperatingPoint(budget=0.05, method="quee", level_set=f"all {len(data.level_names)} levels"))
     code = ("import sys; from quee_kit.artifacts import load_artifact; from quee_kit.explorer import ExplorerModel,"
-            " OperatingPoint; d = load_artifact(sys.argv[1], 'k'); m = ExplorerModel(d);"
+            " OperatingPoint, ExplorerData; d = ExplorerData.from_payload(load_artifact(sys.argv[1], 'k'));"
+            " m = ExplorerModel(d);"
             " r = m.resolve(OperatingPoint(budget=0.05, method='quee', level_set=next(iter(m.level_sets))));"
             " print(repr(r['accuracy']), repr(r['cost']), 'torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, check=True)
@@ -374,10 +375,10 @@ def test_default_opens_the_full_study_when_stored(data, tmp_path):
         load_explorer_data("configs/digits.yaml", fast=None, overrides=over, build=False)
     (fast_path, fast_key), (full_path, full_key) = where(True), where(False)
     assert fast_path != full_path
-    save_artifact(fast_path, fast_key, data, fmt="pickle")
+    save_artifact(fast_path, fast_key, data.to_payload())
     got = load_explorer_data("configs/digits.yaml", fast=None, overrides=over, build=False)
     assert "python -m quee_kit.explorer" in got.note and "fast = False" not in got.note   # no code to edit
-    save_artifact(full_path, full_key, data, fmt="pickle")
+    save_artifact(full_path, full_key, data.to_payload())
     got = load_explorer_data("configs/digits.yaml", fast=None, overrides=over, build=False)
     assert got.note == "" and list(got.methods) == list(data.methods)
     assert got.methods["quee"].points.equals(data.methods["quee"].points)

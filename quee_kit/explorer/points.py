@@ -5,7 +5,8 @@
 sample under every knob, and the per-sample arrays the panels need (tree depth/level per node, test
 correctness and max prob per node, the predicted error of exiting, the test images). It is built
 once from a :class:`~quee_kit.study.Study` and saved through :func:`quee_kit.artifacts.load_or_build`
-as a pickle payload, so loading it imports neither torch nor the study's modules. Its key hashes
+as its fields (:meth:`ExplorerData.to_payload`: arrays, tables, strings; no pickle), so loading it
+imports neither torch nor the study's modules, and runs no code from the file. Its key hashes
 the whole config, the data file of ``npz:`` datasets and the source of the modules that compute
 the points (a changed method recomputes them). A level subset other than "all levels" needs the
 live study (:mod:`quee_kit.explorer.restrict`); it is loaded on first use.
@@ -30,7 +31,10 @@ from .state import Memo
 __all__ = ["ExplorerData", "MethodTable", "build_explorer_data", "load_explorer_data", "explorer_artifact",
            "FORMAT"]
 
-FORMAT = 2   # bump when the stored fields change
+FORMAT = 3   # bump when the stored fields change (3: fields through the safe codec, no pickle)
+
+# What a stored MethodTable / ExplorerData holds: their fields less the live objects.
+_TABLE_FIELDS = ("name", "points", "knobs", "knob_fields", "knob_name", "err_key", "nodes")
 
 
 @dataclass
@@ -138,6 +142,18 @@ class ExplorerData:
     def __getstate__(self):
         return {**self.__dict__, "_study": None, "note": ""}
 
+    def to_payload(self) -> dict:
+        """The stored fields as plain data (:mod:`quee_kit.safe_codec`): no live study, method or note."""
+        skip = ("_study", "note", "methods")
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in skip}
+        out["methods"] = {k: {f: getattr(t, f) for f in _TABLE_FIELDS} for k, t in self.methods.items()}
+        return out
+
+    @classmethod
+    def from_payload(cls, d: dict) -> "ExplorerData":
+        """The inverse of :meth:`to_payload`."""
+        return cls(**{**d, "methods": {k: MethodTable(**t) for k, t in d["methods"].items()}})
+
 
 def _images_uint8(x) -> np.ndarray:
     x = np.asarray(x.numpy() if hasattr(x, "numpy") else x, dtype=np.float32)
@@ -210,16 +226,14 @@ def load_explorer_data(config: str = "configs/mnist10k.yaml", fast: bool | None 
     if fast is None:
         path, key = locate(False)
         try:
-            data = load_artifact(path, key)
-            data.note = ""
-            return data
+            return ExplorerData.from_payload(load_artifact(path, key))
         except ArtifactError:
             fast = True
             note = ("The full study's explorer points are not built yet: build them once in a terminal with "
                     f"`python -m quee_kit.explorer --config {config}` (minutes), then reload this page.")
     path, key = locate(fast)
     if not build:
-        data = load_artifact(path, key)
+        data = ExplorerData.from_payload(load_artifact(path, key))
     else:
         def make():
             from ..study import run_study
@@ -227,7 +241,10 @@ def load_explorer_data(config: str = "configs/mnist10k.yaml", fast: bool | None 
                 print(f"building the explorer data for the {'fast' if fast else 'full'} study (once; "
                       f"minutes when the model is not trained yet)…", flush=True)
             cfg = load_config(config, [*overrides, f"seed={seed}"], fast=fast)
-            return build_explorer_data(run_study(cfg, progress=progress), fast, config, overrides)
-        data = load_or_build(path, key, make, what="explorer data", fmt="pickle")
+            built.append(build_explorer_data(run_study(cfg, progress=progress), fast, config, overrides))
+            return built[0].to_payload()
+        built: list = []   # a fresh build keeps its live study (the level subsets need it)
+        payload = load_or_build(path, key, make, what="explorer data")
+        data = built[0] if built else ExplorerData.from_payload(payload)
     data.note = note
     return data
