@@ -123,7 +123,7 @@ def test_page_says_what_it_built_and_offers_stored_studies(data, tmp_path):
     def where(fast):
         return explorer_artifact(load_config("configs/digits.yaml", [*over, "seed=0"], fast=fast))
     fast_data = dataclasses.replace(data, fast=True, setting=data.setting.replace("full", "fast"))
-    save_artifact(*where(True), fast_data, fmt="pickle")
+    save_artifact(*where(True), fast_data.to_payload())
     page = ExplorerPage()
     assert "quee-loading" in page.status._dom_classes
     page.open("configs/digits.yaml", fast=None, overrides=over)
@@ -132,7 +132,7 @@ def test_page_says_what_it_built_and_offers_stored_studies(data, tmp_path):
     assert "python -m quee_kit.explorer" in page.status.value and "fast = False" not in page.status.value
     assert page.study.layout.display == "none" and page.study.disabled      # one study stored: no choice
     assert page.body.children == (page.explorer.widget,)
-    save_artifact(*where(False), data, fmt="pickle")                          # now both are stored
+    save_artifact(*where(False), data.to_payload())                        # now both are stored
     page = ExplorerPage()
     page.open("configs/digits.yaml", fast=True, overrides=over)
     assert page.study.options == (("full", False), ("fast", True)) and not page.study.disabled
