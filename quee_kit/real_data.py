@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .data import DataError, OfficialSplits, register_dataset
+from .dataset_files import DataError, OfficialSplits, register_dataset
 from .dataset_files import CIFAR as _CIFAR
 from .dataset_files import check_cifar as _check_cifar
 from .dataset_files import check_imagenet as _check_imagenet

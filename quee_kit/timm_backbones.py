@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import ConfigError
+from .config_rules import ConfigError
 from .models import Attention, EarlyExitModel, ExitHead, register_backbone
 
 __all__ = ["import_timm", "import_torchvision", "timm_input_config", "TimmStem", "TimmAttention",
