@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 OUT    ?= results/reproduce
 
-.PHONY: venv reproduce reproduce-fast run test tutorials models bench clean
+.PHONY: venv reproduce reproduce-fast run test tutorials models reference bench clean
 
 venv: $(STAMP)
 
@@ -37,9 +37,17 @@ test: venv
 tutorials: venv
 	$(BIN)/python -m quee_kit.reproduce --store-tutorials
 
-# Train every model of configs/shipped_models.yaml afresh and ship it (quee_kit/embedded/models; commit them).
+# Train every model of data/shipped_models.yaml afresh and ship it (quee_kit/embedded/models; commit them).
 models: venv
 	$(BIN)/python -m quee_kit.build_models
+
+# The reference tables (commit them): budgets.csv of the default and the conditions study, 5 seeds, shipped models.
+# A run elsewhere compares its seed-0 rows with these (docs/results.md, "Across machines").
+reference: venv
+	for c in mnist10k conditions; do \
+	  $(BIN)/quee-kit run --config configs/$$c.yaml --seeds 0,1,2,3,4 --out results/reference-runs/$$c --quiet || exit 1; \
+	  mkdir -p results/reference/$$c && cp results/reference-runs/$$c/budgets.csv results/reference/$$c/budgets.csv; \
+	done
 
 bench: venv
 	$(BIN)/python benchmarks/bench_pipeline.py

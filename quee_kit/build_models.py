@@ -1,4 +1,4 @@
-"""``make models``: train every model listed in ``configs/shipped_models.yaml`` on this machine and ship it
+"""``make models``: train every model listed in ``data/shipped_models.yaml`` on this machine and ship it
 (:func:`quee_kit.shipped.ship_model`). Resumable: a model already trained here is reused from the cache.
 
     python -m quee_kit.build_models [--only NAME] [--seeds 0,1]
@@ -16,7 +16,7 @@ from .shipped import ship_model
 
 __all__ = ["shipped_list", "build_models", "main"]
 
-LIST = "configs/shipped_models.yaml"
+LIST = "data/shipped_models.yaml"
 
 
 def shipped_list(path: str = LIST) -> list[dict]:
