@@ -86,7 +86,7 @@ def _verify(name: str, folder: Path, files: list[str]) -> None:
 
 def _download(name: str, root: Path) -> None:
     """Fetch with torchvision's own dataset classes (only when data.download is true)."""
-    from .timm_backbones import import_torchvision
+    from .vision_import import import_torchvision
     datasets = import_torchvision().datasets
     root.mkdir(parents=True, exist_ok=True)
     for train in (True, False):
