@@ -31,10 +31,9 @@ import numpy as np
 import pandas as pd
 from scipy.stats import rankdata
 
-from .evaluate import c_min_sat
 from .options import OptionSpace
 from .paths import PathCache
-from .study import Study, select_points
+from .study import Study, c_min_sat, select_points
 
 __all__ = ["level_dependence", "stratified_auroc", "grouped_auroc", "flip_rows", "plan_rows", "next_exit_dependence",
            "decision_measures", "room_measures", "room_table", "room_summary", "decision_summary", "calib_gain"]

@@ -16,6 +16,7 @@ from pathlib import Path
 from .config_rules import ConfigError, UserError, check_lengths, check_limits, fail, read_yaml
 
 from .locations import PROJECT_ROOT, resolve_path
+from .variants import QUEE_VARIANTS
 
 __all__ = ["UserError", "ConfigError", "read_yaml", "Config", "load_config", "parse_overrides", "cache_dir", "key_fields", "FAST_OVERRIDES"]
 
@@ -86,6 +87,7 @@ class ModelConfig:
     retrain: bool = field(default=False, metadata={"key": False})
 
     def validate(self, p: str) -> None:
+        from . import timm_backbones  # noqa: F401  (registers "timm" beside models.py's backbones)
         from .models import BACKBONES
         if self.exit_weighting not in ("uniform", "depth"):
             fail(f"{p}.exit_weighting", "'uniform' or 'depth'", self.exit_weighting)
@@ -202,7 +204,7 @@ class EvalConfig:
     lambda_grid: int = 120        # log-spaced lambda values (plus 0) swept per entry level
     bootstrap: int = 2000         # paired bootstrap resamples for the 95% intervals
     seeds: list[int] = field(default_factory=lambda: [0])
-    # QuEE variants to fit and report (quee_kit.evaluate.QUEE_VARIANTS); null = all. quee and quee-exit-only
+    # QuEE variants to fit and report (quee_kit.variants.QUEE_VARIANTS); null = all. quee and quee-exit-only
     # share one fit, so [quee, quee-exit-only] costs one predictor fit per seed instead of four.
     variants: list[str] | None = None
 
@@ -218,7 +220,6 @@ class EvalConfig:
         if not self.seeds:
             fail(f"{p}.seeds", "a non-empty list of ints", self.seeds)
         if self.variants is not None:
-            from .evaluate import QUEE_VARIANTS
             if "quee" not in self.variants or not set(self.variants) <= set(QUEE_VARIANTS):
                 fail(f"{p}.variants", "null or a list holding quee and any of " + ", ".join(QUEE_VARIANTS),
                       self.variants)

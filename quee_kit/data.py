@@ -22,12 +22,12 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
 
-from .dataset_files import DataError, default_data_dir  # real datasets' root: $QUEE_KIT_DATA, else data/
+from .dataset_files import (DATASET_CHECKS, DATASETS, DataError, OfficialSplits, check_dataset_available,  # noqa: F401
+                            default_data_dir, register_dataset, validate_dataset_name)
 from .dials import apply_dials, check_dial
 
 MNIST10K_SHA256 = "c127f28ba6587b035da58af9c862de40ecd72470e8f3396f0cf542242845222b"
@@ -74,49 +74,6 @@ class Dataset:
         if name not in ("train", "calib", "test"):
             raise DataError(f"unknown split {name!r} (allowed: train, calib, test)")
         return getattr(self, name)
-
-
-# A loader takes the data directory and returns raw (x, y): x (N, H, W) or
-# (N, C, H, W) as uint8 (scaled by 1/255 later) or float (kept), y (N,) integers.
-# Loaders also receive keyword options (``download``, ``verify``, ``workers``, ``input_config``)
-# that only the real datasets use.
-Loader = Callable[..., "tuple[np.ndarray, np.ndarray] | OfficialSplits"]
-DATASETS: dict[str, Loader] = {}
-# name -> check(data_dir, download) raising ValueError with a how-to-get-it hint (cheap: no loading).
-DATASET_CHECKS: dict[str, Callable] = {}
-
-
-@dataclass(frozen=True, eq=False)
-class OfficialSplits:
-    """What a loader with an official split returns.
-
-    train_x / test_x: uint8 arrays (N, C, H, W), or lazy image lists (see
-    :class:`quee_kit.real_data.ImageFiles`) that return float tensors in [0, 1] when indexed;
-    train_y / test_y: (N,) ints; calib: default calib size carved from train;
-    num_classes: from the dataset's own metadata (not from the labels present).
-    """
-    train_x: object
-    train_y: np.ndarray
-    test_x: object
-    test_y: np.ndarray
-    calib: int
-    num_classes: int
-
-
-def register_dataset(name: str, check: Callable | None = None) -> Callable[[Loader], Loader]:
-    """Decorator: register ``loader(data_dir, **options) -> (x, y) | OfficialSplits`` under ``name``.
-
-    ``check(data_dir, download)`` (optional) tells cheaply, before any compute, whether the
-    data is there; it raises ``ValueError('data.root: ... how to get it')`` when it is not.
-    """
-    def deco(fn: Loader) -> Loader:
-        DATASETS[name] = fn
-        if check is not None:
-            DATASET_CHECKS[name] = check
-        return fn
-    return deco
-
-
 
 
 @register_dataset("mnist10k")
@@ -180,23 +137,6 @@ def _load_npz(path_str: str) -> tuple[np.ndarray, np.ndarray]:
     if len(y) < MIN_SAMPLES:
         raise DataError(f"{where}: too few samples ({len(y)} < {MIN_SAMPLES})")
     return x, y
-
-
-def validate_dataset_name(name: str) -> None:
-    """Cheap check, no loading: a registered name or 'npz:' + an existing file."""
-    if isinstance(name, str) and name.startswith("npz:"):
-        if not Path(name[4:]).is_file():
-            raise DataError(f"data.name: npz file not found: {name[4:]!r}")
-        return
-    if name not in DATASETS:
-        allowed = ", ".join([*DATASETS, "npz:PATH"])
-        raise DataError(f"data.name: unknown dataset {name!r} (allowed: {allowed})")
-
-
-def check_dataset_available(name: str, data_dir: str | Path | None = None, download: bool = False) -> None:
-    """Raise ValueError (one line, with a hint) if a registered dataset's files are not there."""
-    if name in DATASET_CHECKS:
-        DATASET_CHECKS[name](Path(data_dir) if data_dir is not None else default_data_dir(), download)
 
 
 def _check_sizes(sizes, n: int) -> tuple[int, int, int]:

@@ -6,13 +6,16 @@ in a fraction of a second with one line; :mod:`quee_kit.real_data` reads the fil
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
-from .config import UserError
+from .config_rules import UserError
 from .locations import PROJECT_ROOT
 
 
-__all__ = ["DataError", "CIFAR", "cifar_files", "check_files", "default_data_dir"]
+__all__ = ["DataError", "CIFAR", "cifar_files", "check_files", "default_data_dir", "DATASETS", "DATASET_CHECKS",
+           "OfficialSplits", "register_dataset", "validate_dataset_name", "check_dataset_available"]
 
 
 class DataError(UserError):
@@ -24,6 +27,66 @@ def default_data_dir() -> Path:
     repository in a checkout, the working directory for an installed package)."""
     env = os.environ.get("QUEE_KIT_DATA")
     return Path(env) if env else PROJECT_ROOT / "data"
+
+
+# The dataset registry lives here, below both loaders' modules (quee_kit.data: mnist10k, digits, npz;
+# quee_kit.real_data: cifar10/100, svhn, imagenet), so neither imports the other's registry.
+# A loader takes the data directory and returns raw (x, y): x (N, H, W) or
+# (N, C, H, W) as uint8 (scaled by 1/255 later) or float (kept), y (N,) integers.
+# Loaders also receive keyword options (``download``, ``verify``, ``workers``, ``input_config``)
+# that only the real datasets use.
+Loader = Callable[..., "tuple[np.ndarray, np.ndarray] | OfficialSplits"]
+DATASETS: dict[str, Loader] = {}
+# name -> check(data_dir, download) raising ValueError with a how-to-get-it hint (cheap: no loading).
+DATASET_CHECKS: dict[str, Callable] = {}
+
+
+@dataclass(frozen=True, eq=False)
+class OfficialSplits:
+    """What a loader with an official split returns.
+
+    train_x / test_x: uint8 arrays (N, C, H, W), or lazy image lists (see
+    :class:`quee_kit.real_data.ImageFiles`) that return float tensors in [0, 1] when indexed;
+    train_y / test_y: (N,) ints; calib: default calib size carved from train;
+    num_classes: from the dataset's own metadata (not from the labels present).
+    """
+    train_x: object
+    train_y: np.ndarray
+    test_x: object
+    test_y: np.ndarray
+    calib: int
+    num_classes: int
+
+
+def register_dataset(name: str, check: Callable | None = None) -> Callable[[Loader], Loader]:
+    """Decorator: register ``loader(data_dir, **options) -> (x, y) | OfficialSplits`` under ``name``.
+
+    ``check(data_dir, download)`` (optional) tells cheaply, before any compute, whether the
+    data is there; it raises ``ValueError('data.root: ... how to get it')`` when it is not.
+    """
+    def deco(fn: Loader) -> Loader:
+        DATASETS[name] = fn
+        if check is not None:
+            DATASET_CHECKS[name] = check
+        return fn
+    return deco
+
+
+def validate_dataset_name(name: str) -> None:
+    """Cheap check, no loading: a registered name or 'npz:' + an existing file."""
+    if isinstance(name, str) and name.startswith("npz:"):
+        if not Path(name[4:]).is_file():
+            raise DataError(f"data.name: npz file not found: {name[4:]!r}")
+        return
+    if name not in DATASETS:
+        allowed = ", ".join([*DATASETS, "npz:PATH"])
+        raise DataError(f"data.name: unknown dataset {name!r} (allowed: {allowed})")
+
+
+def check_dataset_available(name: str, data_dir: str | Path | None = None, download: bool = False) -> None:
+    """Raise ValueError (one line, with a hint) if a registered dataset's files are not there."""
+    if name in DATASET_CHECKS:
+        DATASET_CHECKS[name](Path(data_dir) if data_dir is not None else default_data_dir(), download)
 
 
 # folder, train files, test files, meta file, label key, label-names key, default calib size

@@ -20,7 +20,8 @@ from .calibration import quality_metrics
 from .predictors import exit_now_rows
 from .prepare import peak_memory_mb
 from .verdicts import level_table, precision_diversity, t_interval, two_interval_verdict
-from .study import QUEE_VARIANTS, Study, check_config_against_data, points_auc, run_studies
+from .study import QUEE_VARIANTS, Study, c_min_sat, check_config_against_data, points_auc
+from .warm import run_studies
 
 __all__ = ["paired_bootstrap", "hierarchical_bootstrap", "budget_tables", "core_auc", "quality_table",
            "curves_table", "c_min_sat", "BUDGET_COLUMNS", "knob_value", "verdict", "oracle_gap_share", "headline",
@@ -52,16 +53,6 @@ def hierarchical_bootstrap(diffs: np.ndarray, n: int = 2000, seed: int = 0, chun
         means.append(d[si[:, :, None], xi[:, None, :]].mean((1, 2)))
     means = np.concatenate(means)
     return float(d.mean()), float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
-
-
-def c_min_sat(study: Study) -> tuple[float, float]:
-    """c_min: the cheapest cost any method can reach (exit 1 at the cheapest level); c_sat: the cheapest
-    full-depth static level within 0.5 points of the reference on calib."""
-    p = study.points["static-quant"]
-    ref_acc = p["acc_calib"].iloc[0]
-    ok = p[p["acc_calib"] >= ref_acc - 0.005]
-    cache = study.prep.caches["calib"]
-    return float(cache.static_cost[study.prep.tree.nodes_at(1)].min()), float(ok["cost_calib"].min())
 
 
 def budget_tables(studies: list[Study], budgets, n_boot: int, auc_range) -> tuple[pd.DataFrame, dict]:

@@ -235,6 +235,3 @@ def build_model(cfg, image_shape, num_classes: int) -> EarlyExitModel:
     """Build the backbone named by ``cfg.arch`` (a :class:`~quee_kit.config.ModelConfig`)."""
     return BACKBONES[cfg.arch](cfg, tuple(image_shape), num_classes)
 
-
-# Registers the "timm" backbone (imported last: it uses register_backbone; timm itself loads lazily).
-from . import timm_backbones  # noqa: E402,F401

@@ -21,6 +21,7 @@ from .backends import quant_key, to_backend
 from .config import Config, cache_dir, key_fields
 from .costs import CostModel
 from .data import Dataset, load_dataset
+from . import timm_backbones  # noqa: F401  (registers the "timm" backbone beside models.py's own)
 from .models import BACKBONES, EarlyExitModel, build_model
 from .parallel import one_thread, resolve_jobs, run_jobs
 from .paths import PathCache, PathTree, build_path_cache

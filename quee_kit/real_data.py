@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .data import DataError, OfficialSplits, register_dataset
+from .dataset_files import DataError, OfficialSplits, register_dataset
 from .dataset_files import CIFAR as _CIFAR
 from .dataset_files import check_cifar as _check_cifar
 from .dataset_files import check_imagenet as _check_imagenet
@@ -86,7 +86,7 @@ def _verify(name: str, folder: Path, files: list[str]) -> None:
 
 def _download(name: str, root: Path) -> None:
     """Fetch with torchvision's own dataset classes (only when data.download is true)."""
-    from .timm_backbones import import_torchvision
+    from .vision_import import import_torchvision
     datasets = import_torchvision().datasets
     root.mkdir(parents=True, exist_ok=True)
     for train in (True, False):

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .artifacts import atomic_write_bytes
-from .config import UserError
+from .config_rules import UserError
 
 __all__ = ["MODELS_DIR", "ShippedModel", "shipped_models", "find_shipped", "load_shipped", "ship_model", "cpu_name"]
 

@@ -25,7 +25,6 @@ from .backends import quant_key
 from .config import Config, ConfigError, cache_dir
 from .methods import MethodContext, build_methods
 from .options import OptionSpace
-from .parallel import resolve_jobs
 from .paths import FEATURE_NAMES
 from .budget_rule import select_points  # re-exported: the rule on a points table
 from .policy import QueePolicy, lambda_grid
@@ -33,22 +32,11 @@ from .predictors import (CrossFitted, fit_cross_fitted, predictor_from_state, pr
                          predictor_quality)
 from .prepare import Prepared, cache_path, load_data, prepare
 from .study_store import load_stored_study, store_study, study_artifact
+from .variants import QUEE_VARIANTS  # re-exported: the study builds them
 
-__all__ = ["Study", "run_study", "run_studies", "fit_variants", "predictor_configs", "store_predictors",
-           "method_points", "select_points", "points_auc", "QUEE_VARIANTS", "check_config_against_data",
+__all__ = ["Study", "run_study", "fit_variants", "predictor_configs", "store_predictors",
+           "method_points", "select_points", "points_auc", "c_min_sat", "QUEE_VARIANTS", "check_config_against_data",
            "PREDICTOR_FIT_VERSION"]
-
-# name -> (predictor overrides, option restriction); "quee" uses the config's predictor as it is. More MLP
-# ablations (no history, one MLP per depth, k-NN targets, K sweep): quee_kit.analysis.target_variants.
-QUEE_VARIANTS = {
-    "quee": ({}, "all"),
-    "quee-binned": ({"kind": "binned"}, "all"),
-    "quee-mlp": ({"kind": "mlp"}, "all"),
-    "quee-raw": ({"kind": "mlp", "targets": "raw"}, "all"),
-    "quee-exit-only": ({}, "exit-only"),
-    "quee-quant-only": ({}, "quant-only"),
-}
-
 
 def check_config_against_data(cfg: Config) -> None:
     """Checks that need the split sizes (cheap: loads the arrays, trains nothing)."""
@@ -224,21 +212,6 @@ def store_predictors(cfg: Config, pcfgs: list, prep: Prepared | None = None) -> 
                          progress=False)
 
 
-def run_studies(cfg: Config, seeds, progress: bool = True, variants: dict | None = None) -> list[Study]:
-    """:func:`run_study` for every seed. With several seeds, each seed's model, caches and predictors are
-    first built (where not cached) in ``cfg.jobs`` worker processes (:func:`quee_kit.warm.warm`): every
-    piece runs on one thread either way, so the studies are the serial ones."""
-    seeds = list(seeds)
-    if len(seeds) > 1 and resolve_jobs(cfg.jobs) > 1:
-        from .warm import warm
-        warm([(dataclasses.replace(cfg, seed=s), variants or None) for s in seeds], cfg.jobs, progress)
-    studies = []
-    for seed in tqdm(seeds, desc="seeds", disable=not progress or len(seeds) == 1):
-        torch.manual_seed(seed)
-        studies.append(run_study(dataclasses.replace(cfg, seed=seed), progress, variants))
-    return studies
-
-
 def method_points(method, test_nodes: dict | None = None) -> pd.DataFrame:
     """Every knob of ``method`` on calib and test: its named fields (``describe``) plus ``cost_calib, acc_calib,
     cost_test, acc_test`` (mean normalized BOPs and accuracy), one row per knob. ``test_nodes``: a dict that
@@ -266,3 +239,11 @@ def points_auc(points: pd.DataFrame, auc_range, n: int = 41) -> float:
     return float(points["acc_test"].to_numpy()[idx].mean()) if ok.all() else float("nan")
 
 
+def c_min_sat(study: Study) -> tuple[float, float]:
+    """c_min: the cheapest cost any method can reach (exit 1 at the cheapest level); c_sat: the cheapest
+    full-depth static level within 0.5 points of the reference on calib."""
+    p = study.points["static-quant"]
+    ref_acc = p["acc_calib"].iloc[0]
+    ok = p[p["acc_calib"] >= ref_acc - 0.005]
+    cache = study.prep.caches["calib"]
+    return float(cache.static_cost[study.prep.tree.nodes_at(1)].min()), float(ok["cost_calib"].min())

@@ -198,7 +198,7 @@ def test_validate_dataset_name(tmp_path):
 
 
 def test_register_dataset(monkeypatch):
-    monkeypatch.setattr(qd, "DATASETS", dict(qd.DATASETS))
+    monkeypatch.setitem(qd.DATASETS, "toy", None)   # the registration below is undone after the test
     @qd.register_dataset("toy")
     def toy(data_dir):
         return np.ones((10, 2, 2), np.float32), np.arange(10) % 2

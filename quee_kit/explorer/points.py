@@ -9,7 +9,7 @@ as its fields (:meth:`ExplorerData.to_payload`: arrays, tables, strings; no pick
 imports neither torch nor the study's modules, and runs no code from the file. Its key hashes
 the whole config, the data file of ``npz:`` datasets and the source of the modules that compute
 the points (a changed method recomputes them). A level subset other than "all levels" needs the
-live study (:mod:`quee_kit.explorer.restrict`); it is loaded on first use.
+live study (:func:`restricted_table`); it is loaded on first use.
 
     python -m quee_kit.explorer --config configs/mnist10k.yaml [--fast] [--seed 0]   # build it
 """
@@ -124,7 +124,6 @@ class ExplorerData:
         """The method's table within ``level_set`` (level indices); subsets use the live study."""
         if tuple(level_set) == tuple(range(len(self.level_names))):
             return self.methods[method]
-        from .restrict import restricted_table
         return restricted_table(self.study(), method, tuple(level_set), self.methods[method])
 
     @property
@@ -164,7 +163,7 @@ def _images_uint8(x) -> np.ndarray:
 def build_explorer_data(study, fast: bool, config: str, overrides=()) -> ExplorerData:
     """Every method's knob table with its test nodes, from a study (the nodes its evaluation kept, or else
     its methods' outcomes run again: seconds)."""
-    from ..evaluate import c_min_sat
+    from ..study import c_min_sat
     from ..methods import scalar_knob
     from ..styles import setting_label
     t0 = time.perf_counter()
@@ -248,3 +247,15 @@ def load_explorer_data(config: str = "configs/mnist10k.yaml", fast: bool | None 
         data = built[0] if built else ExplorerData.from_payload(payload)
     data.note = note
     return data
+
+
+def restricted_table(study, name: str, level_set: tuple[int, ...], full: MethodTable) -> MethodTable:
+    """``full`` (the all-levels table of method ``name``) restricted to ``level_set`` (the explorer's *levels*
+    control): each method restricts itself (``Method.restrict``); its points are recomputed on the restricted
+    method (seconds), test nodes computed per knob on demand. Needs the live study (torch), hence the imports
+    here, on first use."""
+    from ..methods import scalar_knob
+    from ..study import method_points
+    m = study.methods[name].restrict(level_set)
+    return MethodTable(name, method_points(m), [tuple(k) for k in m.knobs], tuple(m.knob_fields), scalar_knob(m),
+                       full.err_key, nodes=None, method=m)
