@@ -2,7 +2,7 @@
 
 :mod:`quee_kit.artifacts` stores every artifact (checkpoints, path caches, predictors, the study store,
 the explorer's points) with it, so that a file planted in a shared ``cache_dir`` can at worst be wrong
-data, never a program (the pickle and ``torch.load(weights_only=False)`` it replaces ran whatever the
+data, never a program (the pickle and the unrestricted ``torch.load`` it replaces ran whatever the
 file said). What it encodes, and restores with the same types and bits:
 
 - ``None``, ``bool``, ``int``, ``float`` (NaN and ±inf included), ``str``, ``list``, ``tuple`` and ``dict``
