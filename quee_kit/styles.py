@@ -22,6 +22,7 @@ METHOD_STYLES = {name: {"color": color, "marker": marker, **({"ls": "--"} if nam
     ("quee-exit-only", "#882255", "<"), ("quee-quant-only", "#661100", ">"), ("static-quant", "#0072B2", "s"),
     ("ee-confidence", "#56B4E9", "D"), ("ee-confidence@q", "#009E73", "P"),
     ("ee-confidence-perexit", "#117733", "X"), ("best-single", "#000000", "h"), ("random", "#999999", "x"),
+    ("static-schedule", "#5F9EA0", "+"), ("ee-confidence-schedule", "#7A5195", "1"), ("best-static", "#1F3A5F", "H"),
     ("oracle", "#332288", "*"), ("oracle-uniform", "#AA4499", "p")]}
 _OTHER_STYLE = {"color": "#777777", "marker": "."}
 

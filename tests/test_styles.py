@@ -9,11 +9,11 @@ import pytest
 from matplotlib.colors import to_rgb
 
 from quee_kit import plots
-from quee_kit.study import QUEE_VARIANTS
+from quee_kit.methods import METHODS
+from quee_kit.study import QUEE_VARIANTS  # importing the study registers every baseline
 from quee_kit.styles import METHOD_STYLES, method_style, setting_label
 
-BASELINES = ["static-quant", "ee-confidence", "ee-confidence@q", "ee-confidence-perexit", "best-single",
-             "random", "oracle", "oracle-uniform"]          # the names run_study gives them
+BASELINES = sorted(METHODS)          # every registered baseline and bound, by the name run_study gives it
 
 
 def _lab(color) -> np.ndarray:
