@@ -8,7 +8,10 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
+
+if TYPE_CHECKING:   # annotations only: this module stays cheap to import (no numpy, no torch)
+    import numpy as np
 
 from .config_rules import UserError
 from .locations import PROJECT_ROOT

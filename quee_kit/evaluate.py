@@ -9,8 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
-from tqdm.auto import tqdm
 
 from .artifacts import atomic_write_csv, atomic_write_json
 from .config import Config
