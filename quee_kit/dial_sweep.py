@@ -15,7 +15,7 @@ import pandas as pd
 from .conditions import calib_gain, room_summary, room_table
 from .config import load_config
 from .evaluate import budget_tables
-from .study import QUEE_VARIANTS, Study, run_study
+from .study import ALL_VARIANTS, Study, run_study
 
 __all__ = ["setting_configs", "setting_studies", "dial_sweep", "dial_sweep_plot"]
 
@@ -26,7 +26,7 @@ def setting_configs(config, dials: dict, seeds=(0,), overrides=(), fast: bool = 
                     variants=SWEEP_VARIANTS) -> list[tuple[object, dict]]:
     """``(cfg, variants)`` of every study :func:`dial_sweep` runs (one per dial value and seed): what
     :func:`quee_kit.warm.warm` builds ahead of it."""
-    chosen = {k: QUEE_VARIANTS[k] for k in variants}
+    chosen = {k: ALL_VARIANTS[k] for k in variants}
     return [(dataclasses.replace(load_config(config, [*overrides, f"{key}={json.dumps(v)}"], fast=fast), seed=int(s)),
              chosen) for key, values in dials.items() for v in values for s in seeds]
 
@@ -35,7 +35,7 @@ def setting_studies(config, seeds, overrides=(), fast: bool = False, variants=SW
                     progress: bool = False) -> tuple[object, list[Study]]:
     """The config (``overrides`` applied) and one :class:`Study` per seed with only ``variants`` fitted."""
     cfg = load_config(config, list(overrides), fast=fast)
-    chosen = {k: QUEE_VARIANTS[k] for k in variants}
+    chosen = {k: ALL_VARIANTS[k] for k in variants}
     return cfg, [run_study(dataclasses.replace(cfg, seed=int(s)), progress, chosen) for s in seeds]
 
 

@@ -34,11 +34,11 @@ from .predictors import (CrossFitted, fit_cross_fitted, predictor_from_state, pr
                          predictor_quality)
 from .prepare import Prepared, cache_path, load_data, prepare
 from .study_store import load_stored_study, store_study, study_artifact
-from .variants import QUEE_VARIANTS  # re-exported: the study builds them
+from .variants import ALL_VARIANTS, QUEE_VARIANTS  # re-exported: the study builds them
 
 __all__ = ["Study", "run_study", "fit_variants", "predictor_configs", "store_predictors", "shipped_predictor",
-           "predictor_artifact_keys", "predictor_artifacts",
-           "method_points", "select_points", "points_auc", "c_min_sat", "QUEE_VARIANTS", "check_config_against_data",
+           "predictor_artifact_keys", "predictor_artifacts", "method_points", "select_points", "points_auc",
+           "c_min_sat", "QUEE_VARIANTS", "ALL_VARIANTS", "check_config_against_data",
            "PREDICTOR_FIT_VERSION"]
 
 def check_config_against_data(cfg: Config) -> None:
@@ -88,6 +88,8 @@ class Study:
     def engine(self, method: str, budget: float):
         """The :class:`~quee_kit.engine.DynamicModel` running ``method`` (a QuEE variant) at ``budget``."""
         from .engine import DynamicModel
+        if getattr(self.methods[method], "probe", None) is not None:
+            raise ValueError(f"engine: {method} (the paid probe) runs in the path-cache simulation only, not in DynamicModel")
         (entry, lam), _ = self.select(method, budget)
         p, m, prep = self.predictors[method], self.methods[method], self.prep
         return DynamicModel(prep.model, prep.qblocks, prep.costs, p["final"], self.opts, entry, lam, m.mask,
@@ -98,10 +100,17 @@ class Study:
 PREDICTOR_FIT_VERSION = 3  # 3: every fit on one thread (MLP bits no longer depend on the core count)
 
 
+def _pcfg_key(pcfg) -> dict:
+    """The predictor config as its artifacts' key reads it: ``probe`` only when set, so every predictor
+    stored before the probe existed keeps its key."""
+    d = dataclasses.asdict(pcfg)
+    return d if d.pop("probe") is False else {**d, "probe": True}
+
+
 def predictor_artifact_keys(prep: Prepared, pcfgs: list, seed: int) -> list[str]:
     """The artifact key of each predictor config's cross-fitted predictors (shipped ones carry it)."""
     return [content_hash("predictors", PREDICTOR_FIT_VERSION, prep.model_hash, prep.data.digest,
-                         [l.name for l in prep.levels], prep.tree.family, dataclasses.asdict(pcfg), seed,
+                         [l.name for l in prep.levels], prep.tree.family, _pcfg_key(pcfg), seed,
                          quant_key(prep.cfg.quant), FEATURE_NAMES)  # a change of features makes old ones stale
             for pcfg in pcfgs]
 
@@ -204,7 +213,7 @@ def run_study(cfg: Config, progress: bool = True, variants: dict | None = None, 
         predictors[name] = fitted[pkey]
         # every call is charged: the cost of one call of the predictor that made the estimates
         methods[name] = QueePolicy(name, fitted[pkey], caches, opts, lambdas, variant,
-                                   call_cost=fitted[pkey]["call_cost"])
+                                   call_cost=fitted[pkey]["call_cost"], probe=pcfgs[pkey].probe)
     timings["predictor_seconds"] = time.perf_counter() - t1
     methods.update(build_methods(MethodContext(caches, opts, lambdas, cfg.seed, built=dict(methods))))
     t2 = time.perf_counter()
