@@ -12,7 +12,10 @@ Quantization: every BatchNorm of a block is **folded into the conv before it** (
 the deployment form: an integer kernel has no BN); :func:`quee_kit.quant.apply_level` quantizes the folded
 block at every level, the reference included, and :class:`quee_kit.costs.CostModel` costs it (the BNs cost
 nothing). With weights quantized per output channel, folding before or after rounding gives the same
-integers (the fold scales each output channel). The stem and heads run in float, unfolded.
+integers (the fold scales each output channel). The stem and heads run in float, unfolded. A quantized
+conv's "token" (``quant.act_granularity: token``) is a pixel: one activation scale per pixel's channel vector
+of each sample (:class:`quee_kit.quant.QuantConv2d`). The heads read the whole state (no ``reads_cls``), so
+the path cache and the engine run every block in full (no ``first_token`` shortcut is needed).
 """
 from __future__ import annotations
 
