@@ -87,7 +87,7 @@ class ModelConfig:
     retrain: bool = field(default=False, metadata={"key": False})
 
     def validate(self, p: str) -> None:
-        from . import timm_backbones  # noqa: F401  (registers "timm" beside models.py's backbones)
+        from . import cnn, timm_backbones  # noqa: F401  (register "cnn" and "timm" beside models.py's backbones)
         from .models import BACKBONES
         if self.exit_weighting not in ("uniform", "depth"):
             fail(f"{p}.exit_weighting", "'uniform' or 'depth'", self.exit_weighting)
