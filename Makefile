@@ -41,13 +41,15 @@ tutorials: venv
 models: venv
 	$(BIN)/python -m quee_kit.build_models
 
-# The reference tables (commit them): budgets.csv of the default and the conditions study, 5 seeds, shipped models.
+# The reference tables (commit them): budgets.csv of the default and the conditions study, 5 seeds, shipped models;
+# issue 29's hypotheses for per-input precision, 3 seeds (gains.csv, room.csv; notebook 09 reads them).
 # A run elsewhere compares its seed-0 rows with these (docs/results.md, "Across machines").
 reference: venv
 	for c in mnist10k conditions; do \
 	  $(BIN)/quee-kit run --config configs/$$c.yaml --seeds 0,1,2,3,4 --out results/reference-runs/$$c --quiet || exit 1; \
 	  mkdir -p results/reference/$$c && cp results/reference-runs/$$c/budgets.csv results/reference/$$c/budgets.csv; \
 	done
+	$(BIN)/python -m quee_kit.hypotheses --seeds 0,1,2 --out results/reference/hypotheses
 
 bench: venv
 	$(BIN)/python benchmarks/bench_pipeline.py
