@@ -31,7 +31,7 @@ from .conditions import calib_gain, room_table
 from .dial_sweep import setting_studies
 from .evaluate import budget_tables
 
-__all__ = ["HYPOTHESES", "hypothesis_tables", "criterion", "main"]
+__all__ = ["HYPOTHESES", "hypothesis_tables", "criterion", "hypotheses_plot", "main"]
 
 CONDITIONS = "configs/conditions.yaml"
 
@@ -104,6 +104,47 @@ def criterion(gains: pd.DataFrame, room: pd.DataFrame, min_gain: float = 1.0, mi
     out["met"] = ((out["diff"] >= min_gain) & (out.lo > 0) & (out.t_lo > 0)
                   & (out.precision_diversity >= min_diversity) & (out.visited_hurt_auroc_min >= min_auroc))
     return out
+
+
+def hypotheses_plot(gains: pd.DataFrame, room: pd.DataFrame, split: str = "test"):
+    """Left: the calib gain over best-static per budget, one line per hypothesis (the evidence that may
+    choose a setting). Middle: the test difference to best-static with its 95% bootstrap interval (the
+    result of that choice). Right: the hurt AUROC per decision depth on ``split``, over every decision of
+    the tree (line) and at the decisions the budget-rule choices visit (hollow markers, one per budget);
+    0.5 = a cheaper level's damage is unpredictable, 0.7 = the issue's bar."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+    names = list(dict.fromkeys(gains.hypothesis))
+    budgets = sorted(gains.budget.unique())
+    fig, (ax, bx, cx) = plt.subplots(1, 3, figsize=(15.5, 4.6))
+    for j, name in enumerate(names):
+        g = gains[gains.hypothesis == name].set_index("budget").reindex(budgets)
+        color = f"C{j}"
+        ax.plot(range(len(budgets)), g.calib_gain, marker="o", color=color, label=name)
+        x = np.arange(len(budgets)) + 0.12 * (j - (len(names) - 1) / 2)
+        bx.errorbar(x, g["diff"], yerr=[g["diff"] - g.lo, g.hi - g["diff"]], fmt="o", ms=4, capsize=2, color=color)
+        r = room[(room.hypothesis == name) & (room.split == split)]
+        tree = r[r.scope == "tree"].sort_values("depth")
+        cx.plot(tree.depth, tree.decision_hurt_auroc, marker="s", color=color)
+        vis = r[r.scope.str.startswith("visited@")]
+        cx.plot(vis.depth + 0.06 * (j - (len(names) - 1) / 2), vis.decision_hurt_auroc, ls="none", marker="o",
+                mfc="white", mec=color, ms=4)
+    for a in (ax, bx):
+        a.axhline(0, color="0.2", lw=1)
+        a.set_xticks(range(len(budgets)), [f"{b:g}" for b in budgets])
+        a.set_xlabel("budget (normalized BOPs)")
+    ax.set(ylabel="calib gain over best-static (points)", title="Calib (out-of-fold): what may choose")
+    bx.set(ylabel="test accuracy − best-static (points)", title="Test: the result, 95% bootstrap CI")
+    cx.axhline(0.5, color="0.5", ls=":", lw=1)
+    cx.axhline(0.7, color="0.3", ls="--", lw=1)
+    cx.set(xlabel="decision depth (blocks run)", ylabel=f"hurt AUROC ({split}, stratified)", ylim=(0.3, 1.0),
+           title="Can the predictor tell whom a cheaper level hurts?")
+    fig.legend(*ax.get_legend_handles_labels(), loc="lower center", ncol=len(names), frameon=False,
+               bbox_to_anchor=(0.5, -0.02))
+    fig.text(0.99, 0.005, "right: squares = every decision of the tree, hollow = where the policy decides",
+             ha="right", fontsize=8, color="0.3")
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    return fig
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -50,3 +50,22 @@ def test_hypothesis_tables_are_the_budget_tables_numbers(study_cfg, study, monke
     assert {f"visited@{b:g}" for b in budgets} == set(visited.scope)
     with pytest.raises(ValueError, match="hypotheses must be among"):
         hypotheses.hypothesis_tables(["nope"])
+
+
+@pytest.mark.usefixtures("plot_theme")
+def test_hypotheses_plot_draws_the_numbers_given():
+    budgets = [0.03, 0.05]
+    gains = pd.DataFrame([{"hypothesis": h, "budget": b, "calib_gain": g + b, "diff": g, "lo": g - 1, "hi": g + 1}
+                          for h, g in (("x", 0.5), ("y", -1.0)) for b in budgets])
+    room = pd.DataFrame([{"hypothesis": h, "split": "test", "scope": s, "depth": d, "decision_hurt_auroc": a + 0.01 * d}
+                         for h, a in (("x", 0.6), ("y", 0.55)) for s in ("tree", "visited@0.03") for d in (1, 2)])
+    fig = hypotheses.hypotheses_plot(gains, room)
+    ax, bx, cx = fig.axes[:3]
+    for a in (ax, bx, cx):
+        assert a.get_xlabel() and a.get_ylabel()
+    lines = [l for l in ax.get_lines() if not l.get_label().startswith("_")]
+    assert [l.get_label() for l in lines] == ["x", "y"]
+    assert np.asarray(lines[0].get_ydata(), float) == pytest.approx([0.53, 0.55])
+    assert [float(c.lines[0].get_ydata()[0]) for c in bx.containers] == pytest.approx([0.5, -1.0])
+    tree = [l for l in cx.get_lines() if l.get_marker() == "s"]
+    assert np.asarray(tree[0].get_ydata(), float) == pytest.approx([0.61, 0.62])
