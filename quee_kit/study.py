@@ -98,7 +98,8 @@ PREDICTOR_FIT_VERSION = 3  # 3: every fit on one thread (MLP bits no longer depe
 def _predictor_keys(prep: Prepared, pcfgs: list, seed: int) -> list[str]:
     return [content_hash("predictors", PREDICTOR_FIT_VERSION, prep.model_hash, prep.data.digest,
                          [l.name for l in prep.levels], prep.tree.family, dataclasses.asdict(pcfg), seed,
-                         quant_key(prep.cfg.quant), FEATURE_NAMES)  # a change of features makes old ones stale
+                         quant_key(prep.cfg.quant), FEATURE_NAMES,  # a change of features makes old ones stale
+                         *([prep.act_scales.digest()] if prep.act_scales is not None else []))
             for pcfg in pcfgs]
 
 
