@@ -211,26 +211,34 @@ def by_difficulty(study: Study, method: str, budget: float, n_groups: int = 4) -
 
 # ------------------------------------------------------------------------------------ tables
 
-def budget_summary(budgets_df: pd.DataFrame, methods=None) -> pd.DataFrame:
+SUMMARY_AGAINST = {"best-single": ("diff_vs_best_single", "diff_lo", "diff_hi"),
+                   "best-static": ("diff_vs_best_static", "diff_lo_static", "diff_hi_static")}
+
+
+def budget_summary(budgets_df: pd.DataFrame, methods=None, against: str = "best-single") -> pd.DataFrame:
     """Tidy table from :func:`quee_kit.evaluate.budget_tables`: per method and budget, test accuracy
-    mean and std over seeds, mean cost, and the pooled paired difference vs best-single in percentage
-    points with its 95% bootstrap interval. ``verdict``: *better* / *worse* when the interval excludes 0,
-    *tie* when it contains 0, *over budget* when some seed cannot meet the budget on calib (the reported
-    point is its cheapest knob, which costs more than the budget), *reference* for best-single."""
+    mean and std over seeds, mean cost, and the pooled paired difference vs ``against`` (``best-single``,
+    the paper's comparison, or ``best-static``, the strongest static baseline) in percentage points with
+    its 95% bootstrap interval. ``verdict``: *better* / *worse* when the interval excludes 0, *tie* when it
+    contains 0, *over budget* when some seed cannot meet the budget on calib (the reported point is its
+    cheapest knob, which costs more than the budget), *reference* for ``against`` itself."""
+    if against not in SUMMARY_AGAINST:
+        raise ValueError(f"against must be one of {sorted(SUMMARY_AGAINST)} (got {against!r})")
+    diff, diff_lo, diff_hi = SUMMARY_AGAINST[against]
     pooled = budgets_df[budgets_df.seed == "all"]
     if methods is not None:
         pooled = pooled[pooled.method.isin(methods)]
     per_seed = budgets_df[budgets_df.seed != "all"]
     n_seeds = int(per_seed.seed.nunique())
     feasible = per_seed.groupby(["method", "budget"]).feasible.all()
-    lo, hi = 100 * pooled.diff_lo, 100 * pooled.diff_hi
+    lo, hi = 100 * pooled[diff_lo].astype(float), 100 * pooled[diff_hi].astype(float)
     df = pd.DataFrame({"method": pooled.method, "budget": pooled.budget, "n_seeds": n_seeds,
                        "accuracy_mean": pooled.accuracy, "accuracy_std": pooled.accuracy_std,
-                       "cost_mean": pooled.cost, "diff_pp": 100 * pooled.diff_vs_best_single,
+                       "cost_mean": pooled.cost, "diff_pp": 100 * pooled[diff].astype(float),
                        "diff_lo_pp": lo, "diff_hi_pp": hi, "verdict": verdict(lo, hi),
                        "feasible": [bool(feasible[(m, b)]) for m, b in zip(pooled.method, pooled.budget)]})
     df.loc[~df.feasible, "verdict"] = "over budget"   # its cheapest knob costs more: not a fair comparison
-    df.loc[df.method == "best-single", "verdict"] = "reference"
+    df.loc[df.method == against, "verdict"] = "reference"
     return df.reset_index(drop=True)
 
 
@@ -238,8 +246,8 @@ def format_budget_summary(summary: pd.DataFrame, what: str = "accuracy") -> pd.D
     """:func:`budget_summary` as text, one row per method and one column per budget.
 
     ``what="accuracy"``: test accuracy, ``mean ± std`` over seeds (just the mean for one seed);
-    ``what="diff"``: ``diff [lo, hi] verdict``, the pooled paired difference vs best-single in
-    percentage points (verdict *over budget* where the budget is infeasible on calib). ``*`` on an
+    ``what="diff"``: ``diff [lo, hi] verdict``, the pooled paired difference vs the summary's reference
+    method (best-single or best-static) in percentage points (verdict *over budget* where the budget is infeasible on calib). ``*`` on an
     accuracy marks such a budget: the method's cheapest knob is reported, above the budget."""
     if what not in ("accuracy", "diff"):
         raise ValueError(f"what must be accuracy or diff (got {what!r})")

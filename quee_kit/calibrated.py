@@ -15,14 +15,18 @@ about, which is where one MLP shared across depths is weakest (few shallow rows)
   smoothed targets ``(n_wrong + 1) / (n_wrong + 2)`` and ``1 / (n_right + 2)`` in place of 1 and 0), i.e. a temperature-and-bias rescaling
   of the confidence. Monotone in the score, so its error ranking at a node is the log-odds ranking
   itself. A call costs one multiply-add per option.
+- ``platt`` with ``probe`` (variant ``quee-probe``, :mod:`quee_kit.probe`): the same logistic fit per node
+  and option on three scores, the node head's log-odds, the probe head's log-odds and whether the probe
+  agrees with the node head (:data:`~quee_kit.probe.PROBE_COLUMNS`). Three multiply-adds per option.
 """
 from __future__ import annotations
 
 import numpy as np
 
 from .paths import LOG_ODDS
+from .probe import PROBE_COLUMNS
 
-__all__ = ["BinnedErrorPredictor", "PlattErrorPredictor", "SCORE", "cell_sums"]
+__all__ = ["BinnedErrorPredictor", "PlattErrorPredictor", "ProbePlattErrorPredictor", "SCORE", "cell_sums"]
 
 SCORE = LOG_ODDS   # the one feature column both read
 
@@ -156,4 +160,76 @@ class PlattErrorPredictor:
 
     @classmethod
     def from_state(cls, state: dict) -> "PlattErrorPredictor":
+        return cls(state["coef"])
+
+
+def _logistic_fit(z: np.ndarray, y: np.ndarray, iters: int = 25, ridge: float = 1e-5) -> np.ndarray:
+    """:func:`_platt_fit` on k scores: ``z`` (P, S, k) standardized scores of each of P columns, ``y`` (P, S)
+    soft targets -> (P, k + 1) slopes and intercept, by Newton's method with ``ridge`` on the slopes."""
+    P, S, k = z.shape
+    X = np.concatenate([z, np.ones((P, S, 1))], 2)
+    reg = np.full(k + 1, ridge)
+    reg[-1] = 1e-9
+    w = np.zeros((P, k + 1))
+    for _ in range(iters):
+        p = 1 / (1 + np.exp(-np.einsum("psk,pk->ps", X, w)))
+        g = np.einsum("psk,ps->pk", X, p - y) / S + reg * w
+        H = np.einsum("psk,ps,psl->pkl", X, p * (1 - p), X) / S + np.diag(reg)
+        w = w - np.linalg.solve(H, g[..., None])[..., 0]
+    return w
+
+
+class ProbePlattErrorPredictor:
+    """coef: (n_nodes, O, 4) slopes on :data:`~quee_kit.probe.PROBE_COLUMNS` and intercept per node and option
+    (NaN where invalid or never fitted). Reads rows of [node features | probe features]."""
+
+    kind = "platt-probe"
+    probe = True
+    columns = PROBE_COLUMNS
+
+    def __init__(self, coef: np.ndarray):
+        self.coef = coef
+        self.macs = coef.shape[1] * len(self.columns)
+        self.fitted = ~np.isnan(coef[:, :, 0])
+
+    @classmethod
+    def fit(cls, rows, n_nodes: int) -> "ProbePlattErrorPredictor":
+        """``rows``: :class:`~quee_kit.predictors.DecisionRows` with probe features, node-major."""
+        k = len(cls.columns)
+        coef = np.full((n_nodes, rows.wrong.shape[1], k + 1), np.nan)
+        nodes = np.unique(rows.node)
+        if not len(nodes):
+            return cls(coef)
+        S = len(rows.node) // len(nodes)
+        if len(nodes) * S != len(rows.node) or not np.array_equal(rows.node[::S], nodes):
+            raise ValueError("Platt fit: decision rows must be node-major with the same samples at every node")
+        score = rows.x[:, cls.columns].astype(float).reshape(len(nodes), S, k)
+        mu, sd = score.mean(1), score.std(1) + 1e-6                       # (nodes, k)
+        z = (score - mu[:, None]) / sd[:, None]
+        wrong = rows.wrong.reshape(len(nodes), S, -1)
+        ni, ci = np.nonzero(~np.isnan(wrong[:, 0]))
+        for s in range(0, len(ni), 256):                                   # 256 columns at a time: bounded memory
+            a, c = ni[s:s + 256], ci[s:s + 256]
+            w = wrong[a, :, c]                                             # (P, S) 0/1 errors
+            n_wrong = w.sum(1, keepdims=True)
+            y = np.where(w > 0, (n_wrong + 1) / (n_wrong + 2), 1 / (S - n_wrong + 2))
+            fit = _logistic_fit(z[a], y)
+            slope = fit[:, :k] / sd[a]
+            coef[nodes[a], c] = np.concatenate([slope, fit[:, k:] - (slope * mu[a]).sum(1, keepdims=True)], 1)
+        return cls(coef)
+
+    def predict_rows(self, x: np.ndarray, depth: np.ndarray, node: np.ndarray) -> np.ndarray:
+        """(R, 2F) node and probe feature columns, (R,) depths and nodes -> (R, O) error probabilities."""
+        node = np.asarray(node)
+        ri, oi = np.nonzero(self.fitted[node])
+        c = self.coef[node[ri], oi]                                        # (P, k + 1)
+        out = np.full((len(node), self.coef.shape[1]), np.nan, dtype=np.float32)
+        out[ri, oi] = 1 / (1 + np.exp(-((c[:, :-1] * x[ri][:, self.columns]).sum(1) + c[:, -1])))
+        return out
+
+    def state(self) -> dict:
+        return {"kind": self.kind, "coef": self.coef}
+
+    @classmethod
+    def from_state(cls, state: dict) -> "ProbePlattErrorPredictor":
         return cls(state["coef"])

@@ -16,7 +16,7 @@ from pathlib import Path
 from .config_rules import ConfigError, UserError, check_lengths, check_limits, fail, read_yaml
 
 from .locations import PROJECT_ROOT, resolve_path
-from .variants import QUEE_VARIANTS
+from .variants import ALL_VARIANTS
 
 __all__ = ["UserError", "ConfigError", "read_yaml", "Config", "load_config", "parse_overrides", "cache_dir", "key_fields", "FAST_OVERRIDES"]
 
@@ -87,7 +87,7 @@ class ModelConfig:
     retrain: bool = field(default=False, metadata={"key": False})
 
     def validate(self, p: str) -> None:
-        from . import timm_backbones  # noqa: F401  (registers "timm" beside models.py's backbones)
+        from . import cnn, timm_backbones  # noqa: F401  (register "cnn" and "timm" beside models.py's backbones)
         from .models import BACKBONES
         if self.exit_weighting not in ("uniform", "depth"):
             fail(f"{p}.exit_weighting", "'uniform' or 'depth'", self.exit_weighting)
@@ -186,6 +186,7 @@ class PredictorConfig:
     history: bool = True       # previous head's max prob and agreement with the current prediction
     shared: bool = True        # one MLP for all depths (False: one per depth)
     max_rows: int = 200000     # cap on (node, sample) rows per fold for fitting (subsampled evenly per depth)
+    probe: bool = False        # platt only: also read a paid probe's head (quee_kit.probe; set by variant quee-probe)
 
     def validate(self, p: str) -> None:
         if self.kind not in ("mlp", "binned", "platt"):
@@ -205,6 +206,8 @@ class PredictorConfig:
             fail(f"{p}.prior_weight", "a float >= 0", self.prior_weight)
         if self.lr <= 0:
             fail(f"{p}.lr", "a float > 0", self.lr)
+        if self.probe and self.kind != "platt":
+            fail(f"{p}.probe", "false unless kind is platt (the probe predictor is a Platt fit)", self.probe)
 
 
 @dataclass
@@ -216,7 +219,8 @@ class EvalConfig:
     lambda_grid: int = 120        # log-spaced lambda values (plus 0) swept per entry level
     bootstrap: int = 2000         # paired bootstrap resamples for the 95% intervals
     seeds: list[int] = field(default_factory=lambda: [0])
-    # QuEE variants to fit and report (quee_kit.variants.QUEE_VARIANTS); null = all. quee and quee-exit-only
+    # QuEE variants to fit and report (quee_kit.variants.ALL_VARIANTS); null = QUEE_VARIANTS (quee-probe is
+    # opt-in). quee and quee-exit-only
     # share one fit, so [quee, quee-exit-only] costs one predictor fit per seed instead of four.
     variants: list[str] | None = None
 
@@ -232,8 +236,8 @@ class EvalConfig:
         if not self.seeds:
             fail(f"{p}.seeds", "a non-empty list of ints", self.seeds)
         if self.variants is not None:
-            if "quee" not in self.variants or not set(self.variants) <= set(QUEE_VARIANTS):
-                fail(f"{p}.variants", "null or a list holding quee and any of " + ", ".join(QUEE_VARIANTS),
+            if "quee" not in self.variants or not set(self.variants) <= set(ALL_VARIANTS):
+                fail(f"{p}.variants", "null or a list holding quee and any of " + ", ".join(ALL_VARIANTS),
                       self.variants)
 
 
@@ -260,6 +264,9 @@ class Config:
             sub = getattr(self, f.name)
             if dataclasses.is_dataclass(sub):
                 sub.validate(f.name)
+        if self.predictor.kind != "platt" and any(ALL_VARIANTS[v][0].get("probe") for v in self.eval.variants or []):
+            fail("eval.variants", "no quee-probe unless predictor.kind is platt (its predictor is a Platt fit)",
+                 self.eval.variants)
         check_limits(self)   # after the sections: their own messages come first where both apply
         return self
 

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from .models import Attention, EarlyExitModel
-from .quant import Level
+from .quant import Level, deployed
 
 __all__ = ["OpCounts", "count_ops", "level_bops", "CostModel", "mlp_macs"]
 
@@ -94,7 +94,7 @@ class CostModel:
         self.stem_ops, h = count_ops(model.stem, x)
         self.block_ops, self.head_ops = [], []
         for block, head in zip(model.blocks, model.heads):
-            ops, h = count_ops(block, h)
+            ops, h = count_ops(deployed(block), h)   # as levels run it (e.g. BatchNorm folded)
             self.block_ops.append(ops)
             self.head_ops.append(count_ops(head, h)[0])
         model.train(was_training)

@@ -28,7 +28,7 @@ import torch
 
 from .dataset_files import (DATASET_CHECKS, DATASETS, DataError, OfficialSplits, check_dataset_available,  # noqa: F401
                             default_data_dir, register_dataset, validate_dataset_name)
-from .dials import apply_dials, check_dial
+from .dials import apply_dials, check_dial, dial_recipe
 
 MNIST10K_SHA256 = "c127f28ba6587b035da58af9c862de40ecd72470e8f3396f0cf542242845222b"
 # Package data (inside the wheel too), so an installed kit runs its default without a checkout.
@@ -58,8 +58,9 @@ class Split:
 class Dataset:
     """A dataset split into train / calib / test.
 
-    digest: sha256 hex of the name, the raw arrays and the split indices; equal
-    digests mean identical splits (used as a cache key).
+    digest: sha256 hex of the name, the raw arrays and the split indices (and, for data derived by the
+    dials, their recipe: :func:`quee_kit.dials.dial_recipe`); equal digests mean the same splits of the
+    same data (used as a cache key).
     """
     name: str
     train: Split
@@ -189,7 +190,8 @@ def load_dataset(name: str, split_seed: int = 0, sizes: tuple[int, int, int] | N
                                 "to in-memory datasets (mnist10k, digits, npz:PATH)")
             return _split_official(name, raw, split_seed, sizes)
         x, y = raw
-    x, y = apply_dials(np.asarray(x), difficulty, heterogeneity), np.asarray(y)
+    raw_x, y = np.asarray(x), np.asarray(y)
+    x = apply_dials(raw_x, difficulty, heterogeneity)
     n = len(y)
     if sizes is None and name == "mnist10k":
         sizes = (6000, 2000, 2000)
@@ -200,10 +202,14 @@ def load_dataset(name: str, split_seed: int = 0, sizes: tuple[int, int, int] | N
              "calib": perm[n_train:n_train + n_calib],
              "test": perm[n_train + n_calib:n_train + n_calib + n_test]}
 
+    # dialled data are named by their recipe (the raw arrays, the dials, their code version), not by the
+    # derived pixels, whose last bits depend on the CPU's kernels (quee_kit.dials.dial_recipe)
     h = hashlib.sha256(name.encode())
-    for arr in (x, y):
+    for arr in (raw_x, y):
         h.update(f"{arr.dtype.str}{arr.shape}".encode())
         h.update(np.ascontiguousarray(arr).tobytes())
+    if x is not raw_x:
+        h.update(dial_recipe(difficulty, heterogeneity))
     for idx in parts.values():
         h.update(idx.astype(np.int64).tobytes() + b"|")
 

@@ -1,4 +1,5 @@
-"""One dial at a time: QuEE − best-single (pooled over seeds, hierarchical bootstrap) and the room for
+"""One dial at a time: QuEE − best-static (and − best-single; pooled over seeds, hierarchical bootstrap and
+a t-interval over the seeds' paired differences) and the room for
 per-input precision (:mod:`quee_kit.conditions`) against a config key — a data dial
 (``data.difficulty``, ``data.heterogeneity``) or a quantization choice (``quant.residual``,
 ``quant.act_granularity``). Notebook 09 calls these; every setting's artifacts are cached as usual.
@@ -14,7 +15,7 @@ import pandas as pd
 from .conditions import calib_gain, room_summary, room_table
 from .config import load_config
 from .evaluate import budget_tables
-from .study import QUEE_VARIANTS, Study, run_study
+from .study import ALL_VARIANTS, Study, run_study
 
 __all__ = ["setting_configs", "setting_studies", "dial_sweep", "dial_sweep_plot"]
 
@@ -25,7 +26,7 @@ def setting_configs(config, dials: dict, seeds=(0,), overrides=(), fast: bool = 
                     variants=SWEEP_VARIANTS) -> list[tuple[object, dict]]:
     """``(cfg, variants)`` of every study :func:`dial_sweep` runs (one per dial value and seed): what
     :func:`quee_kit.warm.warm` builds ahead of it."""
-    chosen = {k: QUEE_VARIANTS[k] for k in variants}
+    chosen = {k: ALL_VARIANTS[k] for k in variants}
     return [(dataclasses.replace(load_config(config, [*overrides, f"{key}={json.dumps(v)}"], fast=fast), seed=int(s)),
              chosen) for key, values in dials.items() for v in values for s in seeds]
 
@@ -34,7 +35,7 @@ def setting_studies(config, seeds, overrides=(), fast: bool = False, variants=SW
                     progress: bool = False) -> tuple[object, list[Study]]:
     """The config (``overrides`` applied) and one :class:`Study` per seed with only ``variants`` fitted."""
     cfg = load_config(config, list(overrides), fast=fast)
-    chosen = {k: QUEE_VARIANTS[k] for k in variants}
+    chosen = {k: ALL_VARIANTS[k] for k in variants}
     return cfg, [run_study(dataclasses.replace(cfg, seed=int(s)), progress, chosen) for s in seeds]
 
 
@@ -43,8 +44,12 @@ def dial_sweep(config, dials: dict, seeds=(0,), overrides=(), fast: bool = False
     """For every ``key: [values]`` of ``dials`` and each value (the others at the config's setting):
 
     ``gains``: per method of ``variants`` and budget (the config's ``eval.budgets``), the seed-pooled test
-    difference to best-single with its 95% interval (``diff, lo, hi``, points) as ``quee-kit run``
-    reports it, and ``calib_gain`` (points, seed mean): the calib evidence that may choose a setting.
+    difference to best-static, the strongest static baseline, with its 95% hierarchical-bootstrap interval
+    (``diff, lo, hi``, points), the t-interval over per-seed differences (``t_lo, t_hi``; NaN with one
+    seed) and the verdict (win/loss only when both exclude 0), as ``quee-kit run`` reports them; the same
+    against best-single (``diff_single, lo_single, hi_single``); the method's ``precision_diversity``; and
+    ``calib_gain`` (vs best-static) and ``calib_gain_single`` (points, seed means): the calib evidence that
+    may choose a setting.
     ``room``: :func:`quee_kit.conditions.room_summary` per split, and the reference accuracy (test).
     """
     gains, room = [], []
@@ -55,12 +60,17 @@ def dial_sweep(config, dials: dict, seeds=(0,), overrides=(), fast: bool = False
             budgets = cfg.eval.budgets
             table, _ = budget_tables(studies, budgets, cfg.eval.bootstrap, cfg.eval.auc_range)
             pooled = table[(table.seed == "all") & table.method.isin(variants)]
-            calib = pd.concat([calib_gain(s, m, budgets) for s in studies for m in variants])
-            calib = calib.groupby(["method", "budget"])["calib_gain"].mean()
+            calib = {other: pd.concat([calib_gain(s, m, budgets, other) for s in studies for m in variants])
+                     .groupby(["method", "budget"])["calib_gain"].mean() for other in ("best-static", "best-single")}
             for _, r in pooled.iterrows():
                 gains.append({"dial": key, "value": str(v), "method": r.method, "budget": r.budget,
-                              "diff": 100 * r.diff_vs_best_single, "lo": 100 * r.diff_lo, "hi": 100 * r.diff_hi,
-                              "calib_gain": calib[(r.method, r.budget)], "seeds": len(studies)})
+                              "diff": 100 * r.diff_vs_best_static, "lo": 100 * r.diff_lo_static,
+                              "hi": 100 * r.diff_hi_static, "t_lo": 100 * float(r.diff_t_lo_static),
+                              "t_hi": 100 * float(r.diff_t_hi_static), "verdict": r.verdict_static,
+                              "diff_single": 100 * r.diff_vs_best_single, "lo_single": 100 * r.diff_lo,
+                              "hi_single": 100 * r.diff_hi, "precision_diversity": r.precision_diversity,
+                              "calib_gain": calib["best-static"][(r.method, r.budget)],
+                              "calib_gain_single": calib["best-single"][(r.method, r.budget)], "seeds": len(studies)})
             ref = np.mean([s.points["static-quant"]["acc_test"].iloc[0] for s in studies])
             for split, m in room_summary(room_table(studies)).items():
                 room.append({"dial": key, "value": str(v), "split": split, "reference_accuracy": ref, **m})
@@ -68,7 +78,7 @@ def dial_sweep(config, dials: dict, seeds=(0,), overrides=(), fast: bool = False
 
 
 def dial_sweep_plot(gains: pd.DataFrame, room: pd.DataFrame, split: str = "test"):
-    """Per dial (columns): top, QuEE − best-single on test (points, 95% interval) per budget, filled
+    """Per dial (columns): top, QuEE − best-static on test (points, 95% interval) per budget, filled
     markers for ``quee`` and hollow for ``quee-exit-only``; bottom, the room: share of samples whose
     last-exit correctness depends on the level and oracle − oracle-uniform (points), with the stratified
     AUROC of "a cheaper level hurts" on the right axis (0.5 = unpredictable)."""
@@ -91,7 +101,7 @@ def dial_sweep_plot(gains: pd.DataFrame, room: pd.DataFrame, split: str = "test"
                             ls="-" if fill else ":", label=f"budget {b:g}" if fill and j == 0 else None)
         ax.axhline(0, color="0.2", lw=1)
         ax.set(xticks=range(len(values)), xticklabels=values, xlabel=dial,
-               ylabel="QuEE − best-single (points, test)" if j == 0 else None)
+               ylabel="QuEE − best-static (points, test)" if j == 0 else None)
         r = room[(room.dial == dial) & (room.split == split)].set_index("value").reindex(values)
         xs = np.arange(len(values))
         bx.plot(xs, 100 * r["dependent_share_last"], marker="s", color="C0", label="level-dependent samples, last exit (%)")

@@ -21,9 +21,20 @@ import math
 
 import numpy as np
 
-__all__ = ["DIAL_SEED", "apply_dials", "check_dial"]
+__all__ = ["DIAL_SEED", "DIALS_VERSION", "apply_dials", "check_dial", "dial_recipe"]
 
 DIAL_SEED = 2024  # fixed: a dial setting names one dataset, whatever the run seed
+# Bump when apply_dials computes other pixels: a dialled dataset's digest names its recipe (below), not its
+# bits, so a change here must change the recipe.
+DIALS_VERSION = 1
+
+
+def dial_recipe(difficulty: float, heterogeneity: float, seed: int = DIAL_SEED) -> bytes:
+    """What a dialled dataset's digest hashes besides the raw arrays. The warp runs through torch's
+    ``grid_sample``, whose vectorized kernels round differently per instruction set (5% of the pixels of the
+    conditions data move by up to 3e-6 under ``ATEN_CPU_CAPABILITY=default``); hashing the derived pixels
+    would key every model, shipped ones included, to the CPU that derived them."""
+    return f"dials|v{DIALS_VERSION}|{float(difficulty).hex()}|{float(heterogeneity).hex()}|{int(seed)}".encode()
 
 
 def check_dial(name: str, value: float) -> None:

@@ -55,6 +55,8 @@ class DynamicModel(nn.Module):
                  predictor, opts: OptionSpace, entry: int, lam: float, mask: np.ndarray | None = None,
                  call_cost: float = 0.0):
         super().__init__()
+        if getattr(predictor, "probe", False):
+            raise ValueError("engine: the paid probe (quee-probe) runs in the path-cache simulation only, not in DynamicModel")
         self.model, self.qblocks, self.predictor, self.costs = model.eval(), qblocks, predictor, costs
         self.opts, self.entry, self.lam, self.call_cost = opts, entry, float(lam), call_cost
         self.mask = opts.valid if mask is None else mask

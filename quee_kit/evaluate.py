@@ -18,7 +18,7 @@ from .calibration import quality_metrics
 from .predictors import exit_now_rows
 from .prepare import peak_memory_mb
 from .verdicts import level_table, precision_diversity, t_interval, two_interval_verdict
-from .study import QUEE_VARIANTS, Study, c_min_sat, check_config_against_data, points_auc
+from .study import ALL_VARIANTS, Study, c_min_sat, check_config_against_data, points_auc
 from .warm import run_studies
 
 __all__ = ["paired_bootstrap", "hierarchical_bootstrap", "budget_tables", "core_auc", "quality_table",
@@ -243,7 +243,7 @@ def run_pipeline(cfg: Config, out: Path, progress: bool = True) -> dict:
 
 def _pipeline(cfg: Config, out: Path, progress: bool, t0: float) -> tuple[dict, pd.DataFrame]:
     """The studies of :func:`run_pipeline` and its five files, written into ``out``: (summary, budgets)."""
-    variants = None if cfg.eval.variants is None else {k: QUEE_VARIANTS[k] for k in cfg.eval.variants}
+    variants = None if cfg.eval.variants is None else {k: ALL_VARIANTS[k] for k in cfg.eval.variants}
     studies = run_studies(cfg, cfg.eval.seeds, progress, variants)
     budgets, auc = budget_tables(studies, cfg.eval.budgets, cfg.eval.bootstrap, cfg.eval.auc_range)
     curves = curves_table(studies)

@@ -120,26 +120,31 @@ import numpy as np  # noqa: E402  (only the result figures below need these)
 from matplotlib.patches import Patch  # noqa: E402
 from matplotlib.ticker import NullFormatter  # noqa: E402
 
-__all__ += ["TEST_ACCURACY_LABEL", "DIFF_LABEL", "BUDGET_LABEL", "accuracy_cost_figure",
+__all__ += ["TEST_ACCURACY_LABEL", "DIFF_LABEL", "DIFF_COLUMNS", "BUDGET_LABEL", "accuracy_cost_figure",
             "reliability_diagram", "k_sweep_plot", "noise_sweep_plot", "difficulty_plot", "quality_by_depth_plot"]
 
 TEST_ACCURACY_LABEL = "test accuracy (fraction correct)"
-DIFF_LABEL = "accuracy − best-single\n(percentage points, test)"
+DIFF_LABEL = "accuracy − best-static\n(percentage points, test)"
+# the columns of budget_tables' paired difference against each reference method
+DIFF_COLUMNS = {"best-static": ("diff_vs_best_static", "diff_lo_static", "diff_hi_static"),
+                "best-single": ("diff_vs_best_single", "diff_lo", "diff_hi")}
 BUDGET_LABEL = "budget (normalized BOPs, 1.0 = full model at the reference level)"
 ERROR_PROB_LABEL = "predicted probability of error ê (exit now)"
 
 
 def accuracy_cost_figure(curves: pd.DataFrame, budgets_df: pd.DataFrame, c_min, c_sat, methods,
-                         diff_methods=None, ref: str | None = None) -> plt.Figure:
+                         diff_methods=None, ref: str | None = None, against: str = "best-static") -> plt.Figure:
     """The main figure. Left: test accuracy vs achieved test cost under the budget rule, one line per
     method (mean over seeds, band = min–max over seeds), ``c_min`` and ``c_sat`` marked, oracles dashed.
-    Right: pooled paired difference vs best-single (percentage points) at each budget of
-    ``budgets_df`` with its 95% bootstrap interval, per method of ``diff_methods`` (default: QuEE and
-    its ablations).
+    Right: pooled paired difference vs ``against`` (``best-static``, the strongest static baseline, or
+    ``best-single``, the paper's; percentage points) at each budget of ``budgets_df`` with its 95%
+    hierarchical bootstrap interval, per method of ``diff_methods`` (default: QuEE and its ablations).
 
     curves: :func:`quee_kit.analysis.budget_curves` output (``method, seed, budget, cost, accuracy``);
     budgets_df: :func:`quee_kit.evaluate.budget_tables` rows; c_min, c_sat: floats or one per seed.
     """
+    if against not in DIFF_COLUMNS:
+        raise ValueError(f"against must be one of {sorted(DIFF_COLUMNS)} (got {against!r})")
     pooled = budgets_df[budgets_df.seed == "all"]
     if diff_methods is None:
         diff_methods = [m for m in pooled.method.unique() if m.startswith("quee")]
@@ -178,7 +183,7 @@ def accuracy_cost_figure(curves: pd.DataFrame, budgets_df: pd.DataFrame, c_min, 
     for j, m in enumerate(diff_methods):
         d = pooled[pooled.method == m].set_index("budget").loc[budgets]
         x = np.arange(len(budgets)) - 0.4 + width * (j + 0.5)
-        y, lo, hi = (100 * d[c].to_numpy() for c in ("diff_vs_best_single", "diff_lo", "diff_hi"))
+        y, lo, hi = (100 * d[c].to_numpy(dtype=float) for c in DIFF_COLUMNS[against])
         ok = np.array([feasible is None or bool(feasible.get((m, b), True)) for b in budgets])
         st = method_style(m)   # over budget: not a fair comparison, so no interval, no colour, no say in the scale
         bx.errorbar(x[ok], y[ok], yerr=[y[ok] - lo[ok], hi[ok] - y[ok]], fmt=st["marker"], ms=5, capsize=3,
@@ -193,8 +198,9 @@ def accuracy_cost_figure(curves: pd.DataFrame, budgets_df: pd.DataFrame, c_min, 
         bx.annotate("small grey: over budget on calib, not comparable", (0.01, 0.01), xycoords="axes fraction",
                     fontsize="small", color="0.3")
     bx.set_xticks(np.arange(len(budgets)), [f"{b:g}" for b in budgets])
-    bx.set(xlabel=BUDGET_LABEL.replace("the reference level", ref) if ref else BUDGET_LABEL, ylabel=DIFF_LABEL,
-           title=f"Paired difference vs best-single, 95% bootstrap CI ({n_seeds} seed{'s' * (n_seeds > 1)})")
+    bx.set(xlabel=BUDGET_LABEL.replace("the reference level", ref) if ref else BUDGET_LABEL,
+           ylabel=DIFF_LABEL.replace("best-static", against),
+           title=f"Paired difference vs {against}, 95% bootstrap CI ({n_seeds} seed{'s' * (n_seeds > 1)})")
     _legend_below(fig, (ax, bx), ncol=7)   # one legend for both panels (same colour and marker per method)
     return fig
 

@@ -14,6 +14,7 @@ from .budget_rule import select_for_budget  # re-exported: the rule is shared, t
 from .methods import Method, Outcome, make_outcome
 from .options import OptionSpace
 from .paths import PathCache
+from .probe import Probe
 
 __all__ = ["Outcome", "make_outcome", "call_needed", "simulate", "simulate_many", "option_mask", "lambda_grid", "select_for_budget",
            "QueePolicy", "VARIANTS"]
@@ -51,15 +52,17 @@ def call_needed(opts: OptionSpace, mask: np.ndarray, call_cost: float, lams) -> 
 
 
 def simulate_many(err_hat: np.ndarray, cache: PathCache, opts: OptionSpace, lams: np.ndarray, entry: int,
-                  mask: np.ndarray | None = None, call_cost: float = 0.0, visits: list | None = None
-                  ) -> tuple[np.ndarray, np.ndarray]:
+                  mask: np.ndarray | None = None, call_cost: float = 0.0, visits: list | None = None,
+                  probe: Probe | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The receding-horizon rule for every sample and every λ in ``lams`` at once.
 
     err_hat: (n_nodes, N, O) predicted error probabilities; lams: (K,) values >= 0; entry: level index
     of block 1; call_cost: normalized cost of one predictor call (charged for every call made).
     Returns (node, cost), both (K, N): where each sample exits and what it paid. ``visits``, when a
     list, receives one (lam index, node, sample) triple of arrays per decision step that called the
-    predictor.
+    predictor. ``probe`` (quee-probe, :mod:`quee_kit.probe`): every decision that calls the predictor first buys
+    the probe, decides with its cost-to-go after the probe (``probe.delta``) and pays ``probe.cost`` of the node
+    on top unless it continues at the probe's node; decisions without a call use the plain cost-to-go.
     """
     lams = np.atleast_1d(np.asarray(lams, dtype=float))
     if (lams < 0).any() or not np.isfinite(lams).all():
@@ -73,7 +76,7 @@ def simulate_many(err_hat: np.ndarray, cache: PathCache, opts: OptionSpace, lams
     sample = np.tile(np.arange(N), K)
     lam = np.repeat(lams, N)
     active = np.ones(K * N, bool)
-    calls = np.zeros(K * N)
+    calls, wasted = np.zeros(K * N), np.zeros(K * N)
     allowed = [np.flatnonzero(row) for row in mask]            # per node, its allowed options, ascending
     for _ in range(tree.L - 1):
         ai = np.flatnonzero(active)
@@ -89,17 +92,21 @@ def simulate_many(err_hat: np.ndarray, cache: PathCache, opts: OptionSpace, lams
             cols = allowed[n]
             if len(cols):
                 r = ai[rows]
-                score = err_hat[n][np.ix_(sample[r], cols)] + lam[r, None] * delta[n, cols]
+                d = delta[n, cols] if probe is None else np.where(need[r // N, n][:, None], probe.delta[n, cols],
+                                                                   delta[n, cols])
+                score = err_hat[n][np.ix_(sample[r], cols)] + lam[r, None] * d
                 a[rows] = cols[score.argmin(1)]
         called = need[ai // N, nodes]
         calls[ai[called]] += 1
         if visits is not None:
             visits.append((ai[called] // N, nodes[called], sample[ai[called]]))
         nxt = opts.next_node[nodes, a]
+        if probe is not None:
+            wasted[ai[called]] += probe.wasted(nodes[called], nxt[called])
         go = nxt >= 0
         active[ai[~go]] = False
         cur[ai[go]] = nxt[go]
-    cost = cache.node_cost[cur] + calls * call_cost
+    cost = cache.node_cost[cur] + calls * call_cost + wasted
     return cur.reshape(K, N), cost.reshape(K, N)
 
 
@@ -127,12 +134,14 @@ class QueePolicy(Method):
 
     def __init__(self, name: str, err_hat: dict[str, np.ndarray], caches: dict[str, PathCache],
                  opts: OptionSpace, lambdas: np.ndarray, variant: str = "all", mask: np.ndarray | None = None,
-                 call_cost: float = 0.0):
-        """``mask`` (n_nodes, O), when given, replaces the variant's option restriction."""
+                 call_cost: float = 0.0, probe: bool = False):
+        """``mask`` (n_nodes, O), when given, replaces the variant's option restriction; ``probe``: the paid
+        probe's rule and accounting (:mod:`quee_kit.probe`; ``err_hat`` then comes from a probe predictor)."""
         self.name, self.err_hat, self.caches, self.opts, self.call_cost = name, err_hat, caches, opts, call_cost
         self.mask = option_mask(opts, variant) if mask is None else mask
         self.knobs = [(q, float(l)) for q in range(len(opts.tree.levels)) for l in lambdas]
         self.tree = opts.tree
+        self.probe = Probe.build(opts, caches["calib"].node_cost, call_cost) if probe else None
 
     def restrict(self, levels) -> "QueePolicy":
         """Entries inside ``levels``, and every option whose level is outside them masked."""
@@ -143,14 +152,17 @@ class QueePolicy(Method):
 
     def outcome(self, split: str, knob) -> Outcome:
         q, lam = knob
-        return simulate(self.err_hat[split], self.caches[split], self.opts, lam, q, self.mask, self.call_cost)
+        node, cost = simulate_many(self.err_hat[split], self.caches[split], self.opts, np.array([lam]), q, self.mask,
+                                   self.call_cost, probe=self.probe)
+        return make_outcome(self.caches[split], node[0], cost[0])
 
     def outcomes(self, split: str) -> list[Outcome]:
         """Every knob at once (all λ of an entry level in one vectorized pass)."""
         out, cache = [], self.caches[split]
         for q in sorted({k[0] for k in self.knobs}):
             lams = np.array([k[1] for k in self.knobs if k[0] == q])
-            node, cost = simulate_many(self.err_hat[split], cache, self.opts, lams, q, self.mask, self.call_cost)
+            node, cost = simulate_many(self.err_hat[split], cache, self.opts, lams, q, self.mask, self.call_cost,
+                                       probe=self.probe)
             out += [make_outcome(cache, n, c) for n, c in zip(node, cost)]
         return out
 
@@ -159,6 +171,6 @@ class QueePolicy(Method):
         q, lam = knob
         steps: list = []
         simulate_many(self.err_hat[split], self.caches[split], self.opts, np.array([lam]), q, self.mask,
-                      self.call_cost, visits=steps)
+                      self.call_cost, visits=steps, probe=self.probe)
         return (np.concatenate([s[1] for s in steps]) if steps else np.zeros(0, int),
                 np.concatenate([s[2] for s in steps]) if steps else np.zeros(0, int))

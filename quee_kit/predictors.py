@@ -38,19 +38,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .calibrated import BinnedErrorPredictor, PlattErrorPredictor, cell_sums
+from .calibrated import BinnedErrorPredictor, PlattErrorPredictor, ProbePlattErrorPredictor, cell_sums
 from .calibration import expected_calibration_error, quality_metrics
 from .costs import mlp_macs
 from .options import OptionSpace
 from .parallel import one_thread, run_jobs
 from .paths import DISCRETE_FEATURES, FEATURE_NAMES, HISTORY_FEATURES, PathCache
+from .probe import PROBE_COLUMNS, probe_rows
 
-CALIBRATED = {"binned": BinnedErrorPredictor, "platt": PlattErrorPredictor}
+CALIBRATED = {"binned": BinnedErrorPredictor, "platt": PlattErrorPredictor, "platt-probe": ProbePlattErrorPredictor}
 
 __all__ = ["DecisionRows", "decision_rows", "feature_columns", "discretized_targets",
            "depth_balanced_weights", "subsample_by_depth", "holdout_by_sample",
-           "ErrorPredictor", "predictor_macs", "fit_predictor", "predictor_from_state", "fit_cross_fitted",
-           "CrossFitted",
+           "ErrorPredictor", "predictor_macs", "fit_predictor", "predictor_from_state", "fit_cross_fitted", "CrossFitted",
            "predict_nodes", "exit_now_rows", "quality_metrics", "predictor_quality", "expected_calibration_error"]
 
 
@@ -61,11 +61,11 @@ def feature_columns(history: bool = True) -> list[int]:
 def predictor_macs(cfg, n_options: int) -> int:
     """MACs of one call of the predictor a :class:`~quee_kit.config.PredictorConfig` fits, known before
     fitting: the MLP's layers (one MLP runs per call, shared or not), ``bins - 1`` comparisons of
-    ``binned``, one multiply-add per option of ``platt``."""
+    ``binned``, one multiply-add per option of ``platt`` (per option and score with the probe)."""
     if cfg.kind == "binned":
         return cfg.bins - 1
     if cfg.kind == "platt":
-        return n_options
+        return n_options * (len(PROBE_COLUMNS) if cfg.probe else 1)
     return mlp_macs([len(feature_columns(cfg.history))] + [cfg.hidden] * cfg.layers + [n_options])
 
 
@@ -83,12 +83,14 @@ class DecisionRows:
 
 
 def decision_rows(cache: PathCache, opts: OptionSpace, samples: np.ndarray, nodes: np.ndarray | None = None,
-                  errors: bool = True) -> DecisionRows:
+                  errors: bool = True, probe: bool = False) -> DecisionRows:
     """Rows of ``samples`` at ``nodes`` (default: every decision node, depth < L); ``errors=False``
-    leaves ``wrong`` None (prediction needs only the features)."""
+    leaves ``wrong`` None (prediction needs only the features); ``probe``: each row's probe features follow
+    its own (:func:`quee_kit.probe.probe_rows`)."""
     tree = opts.tree
     nodes = np.flatnonzero(tree.depth < tree.L) if nodes is None else np.asarray(nodes)
     x = cache.features[nodes][:, samples].reshape(-1, len(FEATURE_NAMES)).numpy()
+    x = np.concatenate([x, probe_rows(cache, nodes, samples)], 1) if probe else x
     wrong = None
     if errors:
         tgt = opts.target[nodes]                                                  # (nn, O)
@@ -287,7 +289,9 @@ def _fit_mlp(rows: DecisionRows, cfg, L: int, n_options: int, seed: int) -> Erro
 
 def fit_predictor(cache: PathCache, opts: OptionSpace, cfg, samples: np.ndarray, seed: int = 0):
     """One predictor of ``cfg.kind`` fitted on the decision rows of ``samples``."""
-    rows = decision_rows(cache, opts, samples)
+    rows = decision_rows(cache, opts, samples, probe=cfg.probe)
+    if cfg.probe:   # the config check allows it with platt only
+        return ProbePlattErrorPredictor.fit(rows, len(opts.tree))
     if cfg.kind == "binned":
         return BinnedErrorPredictor.fit(rows, len(opts.tree), cfg.bins, cfg.prior_weight)
     if cfg.kind == "platt":
@@ -299,9 +303,10 @@ def _decision_predictions(predictor, cache: PathCache, opts: OptionSpace, sample
     """The decision nodes (ascending) and ``err_hat`` of ``samples`` there, (nodes, len(samples), O) with
     NaN at invalid options. ``memo``: a dict keeping the feature rows for the next predictor on these samples."""
     memo = {} if memo is None else memo
-    key = (id(cache), np.asarray(samples).tobytes())   # the memo lives no longer than the caches it holds rows of
+    probe = getattr(predictor, "probe", False)
+    key = (id(cache), np.asarray(samples).tobytes(), probe)   # the memo lives no longer than the caches it holds rows of
     if key not in memo:
-        memo[key] = decision_rows(cache, opts, samples, errors=False)
+        memo[key] = decision_rows(cache, opts, samples, errors=False, probe=probe)
     rows = memo[key]
     nodes = np.unique(rows.node)
     with one_thread():   # the same bits on any thread count, like the fits

@@ -22,6 +22,7 @@ from .config import Config, cache_dir, key_fields
 from .costs import CostModel
 from .data import Dataset, load_dataset
 from . import timm_backbones  # noqa: F401  (registers the "timm" backbone beside models.py's own)
+from . import cnn  # noqa: F401  (registers the "cnn" backbone)
 from .models import BACKBONES, EarlyExitModel, build_model
 from .parallel import one_thread, resolve_jobs, run_jobs
 from .paths import PathCache, PathTree, build_path_cache

@@ -21,7 +21,7 @@ from torch import nn
 from .gemm import linear
 
 __all__ = ["Level", "parse_level", "sorted_levels", "config_levels", "fake_quant_weight", "fake_quant_act", "ActQuant",
-           "QuantLinear", "QuantConv2d", "apply_level", "FLOAT_BITS", "CastBlock", "REF_DTYPES", "ResidualQuant", "qmax",
+           "QuantLinear", "QuantConv2d", "apply_level", "deployed", "FLOAT_BITS", "CastBlock", "REF_DTYPES", "ResidualQuant", "qmax",
            "quantize_residual", "softmax_fake_quant"]
 
 FLOAT_BITS = 16  # bits >= this run in float32 (costed at their nominal bits)
@@ -203,7 +203,10 @@ class QuantLinear(nn.Module):
 
 
 class QuantConv2d(nn.Module):
-    """A ``Conv2d`` with per-output-channel weight quantization and per-sample input quantization."""
+    """A ``Conv2d`` with per-output-channel weight quantization and per-sample input quantization.
+
+    A conv's token is a pixel: with ``granularity="token"`` each pixel's channel vector of each sample has
+    its own scale (as a ViT token's vector has), not each row of the image; ``"tensor"``: one per sample."""
 
     def __init__(self, layer: nn.Conv2d, w_bits: int, act: ActQuant):
         super().__init__()
@@ -213,13 +216,22 @@ class QuantConv2d(nn.Module):
         self.w_bits, self.act = w_bits, act
 
     def forward(self, x):
+        if self.act.granularity == "token":
+            return self.conv(self.act(x.movedim(1, -1)).movedim(-1, 1))
         return self.conv(self.act(x))
+
+
+def deployed(block: nn.Module) -> nn.Module:
+    """The form of an eval-mode ``block`` that levels quantize and costs count: ``block.folded()`` where the
+    block has one (a BatchNorm block folds its BNs into its convs, :mod:`quee_kit.cnn`), else ``block``."""
+    return block.folded() if hasattr(block, "folded") else block
 
 
 def apply_level(block: nn.Module, level: Level | str, quantize_attention: bool = True) -> nn.Module:
     """Return a quantized copy of ``block`` at ``level`` (the original is untouched; a name is parsed
     with :func:`parse_level`'s defaults).
 
+    The block is first put in its deployment form (:func:`deployed`: e.g. BatchNorm folded into its conv).
     Every ``nn.Linear``/``nn.Conv2d`` inside is replaced; modules exposing
     ``matmul_quant`` (e.g. the ViT attention) get the activation quantizer for their
     matmuls when ``quantize_attention`` (else they stay float). A level with both bit
@@ -227,7 +239,7 @@ def apply_level(block: nn.Module, level: Level | str, quantize_attention: bool =
     """
     level = parse_level(level)
     act = ActQuant(level.a_bits, level.granularity, level.clip_percentile)
-    out = copy.deepcopy(block).eval()
+    out = deployed(copy.deepcopy(block).eval())
 
     def swap(mod: nn.Module):
         for name, child in mod.named_children():

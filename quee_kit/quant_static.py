@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from .artifacts import content_hash
-from .quant import FLOAT_BITS, Level, QuantConv2d, QuantLinear, ResidualQuant, parse_level, qmax
+from .quant import FLOAT_BITS, Level, QuantConv2d, QuantLinear, ResidualQuant, deployed, parse_level, qmax
 
 __all__ = ["StaticActQuant", "AttentionRoles", "StaticScales", "calibrate_static", "act_scales_for",
            "apply_level_static", "quantize_residual_static", "INPUT_POINT", "ATTENTION_ROLES"]
@@ -160,6 +160,7 @@ def calibrate_static(model: nn.Module, x: torch.Tensor, percentile: float, batch
     h = torch.cat([model.stem(x[i:i + batch_size].to(device)).cpu() for i in range(0, len(x), batch_size)])
     amax: list[dict[str, float]] = []
     for block in model.blocks:
+        block = deployed(copy.deepcopy(block).eval())   # the form the levels quantize (names as they see them)
         store: dict[str, list] = {}
         hooks, saved = [], []
         for name, mod in block.named_modules():
@@ -196,7 +197,7 @@ def apply_level_static(block: nn.Module, level: Level | str, scales: dict[str, f
     scale of its name; an attention's matmuls get q, k, v at theirs and the probabilities at ``1 / qmax``
     (float when not ``quantize_attention``). A float level returns a plain copy."""
     level = parse_level(level)
-    out = copy.deepcopy(block).eval()
+    out = deployed(copy.deepcopy(block).eval())   # as apply_level: e.g. a CNN block's BatchNorms folded
     if not level.is_float:
         def act(name: str):
             if name not in scales:

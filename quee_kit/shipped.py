@@ -1,6 +1,8 @@
 """Shipped models: trained weights committed with the kit, so that every number quoted from a study
 reproduces on any CPU (training amplifies the last-bit differences between CPU kernels; a fixed model
-does not).
+does not). The same holds for the MLP error predictors (``quee-mlp``, ``quee-raw``): fitting one on
+identical path caches under another kernel path moved ``quee-mlp`` by 0.55 points, so their fits are
+shipped too (``embedded/predictors/``, the study's predictor artifact as it is, keyed by the predictor key).
 
 ``quee_kit/embedded/models/`` holds one safetensors file per model and ``manifest.json``, one entry per
 file: the model key (the hash of the training config section, the data digest and the seed: the same key
@@ -19,9 +21,12 @@ from pathlib import Path
 from .artifacts import atomic_write_bytes
 from .config_rules import UserError
 
-__all__ = ["MODELS_DIR", "ShippedModel", "shipped_models", "find_shipped", "load_shipped", "ship_model", "cpu_name"]
+__all__ = ["MODELS_DIR", "PREDICTORS_DIR", "ShippedModel", "shipped_models", "find_shipped", "load_shipped",
+           "load_shipped_bytes", "find_shipped_predictor", "load_shipped_predictor", "ship_model", "ship_bytes",
+           "cpu_name"]
 
 MODELS_DIR = Path(__file__).resolve().parent / "embedded" / "models"
+PREDICTORS_DIR = Path(__file__).resolve().parent / "embedded" / "predictors"
 
 
 @dataclass(frozen=True)
@@ -56,20 +61,35 @@ def find_shipped(key: str, folder: Path | None = None) -> ShippedModel | None:
     return shipped_models(folder).get(key)
 
 
-def load_shipped(entry: ShippedModel, folder: Path | None = None) -> dict:
-    """The entry's state dict (name -> CPU tensor), after checking the file's sha256 against the manifest:
-    a corrupted or replaced file is refused with one line, never used."""
-    from safetensors.torch import load
+def load_shipped_bytes(entry: ShippedModel, folder: Path | None = None) -> bytes:
+    """The entry's file, after checking its sha256 against the manifest: a corrupted or replaced file is
+    refused with one line, never used."""
     path = (folder or MODELS_DIR) / entry.file
     hint = "restore it from the repository (git checkout), run `make models`, or train afresh with --retrain"
+    what = "shipped predictor" if folder == PREDICTORS_DIR else "shipped model"
     if not path.is_file():
-        raise UserError(f"shipped model {entry.file}: file missing; {hint}")
+        raise UserError(f"{what} {entry.file}: file missing; {hint}")
     raw = path.read_bytes()
     got = hashlib.sha256(raw).hexdigest()
     if got != entry.sha256:
-        raise UserError(f"shipped model {entry.file}: sha256 {got[:12]}... does not match the manifest's "
+        raise UserError(f"{what} {entry.file}: sha256 {got[:12]}... does not match the manifest's "
                         f"{entry.sha256[:12]}...; {hint}")
-    return load(raw)
+    return raw
+
+
+def load_shipped(entry: ShippedModel, folder: Path | None = None) -> dict:
+    """The entry's state dict (name -> CPU tensor), checked as :func:`load_shipped_bytes` does."""
+    from safetensors.torch import load
+    return load(load_shipped_bytes(entry, folder))
+
+
+def find_shipped_predictor(key: str) -> ShippedModel | None:
+    return shipped_models(PREDICTORS_DIR).get(key)
+
+
+def load_shipped_predictor(entry: ShippedModel) -> bytes:
+    """The shipped predictor artifact's bytes (a :mod:`quee_kit.safe_codec` body), sha256-checked."""
+    return load_shipped_bytes(entry, PREDICTORS_DIR)
 
 
 def cpu_name() -> str:
@@ -87,11 +107,17 @@ def ship_model(state_dict: dict, *, key: str, study: str, seed: int, data_digest
                folder: Path | None = None) -> ShippedModel:
     """Write ``state_dict`` as ``<study>-seed<seed>.safetensors`` and its manifest entry (replacing an
     entry of the same file), both atomically."""
-    import torch
     from safetensors.torch import save
-    folder = folder or MODELS_DIR
-    name = f"{study}-seed{seed}.safetensors"
     body = save({k: v.detach().cpu().contiguous() for k, v in state_dict.items()})
+    return ship_bytes(body, name=f"{study}-seed{seed}.safetensors", key=key, study=study, seed=seed,
+                      data_digest=data_digest, train=train, folder=folder or MODELS_DIR)
+
+
+def ship_bytes(body: bytes, *, name: str, key: str, study: str, seed: int, data_digest: str, train: dict,
+               folder: Path) -> ShippedModel:
+    """Write ``body`` as ``folder/name`` and its manifest entry (replacing an entry of the same file), both
+    atomically."""
+    import torch
     atomic_write_bytes(folder / name, body)
     entry = ShippedModel(key=key, file=name, sha256=hashlib.sha256(body).hexdigest(), study=study, seed=seed,
                          data_digest=data_digest, torch=torch.__version__, cpu=cpu_name(),

@@ -21,6 +21,8 @@ from tqdm.auto import tqdm
 from . import baselines  # noqa: F401  (registers the baselines)
 from . import schedules  # noqa: F401  (registers the static-schedule baselines, after best-single)
 from .artifacts import ArtifactError, content_hash, load_artifact, save_artifact
+from .safe_codec import decode
+from .shipped import find_shipped_predictor, load_shipped_predictor
 from .backends import quant_key
 from .config import Config, ConfigError, cache_dir
 from .methods import MethodContext, build_methods
@@ -32,10 +34,11 @@ from .predictors import (CrossFitted, fit_cross_fitted, predictor_from_state, pr
                          predictor_quality)
 from .prepare import Prepared, cache_path, load_data, prepare
 from .study_store import load_stored_study, store_study, study_artifact
-from .variants import QUEE_VARIANTS  # re-exported: the study builds them
+from .variants import ALL_VARIANTS, QUEE_VARIANTS  # re-exported: the study builds them
 
-__all__ = ["Study", "run_study", "fit_variants", "predictor_configs", "store_predictors",
-           "method_points", "select_points", "points_auc", "c_min_sat", "QUEE_VARIANTS", "check_config_against_data",
+__all__ = ["Study", "run_study", "fit_variants", "predictor_configs", "store_predictors", "shipped_predictor",
+           "predictor_artifact_keys", "predictor_artifacts", "method_points", "select_points", "points_auc",
+           "c_min_sat", "QUEE_VARIANTS", "ALL_VARIANTS", "check_config_against_data",
            "PREDICTOR_FIT_VERSION"]
 
 def check_config_against_data(cfg: Config) -> None:
@@ -85,6 +88,8 @@ class Study:
     def engine(self, method: str, budget: float):
         """The :class:`~quee_kit.engine.DynamicModel` running ``method`` (a QuEE variant) at ``budget``."""
         from .engine import DynamicModel
+        if getattr(self.methods[method], "probe", None) is not None:
+            raise ValueError(f"engine: {method} (the paid probe) runs in the path-cache simulation only, not in DynamicModel")
         (entry, lam), _ = self.select(method, budget)
         p, m, prep = self.predictors[method], self.methods[method], self.prep
         return DynamicModel(prep.model, prep.qblocks, prep.costs, p["final"], self.opts, entry, lam, m.mask,
@@ -95,19 +100,35 @@ class Study:
 PREDICTOR_FIT_VERSION = 3  # 3: every fit on one thread (MLP bits no longer depend on the core count)
 
 
-def _predictor_keys(prep: Prepared, pcfgs: list, seed: int) -> list[str]:
+def _pcfg_key(pcfg) -> dict:
+    """The predictor config as its artifacts' key reads it: ``probe`` only when set, so every predictor
+    stored before the probe existed keeps its key."""
+    d = dataclasses.asdict(pcfg)
+    return d if d.pop("probe") is False else {**d, "probe": True}
+
+
+def predictor_artifact_keys(prep: Prepared, pcfgs: list, seed: int) -> list[str]:
+    """The artifact key of each predictor config's cross-fitted predictors (shipped ones carry it)."""
     return [content_hash("predictors", PREDICTOR_FIT_VERSION, prep.model_hash, prep.data.digest,
-                         [l.name for l in prep.levels], prep.tree.family, dataclasses.asdict(pcfg), seed,
+                         [l.name for l in prep.levels], prep.tree.family, _pcfg_key(pcfg), seed,
                          quant_key(prep.cfg.quant), FEATURE_NAMES,  # a change of features makes old ones stale
                          *([prep.act_scales.digest()] if prep.act_scales is not None else []))
             for pcfg in pcfgs]
 
 
-def _predictor_artifacts(prep: Prepared, opts: OptionSpace, pcfgs: list, seed: int, progress: bool) -> list[dict]:
+def shipped_predictor(prep: Prepared, key: str) -> dict | None:
+    """The shipped predictor artifact of ``key`` (``quee_kit/embedded/predictors``: the MLP fits, whose
+    bits would otherwise depend on the CPU's kernels), or None; never with ``model.retrain``."""
+    entry = None if prep.cfg.model.retrain else find_shipped_predictor(key)
+    return None if entry is None else decode(load_shipped_predictor(entry))
+
+
+def predictor_artifacts(prep: Prepared, opts: OptionSpace, pcfgs: list, seed: int, progress: bool) -> list[dict]:
     """The stored fold predictors, refitted predictor and fold assignment of each predictor config in
-    ``pcfgs``, each an artifact; the missing ones are fitted together, every fit on one thread, shared out
+    ``pcfgs``, each an artifact (from the cache, else shipped, else fitted); the missing ones are fitted
+    together, every fit on one thread, shared out
     over ``cfg.jobs`` worker processes (the same numbers as one after another)."""
-    keys = _predictor_keys(prep, pcfgs, seed)
+    keys = predictor_artifact_keys(prep, pcfgs, seed)
     paths = [cache_dir(prep.cfg) / f"predictors-{key[:16]}.pt" for key in keys]
     arts = []
     for path, key in zip(paths, keys):
@@ -115,6 +136,10 @@ def _predictor_artifacts(prep: Prepared, opts: OptionSpace, pcfgs: list, seed: i
             arts.append(load_artifact(path, key))
         except ArtifactError:
             arts.append(None)
+    for i in [i for i, a in enumerate(arts) if a is None]:
+        arts[i] = shipped_predictor(prep, keys[i])
+        if arts[i] is not None:
+            save_artifact(paths[i], keys[i], arts[i])
     missing = [i for i, a in enumerate(arts) if a is None]
     if missing:
         fits = fit_cross_fitted(prep.caches["calib"], opts, [pcfgs[i] for i in missing], seed, progress,
@@ -127,11 +152,11 @@ def _predictor_artifacts(prep: Prepared, opts: OptionSpace, pcfgs: list, seed: i
 
 def fit_variants(prep: Prepared, opts: OptionSpace, pcfgs: list, seed: int, progress: bool) -> list[dict]:
     """Cross-fitted predictors for each predictor config in ``pcfgs`` (fold predictors + one refitted on all
-    of calib; :func:`_predictor_artifacts`). Per config: calib (out-of-fold) and test estimates ``err_hat``
+    of calib; :func:`predictor_artifacts`). Per config: calib (out-of-fold) and test estimates ``err_hat``
     (keys ``calib``, ``test``), the refitted predictor (``final``) and the normalized cost of one call
     (``call_cost``, known from the config before fitting)."""
     out, memo = [], {}   # the fits predict on the same rows: their features are gathered once
-    for pcfg, art in zip(pcfgs, _predictor_artifacts(prep, opts, pcfgs, seed, progress)):
+    for pcfg, art in zip(pcfgs, predictor_artifacts(prep, opts, pcfgs, seed, progress)):
         cf = CrossFitted([predictor_from_state(s) for s in art["folds"]], predictor_from_state(art["final"]),
                          art["fold_of"])
         macs = predictor_macs(pcfg, opts.n_options)
@@ -171,7 +196,7 @@ def run_study(cfg: Config, progress: bool = True, variants: dict | None = None, 
     variants = variants or QUEE_VARIANTS
     pcfgs = predictor_configs(cfg, variants)
     path, key = study_artifact(prep, {s: cache_path(prep, s)[0] for s in ("calib", "test")},
-                               _predictor_keys(prep, list(pcfgs.values()), cfg.seed), variants,
+                               predictor_artifact_keys(prep, list(pcfgs.values()), cfg.seed), variants,
                                cfg.eval.lambda_grid, cfg.seed)
     stored = load_stored_study(path, key, opts) if store else None
     timings["stored"] = stored is not None
@@ -189,7 +214,7 @@ def run_study(cfg: Config, progress: bool = True, variants: dict | None = None, 
         predictors[name] = fitted[pkey]
         # every call is charged: the cost of one call of the predictor that made the estimates
         methods[name] = QueePolicy(name, fitted[pkey], caches, opts, lambdas, variant,
-                                   call_cost=fitted[pkey]["call_cost"])
+                                   call_cost=fitted[pkey]["call_cost"], probe=pcfgs[pkey].probe)
     timings["predictor_seconds"] = time.perf_counter() - t1
     methods.update(build_methods(MethodContext(caches, opts, lambdas, cfg.seed, built=dict(methods))))
     t2 = time.perf_counter()
@@ -209,7 +234,7 @@ def store_predictors(cfg: Config, pcfgs: list, prep: Prepared | None = None) -> 
     that calib cache already loaded (``prepare(cfg, splits=("calib",))``)."""
     torch.manual_seed(cfg.seed)
     prep = prep or prepare(cfg, splits=("calib",), progress=False)
-    _predictor_artifacts(prep, OptionSpace(prep.tree, prep.caches["calib"].node_cost), list(pcfgs), cfg.seed,
+    predictor_artifacts(prep, OptionSpace(prep.tree, prep.caches["calib"].node_cost), list(pcfgs), cfg.seed,
                          progress=False)
 
 

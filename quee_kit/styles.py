@@ -19,7 +19,8 @@ METHOD_STYLES = {name: {"color": color, "marker": marker, **({"ls": "--"} if nam
                  for name, color, marker in [
     ("quee", "#D55E00", "o"), ("quee-binned", "#EE6677", "d"), ("quee-mlp", "#999933", "8"),
     ("quee-raw", "#E69F00", "v"), ("quee-nohist", "#CC79A7", "^"),
-    ("quee-exit-only", "#882255", "<"), ("quee-quant-only", "#661100", ">"), ("static-quant", "#0072B2", "s"),
+    ("quee-exit-only", "#882255", "<"), ("quee-quant-only", "#661100", ">"), ("quee-probe", "#DC267F", "2"),
+    ("static-quant", "#0072B2", "s"),
     ("ee-confidence", "#56B4E9", "D"), ("ee-confidence@q", "#009E73", "P"),
     ("ee-confidence-perexit", "#117733", "X"), ("best-single", "#000000", "h"), ("random", "#999999", "x"),
     ("static-schedule", "#5F9EA0", "+"), ("ee-confidence-schedule", "#7A5195", "1"), ("best-static", "#1F3A5F", "H"),

@@ -101,6 +101,13 @@ def test_tables_agree_with_budget_tables(study):
     assert acc.shape == diff.shape == (len(study.methods), len(cfg.eval.budgets))
     assert "±" not in acc.iloc[0, 0] and (diff.loc["best-single"] == "reference").all()
     assert "[" in diff.loc["quee"].iloc[0]
+    # against best-static: its own columns, best-static the reference
+    static = analysis.budget_summary(budgets_df, against="best-static").set_index(["method", "budget"])
+    pooled = budgets_df[budgets_df.seed == "all"].set_index(["method", "budget"])
+    assert (static.loc["best-static"].verdict == "reference").all() and (static.loc["best-static"].diff_pp == 0).all()
+    assert static.diff_pp.to_numpy() == pytest.approx(100 * pooled.loc[static.index].diff_vs_best_static.to_numpy())
+    with pytest.raises(ValueError, match="against"):
+        analysis.budget_summary(budgets_df, against="oracle")
     table = analysis.auc_table(auc).set_index("method")
     assert table.loc["best-single", "oracle_gap_share"] == 0 and table.loc["oracle", "oracle_gap_share"] == 1
     assert table.loc["oracle", "auc_mean"] >= table.loc["quee", "auc_mean"]

@@ -109,3 +109,36 @@ def test_stratified_auroc_equals_sklearn_in_one_stratum_and_skips_pure_strata():
     got, used = stratified_auroc(np.r_[score, [9.0, 9.0]], np.r_[label, [True, True]], np.r_[np.zeros(200), [1, 1]])
     assert got == pytest.approx(roc_auc_score(label, score)) and used == label.sum()
     assert np.isnan(stratified_auroc([1.0, 2.0], [True, True], [0, 0])[0])
+
+
+def test_dial_sweep_reports_best_static_as_quee_kit_run_does(study_cfg, study):
+    """The sweep's gains are the budget table's paired differences (best-static the headline, best-single
+    beside it) and its calib gains are the calib accuracies of the budget rule's picks."""
+    from quee_kit.dial_sweep import dial_sweep
+    from quee_kit.evaluate import budget_tables
+    from tests.conftest import STUDY_OVERRIDES
+    overrides = [f"cache_dir={study_cfg.cache_dir}", *STUDY_OVERRIDES]
+    value = study_cfg.quant.residual                      # the fixture's own setting: its stored study is reused
+    out = dial_sweep("configs/digits.yaml", {"quant.residual": [value]}, seeds=(0,), overrides=overrides)
+    gains = out["gains"].set_index(["method", "budget"])
+    budgets = study_cfg.eval.budgets
+    table, _ = budget_tables([study], budgets, study_cfg.eval.bootstrap, study_cfg.eval.auc_range)
+    pooled = table[table.seed == "all"].set_index(["method", "budget"])
+    assert set(gains.value) == {str(value)}
+    for m in ("quee", "quee-exit-only"):
+        for b in budgets:
+            g, r = gains.loc[(m, b)], pooled.loc[(m, b)]
+            assert g["diff"] == pytest.approx(100 * r.diff_vs_best_static)
+            assert (g.lo, g.hi) == pytest.approx((100 * r.diff_lo_static, 100 * r.diff_hi_static))
+            assert g.diff_single == pytest.approx(100 * r.diff_vs_best_single)
+            assert g.verdict == r.verdict_static and g.precision_diversity == r.precision_diversity
+            acc = {o: study.at_budget(o, b, "calib")[2].accuracy for o in (m, "best-static", "best-single")}
+            assert g.calib_gain == pytest.approx(100 * (acc[m] - acc["best-static"]))
+            assert g.calib_gain_single == pytest.approx(100 * (acc[m] - acc["best-single"]))
+    # best-static contains best-single: where best-single fits the budget on calib, best-static's pick is
+    # at least as accurate on calib, so the gain against it is never larger
+    fits = [b for b in budgets if study.select("best-single", b)[1]]
+    assert fits
+    g = gains.reset_index()
+    g = g[g.budget.isin(fits)]
+    assert (g.calib_gain <= g.calib_gain_single + 1e-9).all()

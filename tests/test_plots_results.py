@@ -33,10 +33,11 @@ def budgets_df():
     for m in ["quee", "quee-raw", "best-single", "oracle"]:
         for b in BUDGETS:
             d = {"quee": 0.004, "quee-raw": -0.002, "best-single": 0.0, "oracle": 0.08}[m]
-            rows.append({"method": m, "budget": b, "seed": "all", "accuracy": 0.9, "cost": b,
-                         "diff_vs_best_single": d, "diff_lo": d - 0.01, "diff_hi": d + 0.01})
-            rows.append({"method": m, "budget": b, "seed": "0", "accuracy": 0.9, "cost": b,
-                         "diff_vs_best_single": d, "diff_lo": d - 0.01, "diff_hi": d + 0.01})
+            ds = d - 0.003      # against best-static: another number, so the panel's choice shows
+            for seed in ("all", "0"):
+                rows.append({"method": m, "budget": b, "seed": seed, "accuracy": 0.9, "cost": b,
+                             "diff_vs_best_single": d, "diff_lo": d - 0.01, "diff_hi": d + 0.01,
+                             "diff_vs_best_static": ds, "diff_lo_static": ds - 0.01, "diff_hi_static": ds + 0.01})
     return pd.DataFrame(rows)
 
 
@@ -62,8 +63,17 @@ def test_accuracy_cost_figure(curves, budgets_df):
     assert left.get_legend() is None and right.get_legend() is None   # no legend on the data
     bars = {c.get_label(): c for c in right.containers}       # one error-bar series per method
     assert set(bars) == {"quee", "quee-raw"}
+    # the headline comparison is best-static (its columns are drawn); best-single on request
+    assert "best-static" in right.get_ylabel() and "best-static" in right.get_title()
+    assert np.asarray(bars["quee"].lines[0].get_ydata(), float) == pytest.approx([0.1] * 3)
+    assert np.asarray(bars["quee-raw"].lines[0].get_ydata(), float) == pytest.approx([-0.5] * 3)
+    single = plots.accuracy_cost_figure(curves, budgets_df, [0.011, 0.012], 0.2, METHODS, against="best-single")
+    bars = {c.get_label(): c for c in single.axes[1].containers}
+    assert "best-single" in single.axes[1].get_ylabel()
     assert np.asarray(bars["quee"].lines[0].get_ydata(), float) == pytest.approx([0.4] * 3)
     assert np.asarray(bars["quee-raw"].lines[0].get_ydata(), float) == pytest.approx([-0.2] * 3)
+    with pytest.raises(ValueError, match="against"):
+        plots.accuracy_cost_figure(curves, budgets_df, 0.011, 0.2, METHODS, against="oracle")
 
 
 def test_reliability_diagram():
@@ -156,7 +166,7 @@ def test_over_budget_points_cannot_mislead(curves, budgets_df):
     curves.loc[low, ["feasible", "accuracy"]] = [False, 0.999]         # above every feasible point
     df = budgets_df.copy()
     over = (df.method == "quee-raw") & (df.budget == BUDGETS[0])
-    df.loc[over, ["diff_vs_best_single", "diff_lo", "diff_hi"]] = [0.063, 0.05, 0.076]
+    df.loc[over, ["diff_vs_best_static", "diff_lo_static", "diff_hi_static"]] = [0.063, 0.05, 0.076]
     df.loc[over & (df.seed != "all"), "feasible"] = False
     df["feasible"] = df["feasible"].fillna(True).astype(bool)
     fig = plots.accuracy_cost_figure(curves, df, 0.011, 0.2, METHODS)
@@ -170,6 +180,6 @@ def test_over_budget_points_cannot_mislead(curves, budgets_df):
     bars = {c.get_label(): c for c in right.containers}
     assert len(bars["quee-raw"].lines[0].get_xdata()) == len(BUDGETS) - 1      # no interval, no colour
     lo, hi = right.get_ylim()
-    assert hi < 6.3 and lo <= -0.2 - 1 and hi >= 0.4 + 1                     # the feasible intervals fit
+    assert hi < 6.3 and lo <= -0.5 - 1 and hi >= 0.1 + 1                     # the feasible intervals fit
     edge = [l for l in right.get_lines() if l.get_markeredgecolor() == plots.INFEASIBLE_COLOR]
     assert len(edge) == 1 and edge[0].get_ydata()[0] == pytest.approx(hi)   # off-scale: at the edge

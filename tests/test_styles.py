@@ -10,7 +10,7 @@ from matplotlib.colors import to_rgb
 
 from quee_kit import plots
 from quee_kit.methods import METHODS
-from quee_kit.study import QUEE_VARIANTS  # importing the study registers every baseline
+from quee_kit.study import ALL_VARIANTS  # importing the study registers every baseline
 from quee_kit.styles import METHOD_STYLES, method_style, setting_label
 
 BASELINES = sorted(METHODS)          # every registered baseline and bound, by the name run_study gives it
@@ -27,7 +27,7 @@ def _lab(color) -> np.ndarray:
 
 
 def test_every_method_has_a_distinct_style():
-    names = [*QUEE_VARIANTS, *BASELINES]
+    names = [*ALL_VARIANTS, *BASELINES]
     assert set(names) <= set(METHOD_STYLES)
     for a, b in itertools.combinations(names, 2):
         de = float(np.linalg.norm(_lab(method_style(a)["color"]) - _lab(method_style(b)["color"])))

@@ -26,7 +26,7 @@ pytest.importorskip("ipywidgets")
 from quee_kit.explorer.widgets import BudgetExplorer  # noqa: E402
 
 METHODS = ["quee", "quee-exit-only", "quee-quant-only", "static-quant", "ee-confidence", "ee-confidence@q",
-           "ee-confidence-perexit", "best-single", "random", "oracle", "oracle-uniform"]
+           "ee-confidence-perexit", "best-single", "best-static", "random", "oracle", "oracle-uniform"]
 OVERRIDES = ["model.epochs=15", "predictor.folds=3", "predictor.epochs=15", "eval.lambda_grid=40"]
 
 
@@ -268,7 +268,7 @@ def test_counts_and_examples_match_outcome(study, explorer, data):
 
 
 @pytest.mark.parametrize("method", ["quee", "quee-exit-only", "static-quant", "ee-confidence@q",
-                                    "ee-confidence-perexit", "best-single", "random", "oracle"])
+                                    "ee-confidence-perexit", "best-single", "best-static", "random", "oracle"])
 def test_level_set_is_never_left(study, explorer, method):
     tree, model = study.prep.tree, explorer.model
     for name, qs in model.level_sets.items():
@@ -347,6 +347,9 @@ def test_snapshot_is_a_labelled_figure(explorer, data):
     assert "accuracy" in texts and data.setting in texts
     lo, hi = explorer.model.cost_range          # the study's one cost axis, whatever the method
     assert ax_curve.get_xlim() == pytest.approx((lo / 1.15, hi * 1.15))
+    # the comparison curves: the strongest static baseline (the headline), the paper's, the bound
+    labels = [l.get_label() for l in ax_curve.get_lines() if not l.get_label().startswith("_")]
+    assert labels[-4:] == ["quee", "best-static", "best-single", "oracle"]
     assert explorer.state == before               # the widget is untouched
 
 

@@ -138,7 +138,8 @@ class BudgetExplorer:
     # ------------------------------------------------------------------- drawing
     def _curves(self, fig: ExplorerFigure, method: str, level_set: str) -> None:
         curves, accs = [], []
-        for name in dict.fromkeys([method, "best-single", "oracle"]):
+        # the method shown, the strongest static baseline (best-static), the paper's (best-single), the bound
+        for name in dict.fromkeys([method, "best-static", "best-single", "oracle"]):
             if name not in self.names:
                 continue
             df = chosen_points(self.model.table(name, level_set).points, self.budget_grid)
