@@ -122,6 +122,11 @@ class QuantConfig:
     ref_dtype: str = "float32"            # the float reference level runs in float32 | bfloat16 (costed at its bits either way)
     backend: str = "fake"                 # how quantized blocks compute: fake (float32) | compiled | int (int8 GEMMs) | int-compiled
     residual: bool = False                # also quantize each block's input (the un-normalized residual stream) at a_bits
+    # dynamic: activation scales per sample/token (above) | static: one scale per tensor and point, calibrated once
+    # on the float model (quant_static.py). Keyed only when set, so the default keys (and caches) stay as they were.
+    act_scale: str = field(default="dynamic", metadata={"key_if_set": True})
+    static_percentile: float = field(default=99.9, metadata={"key_if_set": True})  # of |x| at each point
+    static_samples: int = field(default=1000, metadata={"key_if_set": True})       # the first N train samples
 
     def validate(self, p: str) -> None:
         from .quant import parse_level
@@ -142,6 +147,13 @@ class QuantConfig:
             fail(f"{p}.act_granularity", "'tensor' or 'token'", self.act_granularity)
         if self.clip_percentile is not None and not (50.0 < self.clip_percentile <= 100.0):
             fail(f"{p}.clip_percentile", "null or a float in (50, 100]", self.clip_percentile)
+        if self.act_scale not in ("dynamic", "static"):
+            fail(f"{p}.act_scale", "'dynamic' or 'static'", self.act_scale)
+        if self.act_scale == "static" and self.backend.startswith("int"):
+            fail(f"{p}.backend", "'fake' or 'compiled' with quant.act_scale static", self.backend)
+        if self.act_scale == "static" and self.clip_percentile is not None:
+            fail(f"{p}.clip_percentile", "null with quant.act_scale static (use quant.static_percentile)",
+                 self.clip_percentile)
 
 
 @dataclass
@@ -372,5 +384,8 @@ def cache_dir(cfg: Config) -> Path:
 
 def key_fields(section) -> dict:
     """The fields of a config section that a cached result depends on (``dataclasses.asdict`` less the
-    fields marked ``metadata={"key": False}``, e.g. a batch size): what an artifact key hashes."""
-    return {f.name: getattr(section, f.name) for f in dataclasses.fields(section) if f.metadata.get("key", True)}
+    fields marked ``metadata={"key": False}``, e.g. a batch size, and those marked ``{"key_if_set": True}``
+    while at their default, so that adding such an option leaves every existing key as it was): what an
+    artifact key hashes."""
+    return {f.name: getattr(section, f.name) for f in dataclasses.fields(section) if f.metadata.get("key", True)
+            and not (f.metadata.get("key_if_set") and getattr(section, f.name) == f.default)}

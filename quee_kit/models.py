@@ -65,7 +65,8 @@ class Attention(nn.Module):
     """Multi-head self-attention written out so its two matmuls can be quantized.
 
     ``matmul_quant`` (set by :func:`quee_kit.quant.apply_level`) quantizes q, k, the
-    attention probabilities and v per sample before the matmuls; ``None`` = float.
+    attention probabilities and v per sample before the matmuls; ``None`` = float. A quantizer with
+    ``roles`` (:class:`quee_kit.quant_static.AttentionRoles`) gives each operand its own (``roles.q`` ...).
     ``probs_scale_from_sum`` (set by the integer backends, :func:`quee_kit.backends.to_backend`): a per-token
     quantizer takes the probabilities' scale from the softmax's sum (:func:`quee_kit.quant.softmax_fake_quant`).
     """
@@ -83,6 +84,12 @@ class Attention(nn.Module):
         attends, only the projection is left out for the others)."""
         B, N, D = x.shape
         qkv = self.qkv(x).reshape(B, N, 3, self.heads, self.dh)
+        roles = getattr(self.matmul_quant, "roles", None)   # one quantizer per operand (static scales)
+        if roles is not None:
+            q, k, v = qkv.permute(2, 0, 3, 1, 4)
+            att = roles.p(((roles.q(q) @ roles.k(k).transpose(-2, -1)) * self.dh ** -0.5).softmax(-1))
+            out = (att @ roles.v(v)).transpose(1, 2).reshape(B, N, D)
+            return self.proj(out[:, :1].contiguous() if first_only else out)
         mq = self.matmul_quant or (lambda t: t)
         rowwise = getattr(self.matmul_quant, "rowwise", False)   # one scale per token and head
         if rowwise and torch.compiler.is_compiling():

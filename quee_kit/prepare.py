@@ -28,6 +28,8 @@ from .parallel import one_thread, resolve_jobs, run_jobs
 from .paths import PathCache, PathTree, build_path_cache
 from .shipped import find_shipped, load_shipped
 from .quant import REF_DTYPES, CastBlock, Level, apply_level, config_levels, quantize_residual
+from .quant_static import (StaticScales, act_scales_for, apply_level_static, calibrate_static,
+                           quantize_residual_static)
 from .train import train_early_exit
 
 __all__ = ["Prepared", "prepare", "model_key", "load_or_train", "load_cache", "cache_path", "exits_table", "peak_memory_mb", "load_data"]
@@ -52,6 +54,7 @@ class Prepared:
     timings: dict = field(default_factory=dict)
     model_hash: str = ""
     model_source: str = ""   # "shipped model" (quee_kit/embedded/models) or "trained here"
+    act_scales: StaticScales | None = None   # quant.act_scale static: the calibrated scales (None: dynamic)
 
     @property
     def ref(self) -> Level:
@@ -141,22 +144,50 @@ def prepare(cfg: Config, splits: tuple[str, ...] = ("calib", "test"), progress: 
     # Quantized once, here: the weights are rounded ahead of time; the path cache and the engine both run
     # these blocks, so they compute with the same backend.
     # q.residual: the residual stream entering each block is quantized too (a hypothesis of the conditions study)
-    qblocks = {i: [to_backend(quantize_residual(apply_level(b, lv, q.quantize_attention), lv) if q.residual
-                              else apply_level(b, lv, q.quantize_attention), q.backend)
-                   for b in model.blocks] for i, lv in enumerate(levels)}
+    weights = tensor_digest(model.state_dict())
+    act_scales = static_scales(cfg, data, model, weights) if q.act_scale == "static" else None
+    qblocks = {i: [to_backend(_level_block(b, t, lv, q, act_scales), q.backend) for t, b in enumerate(model.blocks)]
+               for i, lv in enumerate(levels)}
     if q.ref_dtype != "float32":  # float levels (the reference) run in that dtype
         for i, lv in enumerate(levels):
             if lv.is_float:
                 qblocks[i] = [CastBlock(b, REF_DTYPES[q.ref_dtype]) for b in qblocks[i]]
-    weights = tensor_digest(model.state_dict())
     prep = Prepared(cfg, data, model, levels, costs, tree, qblocks, timings=timings, model_hash=weights,
-                    model_source=source)
+                    model_source=source, act_scales=act_scales)
     missing = [s for s in splits if not cache_path(prep, s)[1].exists()]
     if len(missing) > 1 and resolve_jobs(cfg.jobs) > 1 and cfg.device == "cpu" and not distributed.is_active():
         run_jobs(_build_split_cache, missing, cfg.jobs, shared=cfg)  # one split per core, then loaded below
     for split in splits:
         prep.caches[split] = load_cache(prep, split, progress)
     return prep
+
+
+def _level_block(block, t: int, lv: Level, q, act_scales: StaticScales | None):
+    """Block index ``t`` at level ``lv``: dynamic or static activation scales, the residual stream quantized
+    too with ``quant.residual``."""
+    if act_scales is None:
+        qb = apply_level(block, lv, q.quantize_attention)
+        return quantize_residual(qb, lv) if q.residual else qb
+    scales = act_scales_for(act_scales, lv, t)
+    qb = apply_level_static(block, lv, scales, q.quantize_attention)
+    return quantize_residual_static(qb, lv, scales) if q.residual else qb
+
+
+def static_scales(cfg: Config, data: Dataset, model: EarlyExitModel, weights: str) -> StaticScales:
+    """The static activation scales of ``model`` (float) on the first ``quant.static_samples`` train samples,
+    an artifact keyed by the weights, the data and the settings: computed once per (model, data)."""
+    q = cfg.quant
+    key = content_hash("static-scales", weights, data.digest, q.static_percentile, q.static_samples, q.residual)
+    x = data.split("train").x[:q.static_samples]
+
+    def build():
+        with one_thread():  # the same bits whatever the core count
+            return calibrate_static(model, x, q.static_percentile, cfg.paths.batch_size, cfg.device,
+                                    residual=q.residual).to_payload()
+
+    with distributed.main_first():
+        payload = load_or_build(cache_dir(cfg) / f"static-scales-{key[:16]}.pt", key, build, what="static scales")
+    return StaticScales.from_payload(payload)
 
 
 def _build_split_cache(cfg: Config, split: str) -> None:
@@ -169,7 +200,8 @@ def cache_path(prep: Prepared, split: str) -> tuple[str, Path]:
     :func:`~quee_kit.backends.quant_key`)."""
     cfg = prep.cfg
     key = content_hash("cache", prep.data.digest, split, prep.model_hash, [dataclasses.asdict(l) for l in prep.levels],
-                       key_fields(cfg.paths), quant_key(cfg.quant))
+                       key_fields(cfg.paths), quant_key(cfg.quant),
+                       *([prep.act_scales.digest()] if prep.act_scales is not None else []))
     return key, cache_dir(cfg) / f"cache-{split}-{key[:16]}.pt"
 
 

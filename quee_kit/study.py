@@ -111,7 +111,8 @@ def predictor_artifact_keys(prep: Prepared, pcfgs: list, seed: int) -> list[str]
     """The artifact key of each predictor config's cross-fitted predictors (shipped ones carry it)."""
     return [content_hash("predictors", PREDICTOR_FIT_VERSION, prep.model_hash, prep.data.digest,
                          [l.name for l in prep.levels], prep.tree.family, _pcfg_key(pcfg), seed,
-                         quant_key(prep.cfg.quant), FEATURE_NAMES)  # a change of features makes old ones stale
+                         quant_key(prep.cfg.quant), FEATURE_NAMES,  # a change of features makes old ones stale
+                         *([prep.act_scales.digest()] if prep.act_scales is not None else []))
             for pcfg in pcfgs]
 
 

@@ -52,7 +52,12 @@ def test_key_fields_are_the_config_section_less_what_cannot_change_numbers():
     from quee_kit.config import PathsConfig, QuantConfig, key_fields
     assert key_fields(PathsConfig()) == {"family": "monotone"}          # batch_size: same numbers either way
     q = QuantConfig()
-    assert key_fields(q) == dataclasses.asdict(q)                        # every quant field changes the numbers
+    # every quant field changes the numbers; the static-scale ones are keyed only when set, so that the
+    # default keys (and every stored default artifact) stay what they were before those options existed
+    late = {"act_scale", "static_percentile", "static_samples"}
+    assert key_fields(q) == {k: v for k, v in dataclasses.asdict(q).items() if k not in late}
+    s = QuantConfig(act_scale="static", static_percentile=99.0)
+    assert key_fields(s) == {k: v for k, v in dataclasses.asdict(s).items() if k != "static_samples"}
 
 
 def test_levels_carry_the_config_granularity_and_clipping():
