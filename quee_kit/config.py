@@ -174,10 +174,14 @@ class PredictorConfig:
     history: bool = True       # previous head's max prob and agreement with the current prediction
     shared: bool = True        # one MLP for all depths (False: one per depth)
     max_rows: int = 200000     # cap on (node, sample) rows per fold for fitting (subsampled evenly per depth)
+    features: str = "softmax"  # softmax (functions of the head's output) | quant (+ the state's statistics at
+                               # each cheaper activation quantizer, quee_kit/quant_features.py; platt and mlp)
 
     def validate(self, p: str) -> None:
         if self.kind not in ("mlp", "binned", "platt"):
             fail(f"{p}.kind", "'mlp', 'binned' or 'platt'", self.kind)
+        if self.features not in ("softmax", "quant"):
+            fail(f"{p}.features", "'softmax' or 'quant'", self.features)
         if self.balance not in ("depth", "none"):
             fail(f"{p}.balance", "'depth' or 'none'", self.balance)
         if self.bins < 2:
