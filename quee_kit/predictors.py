@@ -38,35 +38,38 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .calibrated import BinnedErrorPredictor, PlattErrorPredictor, cell_sums
+from .calibrated import BinnedErrorPredictor, PlattErrorPredictor, PlattQuantErrorPredictor, cell_sums
 from .calibration import expected_calibration_error, quality_metrics
 from .costs import mlp_macs
 from .options import OptionSpace
 from .parallel import one_thread, run_jobs
 from .paths import DISCRETE_FEATURES, FEATURE_NAMES, HISTORY_FEATURES, PathCache
+from .quant_features import QUANT_STATS, level_columns
 
-CALIBRATED = {"binned": BinnedErrorPredictor, "platt": PlattErrorPredictor}
+CALIBRATED = {"binned": BinnedErrorPredictor, "platt": PlattErrorPredictor, "platt-quant": PlattQuantErrorPredictor}
 
 __all__ = ["DecisionRows", "decision_rows", "feature_columns", "discretized_targets",
            "depth_balanced_weights", "subsample_by_depth", "holdout_by_sample",
-           "ErrorPredictor", "predictor_macs", "fit_predictor", "predictor_from_state", "fit_cross_fitted",
-           "CrossFitted",
+           "ErrorPredictor", "predictor_macs", "fit_predictor", "predictor_from_state", "fit_cross_fitted", "CrossFitted",
            "predict_nodes", "exit_now_rows", "quality_metrics", "predictor_quality", "expected_calibration_error"]
 
 
-def feature_columns(history: bool = True) -> list[int]:
-    return [i for i, f in enumerate(FEATURE_NAMES) if history or f not in HISTORY_FEATURES]
+def feature_columns(history: bool = True, n_quant: int = 0) -> list[int]:   # + n_quant quant columns at the end
+    return [i for i, f in enumerate(FEATURE_NAMES) if history or f not in HISTORY_FEATURES] + \
+        list(range(len(FEATURE_NAMES), len(FEATURE_NAMES) + n_quant))
 
 
-def predictor_macs(cfg, n_options: int) -> int:
+def predictor_macs(cfg, n_options: int, n_quant: int = 0) -> int:
     """MACs of one call of the predictor a :class:`~quee_kit.config.PredictorConfig` fits, known before
     fitting: the MLP's layers (one MLP runs per call, shared or not), ``bins - 1`` comparisons of
-    ``binned``, one multiply-add per option of ``platt``."""
+    ``binned``, one multiply-add per option of ``platt`` (1 + k with ``features: quant``); ``n_quant``: the quant
+    columns a ``features: quant`` MLP reads (computing them is charged apart)."""
     if cfg.kind == "binned":
         return cfg.bins - 1
     if cfg.kind == "platt":
-        return n_options
-    return mlp_macs([len(feature_columns(cfg.history))] + [cfg.hidden] * cfg.layers + [n_options])
+        return n_options * (1 + (len(QUANT_STATS) if cfg.features == "quant" else 0))
+    return mlp_macs([len(feature_columns(cfg.history, n_quant if cfg.features == "quant" else 0))]
+                    + [cfg.hidden] * cfg.layers + [n_options])
 
 
 @dataclass
@@ -88,7 +91,7 @@ def decision_rows(cache: PathCache, opts: OptionSpace, samples: np.ndarray, node
     leaves ``wrong`` None (prediction needs only the features)."""
     tree = opts.tree
     nodes = np.flatnonzero(tree.depth < tree.L) if nodes is None else np.asarray(nodes)
-    x = cache.features[nodes][:, samples].reshape(-1, len(FEATURE_NAMES)).numpy()
+    x = cache.features[nodes][:, samples].reshape(len(nodes) * len(samples), -1).numpy()
     wrong = None
     if errors:
         tgt = opts.target[nodes]                                                  # (nn, O)
@@ -239,8 +242,8 @@ def _fit_mlp(rows: DecisionRows, cfg, L: int, n_options: int, seed: int) -> Erro
     g = np.random.default_rng(seed)
     torch.manual_seed(seed)
     held = holdout_by_sample(rows.sample, 0.1, g)
-    cols = feature_columns(cfg.history)
-    cont = [i for i, c in enumerate(cols) if FEATURE_NAMES[c] not in DISCRETE_FEATURES]
+    cols = feature_columns(cfg.history, rows.x.shape[1] - len(FEATURE_NAMES) if cfg.features == "quant" else 0)
+    cont = [i for i, c in enumerate(cols) if c >= len(FEATURE_NAMES) or FEATURE_NAMES[c] not in DISCRETE_FEATURES]
     tr_idx = np.flatnonzero(~held)
     tr_idx = tr_idx[subsample_by_depth(rows.depth[tr_idx], cfg.max_rows, g)]
     va_idx = np.flatnonzero(held)
@@ -290,6 +293,8 @@ def fit_predictor(cache: PathCache, opts: OptionSpace, cfg, samples: np.ndarray,
     rows = decision_rows(cache, opts, samples)
     if cfg.kind == "binned":
         return BinnedErrorPredictor.fit(rows, len(opts.tree), cfg.bins, cfg.prior_weight)
+    if cfg.kind == "platt" and cfg.features == "quant":
+        return PlattQuantErrorPredictor.fit(rows, len(opts.tree), level_columns(opts.tree.levels, len(FEATURE_NAMES)))
     if cfg.kind == "platt":
         return PlattErrorPredictor.fit(rows, len(opts.tree))
     return _fit_mlp(rows, cfg, opts.tree.L, opts.n_options, seed)

@@ -26,6 +26,7 @@ from .config import Config, ConfigError, cache_dir
 from .methods import MethodContext, build_methods
 from .options import OptionSpace
 from .paths import FEATURE_NAMES
+from .quant_features import QUANT_STATS, feature_ops, state_numel
 from .budget_rule import select_points  # re-exported: the rule on a points table
 from .policy import QueePolicy, lambda_grid
 from .predictors import (CrossFitted, fit_cross_fitted, predictor_from_state, predictor_macs,
@@ -96,10 +97,12 @@ PREDICTOR_FIT_VERSION = 3  # 3: every fit on one thread (MLP bits no longer depe
 
 
 def _predictor_keys(prep: Prepared, pcfgs: list, seed: int) -> list[str]:
+    # features: softmax (the default) hashes as before the option existed, so existing fits stay valid
+    fields = [{k: v for k, v in dataclasses.asdict(p).items() if (k, v) != ("features", "softmax")} for p in pcfgs]
     return [content_hash("predictors", PREDICTOR_FIT_VERSION, prep.model_hash, prep.data.digest,
-                         [l.name for l in prep.levels], prep.tree.family, dataclasses.asdict(pcfg), seed,
-                         quant_key(prep.cfg.quant), FEATURE_NAMES)  # a change of features makes old ones stale
-            for pcfg in pcfgs]
+                         [l.name for l in prep.levels], prep.tree.family, f, seed, quant_key(prep.cfg.quant),
+                         FEATURE_NAMES, *([QUANT_STATS] if pcfg.features == "quant" else []))
+            for pcfg, f in zip(pcfgs, fields)]   # a change of features makes old ones stale
 
 
 def _predictor_artifacts(prep: Prepared, opts: OptionSpace, pcfgs: list, seed: int, progress: bool) -> list[dict]:
@@ -130,15 +133,30 @@ def fit_variants(prep: Prepared, opts: OptionSpace, pcfgs: list, seed: int, prog
     (keys ``calib``, ``test``), the refitted predictor (``final``) and the normalized cost of one call
     (``call_cost``, known from the config before fitting)."""
     out, memo = [], {}   # the fits predict on the same rows: their features are gathered once
-    for pcfg, art in zip(pcfgs, _predictor_artifacts(prep, opts, pcfgs, seed, progress)):
+    n_quant = [_n_quant(prep, pcfg) for pcfg in pcfgs]     # checked before any fit
+    for pcfg, nq, art in zip(pcfgs, n_quant, _predictor_artifacts(prep, opts, pcfgs, seed, progress)):
         cf = CrossFitted([predictor_from_state(s) for s in art["folds"]], predictor_from_state(art["final"]),
                          art["fold_of"])
-        macs = predictor_macs(pcfg, opts.n_options)
+        macs = predictor_macs(pcfg, opts.n_options, nq)
         if cf.final.macs != macs:
             raise RuntimeError(f"predictor MACs {cf.final.macs} differ from its config's {macs}")
+        # the quantization-aware statistics a call reads are computed for it: charged with it, at the same bits
+        feats = feature_ops(prep.levels, state_numel(prep.model, prep.data.image_shape)) \
+            if pcfg.features == "quant" and pcfg.kind != "binned" else 0
         out.append({**cf.predict(prep.caches["calib"], prep.caches["test"], opts, memo), "final": cf.final,
-                    "call_cost": prep.costs.call_cost(macs)})
+                    "call_cost": prep.costs.call_cost(macs + feats)})
     return out
+
+
+def _n_quant(prep: Prepared, pcfg) -> int:
+    """The quant columns the caches carry for a ``features: quant`` predictor (0 for ``softmax``)."""
+    if pcfg.features != "quant":
+        return 0
+    q = prep.caches["calib"].qstats
+    if q is None:
+        raise ValueError("predictor.features: quant needs path caches built with it (set it in the config, "
+                         "not in one variant's overrides)")
+    return q.shape[-1]
 
 
 def _predictor_key(cfg: Config, pover: dict) -> str:
