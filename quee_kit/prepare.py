@@ -27,7 +27,7 @@ from .parallel import one_thread, resolve_jobs, run_jobs
 from .paths import PathCache, PathTree, build_path_cache
 from .shipped import find_shipped, load_shipped
 from .quant import REF_DTYPES, CastBlock, Level, apply_level, config_levels, quantize_residual
-from .quant_features import QUANT_STATS
+from .quant_features import QUANT_STATS, QUANT_STATS_VERSION
 from .train import train_early_exit
 
 __all__ = ["Prepared", "prepare", "model_key", "load_or_train", "load_cache", "cache_path", "exits_table", "peak_memory_mb", "load_data",
@@ -170,7 +170,7 @@ def cache_path(prep: Prepared, split: str) -> tuple[str, Path]:
     :func:`~quee_kit.backends.quant_key`)."""
     cfg = prep.cfg
     # a cache with the quantization-aware statistics is another artifact (never mixed with one without them)
-    extra = ["quant-features", QUANT_STATS] if wants_quant_features(cfg) else []
+    extra = ["quant-features", QUANT_STATS, QUANT_STATS_VERSION] if wants_quant_features(cfg) else []
     key = content_hash("cache", prep.data.digest, split, prep.model_hash, [dataclasses.asdict(l) for l in prep.levels],
                        key_fields(cfg.paths), quant_key(cfg.quant), *extra)
     return key, cache_dir(cfg) / f"cache-{split}-{key[:16]}.pt"

@@ -29,11 +29,12 @@ import torch
 
 from .quant import FLOAT_BITS, Level, qmax
 
-__all__ = ["QUANT_STATS", "SHARED_OPS", "PER_QUANTIZER_OPS", "act_quantizers", "act_scale", "quant_stats",
+__all__ = ["QUANT_STATS", "QUANT_STATS_VERSION", "SHARED_OPS", "PER_QUANTIZER_OPS", "act_quantizers", "act_scale", "quant_stats",
            "quant_feature_names", "level_columns", "feature_ops", "state_numel", "FEATURES"]
 
 FEATURES = ("softmax", "quant")          # predictor.features
 QUANT_STATS = ("clip_share", "max_over_scale", "rms_over_scale", "zero_share", "rel_error")
+QUANT_STATS_VERSION = 2   # bump when a statistic's definition changes: caches and fits that hold them are rebuilt
 SHARED_OPS, PER_QUANTIZER_OPS = 3, 7
 
 

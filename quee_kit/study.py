@@ -26,7 +26,7 @@ from .config import Config, ConfigError, cache_dir
 from .methods import MethodContext, build_methods
 from .options import OptionSpace
 from .paths import FEATURE_NAMES
-from .quant_features import QUANT_STATS, feature_ops, state_numel
+from .quant_features import QUANT_STATS, QUANT_STATS_VERSION, feature_ops, state_numel
 from .budget_rule import select_points  # re-exported: the rule on a points table
 from .policy import QueePolicy, lambda_grid
 from .predictors import (CrossFitted, fit_cross_fitted, predictor_from_state, predictor_macs,
@@ -101,7 +101,7 @@ def _predictor_keys(prep: Prepared, pcfgs: list, seed: int) -> list[str]:
     fields = [{k: v for k, v in dataclasses.asdict(p).items() if (k, v) != ("features", "softmax")} for p in pcfgs]
     return [content_hash("predictors", PREDICTOR_FIT_VERSION, prep.model_hash, prep.data.digest,
                          [l.name for l in prep.levels], prep.tree.family, f, seed, quant_key(prep.cfg.quant),
-                         FEATURE_NAMES, *([QUANT_STATS] if pcfg.features == "quant" else []))
+                         FEATURE_NAMES, *([QUANT_STATS, QUANT_STATS_VERSION] if pcfg.features == "quant" else []))
             for pcfg, f in zip(pcfgs, fields)]   # a change of features makes old ones stale
 
 
