@@ -26,7 +26,8 @@ import numpy as np
 from .paths import LOG_ODDS
 from .probe import PROBE_COLUMNS
 
-__all__ = ["BinnedErrorPredictor", "PlattErrorPredictor", "ProbePlattErrorPredictor", "SCORE", "cell_sums"]
+__all__ = ["BinnedErrorPredictor", "PlattErrorPredictor", "ProbePlattErrorPredictor", "PlattQuantErrorPredictor",
+           "SCORE", "cell_sums"]
 
 SCORE = LOG_ODDS   # the one feature column both read
 
@@ -233,3 +234,87 @@ class ProbePlattErrorPredictor:
     @classmethod
     def from_state(cls, state: dict) -> "ProbePlattErrorPredictor":
         return cls(state["coef"])
+
+
+def _logistic_fit_columns(X: np.ndarray, Y: np.ndarray, iters: int = 25, ridge: float = 1e-3) -> np.ndarray:
+    """Logistic regressions of the soft targets ``Y`` (S, M) on the standardized columns ``X`` (S, D) plus an
+    intercept, one per target column, by Newton's method; ``ridge`` on the slopes. Returns (M, D + 1) with the
+    intercept last."""
+    S, D = X.shape
+    X1 = np.concatenate([X, np.ones((S, 1))], 1)
+    beta = np.zeros((Y.shape[1], D + 1))
+    pen = np.full(D + 1, ridge)
+    pen[-1] = 0.0
+    for _ in range(iters):
+        p = 1 / (1 + np.exp(-(X1 @ beta.T)))                       # (S, M)
+        g = (X1.T @ (p - Y)).T / S + pen * beta                    # (M, D + 1)
+        H = np.einsum("sd,sm,se->mde", X1, p * (1 - p), X1) / S + np.diag(pen + 1e-9)
+        beta = beta - np.linalg.solve(H, g[..., None])[..., 0]
+    return beta
+
+
+class PlattQuantErrorPredictor:
+    """``platt`` with the quantization-aware statistics (``predictor.features: quant``): per node and option, a
+    logistic fit on the log-odds **and** the statistics of the option's own level (the quantizer the plan would
+    run at, :func:`~quee_kit.quant_features.level_columns`) of the node's state, with Platt's smoothed targets
+    and a small ridge on the standardized slopes. Exit-now and plans at a float level keep the plain Platt
+    fit (their statistics' slopes are 0). coef: (n_nodes, O, 2 + k): the log-odds slope, k statistic slopes,
+    the intercept; optcols: (O, k) the feature column each option's slopes read. A call costs 1 + k
+    multiply-adds per option."""
+
+    kind = "platt-quant"
+
+    def __init__(self, coef: np.ndarray, optcols: np.ndarray):
+        self.coef, self.optcols = coef, np.asarray(optcols, dtype=np.int64)
+        self.macs = coef.shape[1] * (coef.shape[2] - 1)
+        self.fitted = ~np.isnan(coef[:, :, 0])
+        self.columns = sorted({SCORE, *self.optcols.ravel().tolist()})
+
+    @classmethod
+    def fit(cls, rows, n_nodes: int, qcols: list, ridge: float = 1e-3) -> "PlattQuantErrorPredictor":
+        """``qcols``: per level of the menu, the feature columns of its quantizer's statistics (None for a float
+        level; all of one length k)."""
+        n_lv, k = len(qcols), len(next(c for c in qcols if c is not None))
+        n_opt = rows.wrong.shape[1]
+        optcols = np.array([qcols[o % n_lv] or [SCORE] * k for o in range(n_opt)])
+        base = PlattErrorPredictor.fit(rows, n_nodes).coef
+        coef = np.zeros((n_nodes, n_opt, k + 2))
+        coef[:, :, 0], coef[:, :, -1] = base[:, :, 0], base[:, :, 1]
+        coef[np.isnan(base[:, :, 0])] = np.nan
+        for node in np.unique(rows.node):
+            r = np.flatnonzero(rows.node == node)
+            t = rows.depth[r[0]]
+            wrong = rows.wrong[r]
+            for q, cols in enumerate(qcols):
+                opts = [o for o in range(q, n_opt, n_lv) if o // n_lv + 1 > t and not np.isnan(wrong[0, o])]
+                if cols is None or not opts:
+                    continue
+                X = rows.x[r][:, [SCORE, *cols]].astype(float)
+                mu, sd = X.mean(0), X.std(0)
+                flat = sd <= 1e-9 * (np.abs(mu) + 1)                 # a constant column: left out (slope 0)
+                Z = np.where(flat, 0.0, (X - mu) / np.where(flat, 1.0, sd))
+                w = wrong[:, opts].astype(float)
+                n_wrong = w.sum(0)
+                Y = np.where(w > 0, (n_wrong + 1) / (n_wrong + 2), 1 / (len(r) - n_wrong + 2))
+                beta = _logistic_fit_columns(Z, Y, ridge=ridge)             # (len(opts), k + 2) on Z
+                slope = np.where(flat, 0.0, beta[:, :-1] / np.where(flat, 1.0, sd))
+                coef[node, opts, :-1] = slope
+                coef[node, opts, -1] = beta[:, -1] - (slope * mu).sum(1)
+        return cls(coef, optcols)
+
+    def predict_rows(self, x: np.ndarray, depth: np.ndarray, node: np.ndarray) -> np.ndarray:
+        """(R, F) every feature column, (R,) depths and nodes -> (R, O) error probabilities."""
+        node = np.asarray(node)
+        ri, oi = np.nonzero(self.fitted[node])
+        c = self.coef[node[ri], oi]                                  # (P, k + 2)
+        feats = np.concatenate([x[ri, SCORE][:, None], x[ri[:, None], self.optcols[oi]]], 1).astype(float)
+        out = np.full((len(node), self.coef.shape[1]), np.nan, dtype=np.float32)
+        out[ri, oi] = 1 / (1 + np.exp(-((c[:, :-1] * feats).sum(1) + c[:, -1])))
+        return out
+
+    def state(self) -> dict:
+        return {"kind": self.kind, "coef": self.coef, "optcols": self.optcols}
+
+    @classmethod
+    def from_state(cls, state: dict) -> "PlattQuantErrorPredictor":
+        return cls(state["coef"], state["optcols"])

@@ -187,10 +187,14 @@ class PredictorConfig:
     shared: bool = True        # one MLP for all depths (False: one per depth)
     max_rows: int = 200000     # cap on (node, sample) rows per fold for fitting (subsampled evenly per depth)
     probe: bool = False        # platt only: also read a paid probe's head (quee_kit.probe; set by variant quee-probe)
+    features: str = "softmax"  # softmax (functions of the head's output) | quant (+ the state's statistics at
+                               # each cheaper activation quantizer, quee_kit/quant_features.py; platt and mlp)
 
     def validate(self, p: str) -> None:
         if self.kind not in ("mlp", "binned", "platt"):
             fail(f"{p}.kind", "'mlp', 'binned' or 'platt'", self.kind)
+        if self.features not in ("softmax", "quant"):
+            fail(f"{p}.features", "'softmax' or 'quant'", self.features)
         if self.balance not in ("depth", "none"):
             fail(f"{p}.balance", "'depth' or 'none'", self.balance)
         if self.bins < 2:
@@ -267,6 +271,9 @@ class Config:
         if self.predictor.kind != "platt" and any(ALL_VARIANTS[v][0].get("probe") for v in self.eval.variants or []):
             fail("eval.variants", "no quee-probe unless predictor.kind is platt (its predictor is a Platt fit)",
                  self.eval.variants)
+        if self.predictor.features == "quant" and self.quant.act_scale == "static":
+            fail("predictor.features", "'softmax' with quant.act_scale static (the statistics use dynamic scales)",
+                 self.predictor.features)
         check_limits(self)   # after the sections: their own messages come first where both apply
         return self
 

@@ -22,7 +22,8 @@ from torch.profiler import record_function
 
 from .costs import CostModel
 from .models import EarlyExitModel, first_token_state
-from .paths import compact_features
+from .paths import FEATURE_NAMES, compact_features
+from .quant_features import quant_stats
 from .policy import call_needed
 from .options import OptionSpace
 
@@ -91,7 +92,7 @@ class DynamicModel(nn.Module):
                 if t == tree.L:
                     go = np.zeros(len(idx), bool)
                 else:
-                    nxt = self._decide(logits, prev_logits, t, node)
+                    nxt = self._decide(logits, prev_logits, t, node, h)
                     cost[idx[self.calls_at[node]]] += self.call_cost
                     go = nxt >= 0
                 done = ~go
@@ -124,24 +125,29 @@ class DynamicModel(nn.Module):
         cache does (:func:`~quee_kit.models.first_token_state`, the same numbers)."""
         return first_token_state(block, h) if t == self.tree.L - 1 and self.cls_last else block(h)
 
-    def _decide(self, logits: torch.Tensor, prev_logits, t: int, node: np.ndarray) -> np.ndarray:
+    def _decide(self, logits: torch.Tensor, prev_logits, t: int, node: np.ndarray, h: torch.Tensor) -> np.ndarray:
         """The next node of each sample (-1: exit now) by the receding-horizon rule; ê is computed only
-        where it can change the choice (elsewhere 0 gives the same argmin)."""
+        where it can change the choice (elsewhere 0 gives the same argmin). ``h``: the state after block t."""
         tree, opts = self.tree, self.opts
         call = self.calls_at[node]
         err_hat = np.zeros((len(node), opts.n_options), dtype=np.float32)
         if call.all():      # the common case: no row to pick out
-            err_hat[:] = self._predict(logits, prev_logits, t, node)
+            err_hat[:] = self._predict(logits, prev_logits, t, node, h)
         elif call.any():
             err_hat[call] = self._predict(logits[call], None if prev_logits is None else prev_logits[call], t,
-                                          node[call])
+                                          node[call], h[torch.from_numpy(call).to(h.device)])
         score = np.where(self.mask[node], err_hat + self.lam * self.delta[node], np.inf)
         return opts.next_node[node, score.argmin(1)]
 
-    def _predict(self, logits: torch.Tensor, prev_logits, t: int, node: np.ndarray) -> np.ndarray:
+    def _predict(self, logits: torch.Tensor, prev_logits, t: int, node: np.ndarray, h: torch.Tensor) -> np.ndarray:
         """``err_hat`` (rows, O) of rows at depth ``t`` and ``node``, computing only the features the predictor
-        reads (``columns``; all of them when it does not say)."""
+        reads (``columns``; all of them when it does not say), the quantization-aware statistics of the state
+        ``h`` (the columns after :data:`~quee_kit.paths.FEATURE_NAMES`) only when it reads them."""
+        cols = getattr(self.predictor, "columns", None)
+        quant = cols is not None and max(cols, default=0) >= len(FEATURE_NAMES)
         feats = compact_features(logits, prev_logits, t, self.tree.level[node], self.tree.L, len(self.tree.levels),
-                                 getattr(self.predictor, "columns", None))
+                                 [c for c in cols if c < len(FEATURE_NAMES)] if quant else cols)
+        if quant:
+            feats = torch.cat([feats, quant_stats(h, self.tree.levels).cpu()], -1)
         with self._label("predictor"):
             return self.predictor.predict_rows(feats.numpy(), np.full(len(node), t), node)

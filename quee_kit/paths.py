@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 from .costs import CostModel
 from .models import EarlyExitModel, first_token_state
 from .quant import Level
+from .quant_features import quant_stats
 
 __all__ = ["FAMILIES", "PathTree", "PathCache", "build_path_cache", "softmax_features", "compact_features",
            "node_features", "FEATURE_NAMES", "HISTORY_FEATURES", "DISCRETE_FEATURES", "LOG_ODDS"]
@@ -127,7 +128,9 @@ class PathCache:
     logits: (n_nodes, N, C) float32; y: (N,) int64; node_cost: (n_nodes,) normalized BOPs of
     reaching the node with every head on the way evaluated (what a dynamic policy pays);
     static_cost: (n_nodes,) the same with only the node's own head (a static model exiting there).
-    ``features`` are derived from the logits on first use.
+    ``features`` are derived from the logits on first use, followed by ``qstats`` where the cache has them:
+    (n_nodes, N, Q) quantization-aware statistics of each decision node's state
+    (:func:`~quee_kit.quant_features.quant_stats`; NaN at the leaves), built for ``predictor.features: quant``.
     """
     tree: PathTree
     logits: torch.Tensor
@@ -135,11 +138,13 @@ class PathCache:
     node_cost: np.ndarray
     static_cost: np.ndarray
     stats: dict = field(default_factory=dict)
+    qstats: torch.Tensor | None = None
 
     @cached_property
     def features(self) -> torch.Tensor:
-        """(n_nodes, N, len(FEATURE_NAMES)) float32, see :data:`FEATURE_NAMES` (computed once)."""
-        return node_features(self.tree, self.logits)
+        """(n_nodes, N, len(FEATURE_NAMES) [+ Q]) float32, see :data:`FEATURE_NAMES` and ``qstats`` (computed once)."""
+        f = node_features(self.tree, self.logits)
+        return f if self.qstats is None else torch.cat([f, self.qstats], -1)
 
     @cached_property
     def pred(self) -> torch.Tensor:
@@ -212,7 +217,8 @@ def node_features(tree: PathTree, logits: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def build_path_cache(model: EarlyExitModel, qblocks: dict[int, list[torch.nn.Module]], tree: PathTree,
                      costs: CostModel, x: torch.Tensor, y: torch.Tensor, batch_size: int = 500,
-                     device: str = "cpu", progress: bool = True, desc: str = "path cache") -> PathCache:
+                     device: str = "cpu", progress: bool = True, desc: str = "path cache",
+                     quant_features: bool = False) -> PathCache:
     """Evaluate every node of ``tree`` on ``(x, y)``.
 
     ``qblocks[q][t - 1]`` is block ``t`` (1-based depth) prepared at level index ``q`` (see
@@ -220,11 +226,12 @@ def build_path_cache(model: EarlyExitModel, qblocks: dict[int, list[torch.nn.Mod
     states of one depth are kept, each node's block runs once on its parent's state. When the last exit
     reads only the CLS token, the last block computes that token alone
     (:func:`~quee_kit.models.first_token_state`, the same numbers), as the dynamic engine does.
+    ``quant_features``: also the statistics of every decision node's state (``PathCache.qstats``).
     """
     model.eval()
     cls_last = getattr(model.heads[tree.L - 1], "reads_cls", False)
     n_nodes, N = len(tree), len(x)
-    logits = None
+    logits = qstats = None
     t0 = time.perf_counter()
     steps = n_nodes * ((N + batch_size - 1) // batch_size)
     bar = tqdm(total=steps, desc=f"{desc} ({n_nodes} nodes)", disable=not progress, leave=False)
@@ -244,6 +251,11 @@ def build_path_cache(model: EarlyExitModel, qblocks: dict[int, list[torch.nn.Mod
                 logits[node, s:s + len(xb)] = out
                 if t < tree.L:
                     new[int(node)] = h
+                    if quant_features:
+                        st = quant_stats(h, tree.levels).cpu()
+                        if qstats is None:
+                            qstats = torch.full((n_nodes, N, st.shape[-1]), float("nan"))
+                        qstats[node, s:s + len(xb)] = st
                 bar.update(1)
             states = new
     bar.close()
@@ -253,4 +265,4 @@ def build_path_cache(model: EarlyExitModel, qblocks: dict[int, list[torch.nn.Mod
                             for i, p in enumerate(tree.paths)])
     return PathCache(tree, logits, y.cpu().long(), node_cost, static_cost,
                      stats={"nodes": n_nodes, "samples": N, "seconds": seconds,
-                            "node_samples_per_s": n_nodes * N / max(seconds, 1e-9)})
+                            "node_samples_per_s": n_nodes * N / max(seconds, 1e-9)}, qstats=qstats)

@@ -38,15 +38,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .calibrated import BinnedErrorPredictor, PlattErrorPredictor, ProbePlattErrorPredictor, cell_sums
+from .calibrated import (BinnedErrorPredictor, PlattErrorPredictor, PlattQuantErrorPredictor,
+                         ProbePlattErrorPredictor, cell_sums)
 from .calibration import expected_calibration_error, quality_metrics
 from .costs import mlp_macs
 from .options import OptionSpace
 from .parallel import one_thread, run_jobs
 from .paths import DISCRETE_FEATURES, FEATURE_NAMES, HISTORY_FEATURES, PathCache
 from .probe import PROBE_COLUMNS, probe_rows
+from .quant_features import QUANT_STATS, level_columns
+from .targets import depth_balanced_weights, discretized_targets, holdout_by_sample, subsample_by_depth
 
-CALIBRATED = {"binned": BinnedErrorPredictor, "platt": PlattErrorPredictor, "platt-probe": ProbePlattErrorPredictor}
+CALIBRATED = {"binned": BinnedErrorPredictor, "platt": PlattErrorPredictor, "platt-probe": ProbePlattErrorPredictor,
+              "platt-quant": PlattQuantErrorPredictor}
 
 __all__ = ["DecisionRows", "decision_rows", "feature_columns", "discretized_targets",
            "depth_balanced_weights", "subsample_by_depth", "holdout_by_sample",
@@ -54,19 +58,22 @@ __all__ = ["DecisionRows", "decision_rows", "feature_columns", "discretized_targ
            "predict_nodes", "exit_now_rows", "quality_metrics", "predictor_quality", "expected_calibration_error"]
 
 
-def feature_columns(history: bool = True) -> list[int]:
-    return [i for i, f in enumerate(FEATURE_NAMES) if history or f not in HISTORY_FEATURES]
+def feature_columns(history: bool = True, n_quant: int = 0) -> list[int]:   # + n_quant quant columns at the end
+    return [i for i, f in enumerate(FEATURE_NAMES) if history or f not in HISTORY_FEATURES] + \
+        list(range(len(FEATURE_NAMES), len(FEATURE_NAMES) + n_quant))
 
 
-def predictor_macs(cfg, n_options: int) -> int:
+def predictor_macs(cfg, n_options: int, n_quant: int = 0) -> int:
     """MACs of one call of the predictor a :class:`~quee_kit.config.PredictorConfig` fits, known before
     fitting: the MLP's layers (one MLP runs per call, shared or not), ``bins - 1`` comparisons of
-    ``binned``, one multiply-add per option of ``platt`` (per option and score with the probe)."""
+    ``binned``, one multiply-add per option of ``platt`` (per score with the probe, 1 + k with ``features: quant``); ``n_quant``: the quant
+    columns a ``features: quant`` MLP reads (computing them is charged apart)."""
     if cfg.kind == "binned":
         return cfg.bins - 1
     if cfg.kind == "platt":
-        return n_options * (len(PROBE_COLUMNS) if cfg.probe else 1)
-    return mlp_macs([len(feature_columns(cfg.history))] + [cfg.hidden] * cfg.layers + [n_options])
+        return n_options * (len(PROBE_COLUMNS) if cfg.probe else 1 + (len(QUANT_STATS) if cfg.features == "quant" else 0))
+    return mlp_macs([len(feature_columns(cfg.history, n_quant if cfg.features == "quant" else 0))]
+                    + [cfg.hidden] * cfg.layers + [n_options])
 
 
 @dataclass
@@ -89,7 +96,7 @@ def decision_rows(cache: PathCache, opts: OptionSpace, samples: np.ndarray, node
     its own (:func:`quee_kit.probe.probe_rows`)."""
     tree = opts.tree
     nodes = np.flatnonzero(tree.depth < tree.L) if nodes is None else np.asarray(nodes)
-    x = cache.features[nodes][:, samples].reshape(-1, len(FEATURE_NAMES)).numpy()
+    x = cache.features[nodes][:, samples].reshape(len(nodes) * len(samples), -1).numpy()
     x = np.concatenate([x, probe_rows(cache, nodes, samples)], 1) if probe else x
     wrong = None
     if errors:
@@ -100,49 +107,6 @@ def decision_rows(cache: PathCache, opts: OptionSpace, samples: np.ndarray, node
     S = len(samples)
     return DecisionRows(x, wrong, np.repeat(tree.depth[nodes], S), np.repeat(tree.level[nodes], S),
                         np.repeat(nodes, S), np.tile(np.asarray(samples), len(nodes)))
-
-
-def discretized_targets(Z: np.ndarray, wrong: np.ndarray, group: np.ndarray, scheme: str, K: int = 8,
-                        knn_k: int = 50, prior_weight: float = 5.0, seed: int = 0) -> np.ndarray:
-    """Soft targets per row and option.
-
-    Z: (R, F) continuous features (discrete columns left out); wrong: (R, O) 0/1 errors with NaN
-    where invalid; group: (R,) ids of the groups clustered separately (e.g. depth x level).
-    Returns (R, O) float32 targets (NaN where invalid).
-    """
-    if scheme == "raw":
-        return wrong.copy()
-    from sklearn.cluster import KMeans              # here: importing scikit-learn takes a second, and most
-    from sklearn.neighbors import NearestNeighbors  # users of this module (every notebook) never fit targets
-    from threadpoolctl import threadpool_limits
-    T = np.full_like(wrong, np.nan)
-    # one BLAS/OpenMP thread, as every fit runs: k-means then gives the same bits on any core count, and two
-    # fits side by side (one per worker) do not each start a thread per core
-    with threadpool_limits(1):
-        for g in np.unique(group):
-            rows = np.flatnonzero(group == g)
-            Zg, wrong_g = Z[rows], wrong[rows]
-            Zs = (Zg - Zg.mean(0)) / (Zg.std(0) + 1e-6)
-            valid = ~np.isnan(wrong_g)
-            wrong0 = np.where(valid, wrong_g, 0.0)
-            group_mean = wrong0.sum(0) / np.maximum(valid.sum(0), 1)
-            if scheme == "kmeans":
-                k = min(K, len(rows))
-                fit_rows = np.random.default_rng(seed).choice(len(rows), min(len(rows), 20000), replace=False)
-                km = KMeans(n_clusters=k, n_init=2, random_state=seed).fit(Zs[fit_rows])
-                cell = km.predict(Zs)
-                S, C = cell_sums(cell, k, wrong0), cell_sums(cell, k, valid)   # errors, valid options per cell
-                T[rows] = ((S + prior_weight * group_mean) / (C + prior_weight))[cell]
-            elif scheme == "knn":
-                ref = np.random.default_rng(seed).choice(len(rows), min(len(rows), 20000), replace=False)
-                nn_ = NearestNeighbors(n_neighbors=min(knn_k, len(ref))).fit(Zs[ref])
-                idx = nn_.kneighbors(Zs, return_distance=False)              # (R_g, k)
-                T[rows] = ((wrong0[ref][idx].sum(1) + prior_weight * group_mean)
-                           / (valid[ref][idx].sum(1) + prior_weight))
-            else:
-                raise ValueError(f"predictor.targets must be kmeans, knn or raw (got {scheme!r})")
-            T[rows] = np.where(valid, T[rows], np.nan)
-    return T.astype(np.float32)
 
 
 class ErrorPredictor(nn.Module):
@@ -206,34 +170,6 @@ def _masked_bce(logits, target, mask, weight):
     return (loss * w).sum() / w.sum().clamp_min(1e-12)
 
 
-def depth_balanced_weights(depth: np.ndarray, balance: str = "depth") -> np.ndarray:
-    """(R,) row weights: equal total weight per depth (``depth``) or 1 per row (``none``)."""
-    if balance == "none":
-        return np.ones(len(depth), np.float32)
-    _, inv, counts = np.unique(depth, return_inverse=True, return_counts=True)
-    return (len(depth) / (len(counts) * counts[inv])).astype(np.float32)
-
-
-def subsample_by_depth(depth: np.ndarray, max_rows: int, g: np.random.Generator) -> np.ndarray:
-    """Row indices: every row if few enough, else an even share per depth (all rows of a small depth)."""
-    if len(depth) <= max_rows:
-        return np.arange(len(depth))
-    depths, counts = np.unique(depth, return_counts=True)
-    quota, keep, left = {}, [], max_rows
-    for i in np.argsort(counts):                          # smallest depths first; leftovers go to the rest
-        quota[depths[i]] = min(counts[i], left // (len(depths) - len(quota)))
-        left -= quota[depths[i]]
-    for t, q in quota.items():
-        idx = np.flatnonzero(depth == t)
-        keep.append(g.choice(idx, q, replace=False))
-    return np.sort(np.concatenate(keep))
-
-
-def holdout_by_sample(sample: np.ndarray, frac: float, g: np.random.Generator) -> np.ndarray:
-    """(R,) bool: the rows of a random ``frac`` of the samples (every row of a held-out sample)."""
-    samples = np.unique(sample)
-    return np.isin(sample, g.choice(samples, max(1, int(len(samples) * frac)), replace=False))
-
 
 def _fit_mlp(rows: DecisionRows, cfg, L: int, n_options: int, seed: int) -> ErrorPredictor:
     """Fit on soft targets with depth-balanced row weights; early stopping on the depth-balanced 0/1
@@ -241,8 +177,8 @@ def _fit_mlp(rows: DecisionRows, cfg, L: int, n_options: int, seed: int) -> Erro
     g = np.random.default_rng(seed)
     torch.manual_seed(seed)
     held = holdout_by_sample(rows.sample, 0.1, g)
-    cols = feature_columns(cfg.history)
-    cont = [i for i, c in enumerate(cols) if FEATURE_NAMES[c] not in DISCRETE_FEATURES]
+    cols = feature_columns(cfg.history, rows.x.shape[1] - len(FEATURE_NAMES) if cfg.features == "quant" else 0)
+    cont = [i for i, c in enumerate(cols) if c >= len(FEATURE_NAMES) or FEATURE_NAMES[c] not in DISCRETE_FEATURES]
     tr_idx = np.flatnonzero(~held)
     tr_idx = tr_idx[subsample_by_depth(rows.depth[tr_idx], cfg.max_rows, g)]
     va_idx = np.flatnonzero(held)
@@ -294,6 +230,8 @@ def fit_predictor(cache: PathCache, opts: OptionSpace, cfg, samples: np.ndarray,
         return ProbePlattErrorPredictor.fit(rows, len(opts.tree))
     if cfg.kind == "binned":
         return BinnedErrorPredictor.fit(rows, len(opts.tree), cfg.bins, cfg.prior_weight)
+    if cfg.kind == "platt" and cfg.features == "quant":
+        return PlattQuantErrorPredictor.fit(rows, len(opts.tree), level_columns(opts.tree.levels, len(FEATURE_NAMES)))
     if cfg.kind == "platt":
         return PlattErrorPredictor.fit(rows, len(opts.tree))
     return _fit_mlp(rows, cfg, opts.tree.L, opts.n_options, seed)

@@ -30,9 +30,11 @@ from .shipped import find_shipped, load_shipped
 from .quant import REF_DTYPES, CastBlock, Level, apply_level, config_levels, quantize_residual
 from .quant_static import (StaticScales, act_scales_for, apply_level_static, calibrate_static,
                            quantize_residual_static)
+from .quant_features import QUANT_STATS, QUANT_STATS_VERSION
 from .train import train_early_exit
 
-__all__ = ["Prepared", "prepare", "model_key", "load_or_train", "load_cache", "cache_path", "exits_table", "peak_memory_mb", "load_data"]
+__all__ = ["Prepared", "prepare", "model_key", "load_or_train", "load_cache", "cache_path", "exits_table", "peak_memory_mb", "load_data",
+           "wants_quant_features"]
 
 
 def peak_memory_mb() -> float:
@@ -199,8 +201,10 @@ def cache_path(prep: Prepared, split: str) -> tuple[str, Path]:
     quant config sections, each as a whole (:func:`~quee_kit.config.key_fields`; the quant section through
     :func:`~quee_kit.backends.quant_key`)."""
     cfg = prep.cfg
+    # a cache with the quantization-aware statistics is another artifact (never mixed with one without them)
+    extra = ["quant-features", QUANT_STATS, QUANT_STATS_VERSION] if wants_quant_features(cfg) else []
     key = content_hash("cache", prep.data.digest, split, prep.model_hash, [dataclasses.asdict(l) for l in prep.levels],
-                       key_fields(cfg.paths), quant_key(cfg.quant),
+                       key_fields(cfg.paths), quant_key(cfg.quant), *extra,
                        *([prep.act_scales.digest()] if prep.act_scales is not None else []))
     return key, cache_dir(cfg) / f"cache-{split}-{key[:16]}.pt"
 
@@ -218,11 +222,12 @@ def load_cache(prep: Prepared, split: str, progress: bool = True) -> PathCache |
     def build():
         with one_thread():  # the same bits whatever the core count or the jobs that build it
             c = build_path_cache(prep.model, prep.qblocks, prep.tree, prep.costs, sp.x, sp.y,
-                                 cfg.paths.batch_size, cfg.device, progress, desc=f"{split} cache")
+                                 cfg.paths.batch_size, cfg.device, progress, desc=f"{split} cache",
+                                 quant_features=wants_quant_features(cfg))
         c.stats["peak_memory_mb"] = peak_memory_mb()
         c.stats.update(_device_stats(cfg.device))
         return {"logits": c.logits, "y": c.y, "node_cost": c.node_cost, "static_cost": c.static_cost,
-                "stats": c.stats}
+                "stats": c.stats, **({} if c.qstats is None else {"qstats": c.qstats})}
 
     if distributed.is_active():
         payload = _load_cache_sharded(prep, split, path, key, progress)
@@ -231,7 +236,12 @@ def load_cache(prep: Prepared, split: str, progress: bool = True) -> PathCache |
     else:
         payload = load_or_build(path, key, build, what=f"{split} cache")
     return PathCache(prep.tree, payload["logits"], payload["y"], payload["node_cost"], payload["static_cost"],
-                     stats=payload["stats"])
+                     stats=payload["stats"], qstats=payload.get("qstats"))
+
+
+def wants_quant_features(cfg: Config) -> bool:
+    """Whether the path caches carry the quantization-aware statistics (``predictor.features: quant``)."""
+    return cfg.predictor.features == "quant"
 
 
 def _load_cache_sharded(prep: Prepared, split: str, path: Path, key: str, progress: bool) -> dict | None:
@@ -242,24 +252,29 @@ def _load_cache_sharded(prep: Prepared, split: str, path: Path, key: str, progre
 
     def compute(start: int, stop: int) -> dict:
         c = build_path_cache(prep.model, prep.qblocks, prep.tree, prep.costs, sp.x[start:stop], sp.y[start:stop],
-                             cfg.paths.batch_size, cfg.device, progress=False)
-        return {"logits": c.logits, "y": c.y, "node_cost": c.node_cost, "static_cost": c.static_cost}
+                             cfg.paths.batch_size, cfg.device, progress=False, quant_features=wants_quant_features(cfg))
+        return {"logits": c.logits, "y": c.y, "node_cost": c.node_cost, "static_cost": c.static_cost,
+                **({} if c.qstats is None else {"qstats": c.qstats})}
 
     def merge(shards, info: dict) -> dict:
-        logits = y = first = None
+        logits = y = first = qstats = None
         for start, stop, part in shards:
             if logits is None:
                 first = part
                 logits = torch.empty(part["logits"].shape[0], len(sp), part["logits"].shape[2])
                 y = torch.empty(len(sp), dtype=part["y"].dtype)
+                if "qstats" in part:
+                    qstats = torch.empty(part["qstats"].shape[0], len(sp), part["qstats"].shape[2])
             logits[:, start:stop], y[start:stop] = part["logits"], part["y"]
+            if qstats is not None:
+                qstats[:, start:stop] = part["qstats"]
         seconds = time.perf_counter() - info["started"]
         stats = {"nodes": logits.shape[0], "samples": len(sp), "seconds": seconds,
                  "node_samples_per_s": logits.shape[0] * len(sp) / max(seconds, 1e-9),
                  "peak_memory_mb": peak_memory_mb(), **_device_stats(cfg.device),
                  **{k: info[k] for k in ("world_size", "shards", "computed", "reused", "shard_seconds")}}
         return {"logits": logits, "y": y, "node_cost": first["node_cost"], "static_cost": first["static_cost"],
-                "stats": stats}
+                "stats": stats, **({} if qstats is None else {"qstats": qstats})}
 
     return distributed.load_or_build_sharded(path, key, len(sp), cfg.paths.batch_size, compute, merge,
                                              what=f"{split} cache", progress=progress)

@@ -28,6 +28,7 @@ from .config import Config, ConfigError, cache_dir
 from .methods import MethodContext, build_methods
 from .options import OptionSpace
 from .paths import FEATURE_NAMES
+from .quant_features import QUANT_STATS, QUANT_STATS_VERSION, feature_ops, state_numel
 from .budget_rule import select_points  # re-exported: the rule on a points table
 from .policy import QueePolicy, lambda_grid
 from .predictors import (CrossFitted, fit_cross_fitted, predictor_from_state, predictor_macs,
@@ -101,10 +102,11 @@ PREDICTOR_FIT_VERSION = 3  # 3: every fit on one thread (MLP bits no longer depe
 
 
 def _pcfg_key(pcfg) -> dict:
-    """The predictor config as its artifacts' key reads it: ``probe`` only when set, so every predictor
-    stored before the probe existed keeps its key."""
+    """The predictor config as its artifacts' key reads it: ``probe`` only when set and ``features`` only when not
+    ``softmax``, so every predictor stored before those options existed keeps its key."""
     d = dataclasses.asdict(pcfg)
-    return d if d.pop("probe") is False else {**d, "probe": True}
+    d = d if d.pop("probe") is False else {**d, "probe": True}
+    return {k: v for k, v in d.items() if (k, v) != ("features", "softmax")}
 
 
 def predictor_artifact_keys(prep: Prepared, pcfgs: list, seed: int) -> list[str]:
@@ -112,6 +114,7 @@ def predictor_artifact_keys(prep: Prepared, pcfgs: list, seed: int) -> list[str]
     return [content_hash("predictors", PREDICTOR_FIT_VERSION, prep.model_hash, prep.data.digest,
                          [l.name for l in prep.levels], prep.tree.family, _pcfg_key(pcfg), seed,
                          quant_key(prep.cfg.quant), FEATURE_NAMES,  # a change of features makes old ones stale
+                         *([QUANT_STATS, QUANT_STATS_VERSION] if pcfg.features == "quant" else []),
                          *([prep.act_scales.digest()] if prep.act_scales is not None else []))
             for pcfg in pcfgs]
 
@@ -156,15 +159,30 @@ def fit_variants(prep: Prepared, opts: OptionSpace, pcfgs: list, seed: int, prog
     (keys ``calib``, ``test``), the refitted predictor (``final``) and the normalized cost of one call
     (``call_cost``, known from the config before fitting)."""
     out, memo = [], {}   # the fits predict on the same rows: their features are gathered once
-    for pcfg, art in zip(pcfgs, predictor_artifacts(prep, opts, pcfgs, seed, progress)):
+    n_quant = [_n_quant(prep, pcfg) for pcfg in pcfgs]     # checked before any fit
+    for pcfg, nq, art in zip(pcfgs, n_quant, predictor_artifacts(prep, opts, pcfgs, seed, progress)):
         cf = CrossFitted([predictor_from_state(s) for s in art["folds"]], predictor_from_state(art["final"]),
                          art["fold_of"])
-        macs = predictor_macs(pcfg, opts.n_options)
+        macs = predictor_macs(pcfg, opts.n_options, nq)
         if cf.final.macs != macs:
             raise RuntimeError(f"predictor MACs {cf.final.macs} differ from its config's {macs}")
+        # the quantization-aware statistics a call reads are computed for it: charged with it, at the same bits
+        feats = feature_ops(prep.levels, state_numel(prep.model, prep.data.image_shape)) \
+            if pcfg.features == "quant" and pcfg.kind != "binned" else 0
         out.append({**cf.predict(prep.caches["calib"], prep.caches["test"], opts, memo), "final": cf.final,
-                    "call_cost": prep.costs.call_cost(macs)})
+                    "call_cost": prep.costs.call_cost(macs + feats)})
     return out
+
+
+def _n_quant(prep: Prepared, pcfg) -> int:
+    """The quant columns the caches carry for a ``features: quant`` predictor (0 for ``softmax``)."""
+    if pcfg.features != "quant":
+        return 0
+    q = prep.caches["calib"].qstats
+    if q is None:
+        raise ValueError("predictor.features: quant needs path caches built with it (set it in the config, "
+                         "not in one variant's overrides)")
+    return q.shape[-1]
 
 
 def _predictor_key(cfg: Config, pover: dict) -> str:

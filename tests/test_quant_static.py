@@ -158,3 +158,10 @@ def test_static_cache_uses_the_calibrated_scales_and_engine_matches_simulation(s
         np.testing.assert_array_equal(torch.cat([r.pred for r in res]).numpy(),
                                       prep.caches["test"].pred.numpy()[sim.node, np.arange(len(x))])
         np.testing.assert_allclose(np.concatenate([r.cost for r in res]), sim.cost, rtol=1e-12)
+
+
+def test_static_scales_and_quant_features_are_refused_together_in_one_line():
+    from quee_kit.config import ConfigError, load_config
+    with pytest.raises(ConfigError, match="predictor.features") as e:
+        load_config("configs/digits.yaml", ["quant.act_scale=static", "predictor.features=quant"])
+    assert "\n" not in str(e.value)
