@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .calibrated import (BinnedErrorPredictor, PlattErrorPredictor, PlattQuantErrorPredictor,
-                         ProbePlattErrorPredictor, cell_sums)
+                         ProbePlattErrorPredictor)
 from .calibration import expected_calibration_error, quality_metrics
 from .costs import mlp_macs
 from .options import OptionSpace

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .calibrated import cell_sums
+
 __all__ = ["discretized_targets", "depth_balanced_weights", "subsample_by_depth", "holdout_by_sample"]
 
 
