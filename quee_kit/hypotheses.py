@@ -6,6 +6,8 @@ that might see it (docs/conditions.md has one section each):
 - ``baseline``: ``configs/conditions.yaml`` as it is (hard digits, a w3a3 level; Platt on the head's
   log-odds, dynamic per-token activation scales);
 - ``static-scales``: deployment-style static activation scales (``quant.act_scale: static``);
+- ``static-heterogeneity``: the same on inputs of spread quality (``data.heterogeneity: 1.0`` on the plain
+  digits; on the conditions data as well it left a model at 33% accuracy);
 - ``quant-features``: quantization-aware predictor features (``predictor.features: quant``);
 - ``paid-probe``: ``quee-probe``, one block's head at the cheapest level bought before deciding;
 - ``bn-cnn``: a small BatchNorm CNN backbone (``configs/cnn.yaml``, shipped models).
@@ -40,6 +42,8 @@ HYPOTHESES = {
     "baseline": (CONDITIONS, [], "quee", "hard digits + w3a3; Platt on the head's log-odds; dynamic scales"),
     "static-scales": (CONDITIONS, ["quant.act_scale=static"], "quee",
                       "static per-tensor activation scales calibrated on train (larger inputs clip)"),
+    "static-heterogeneity": (CONDITIONS, ["data.difficulty=0.0", "data.heterogeneity=1.0", "quant.act_scale=static"],
+                             "quee", "static scales on inputs of spread contrast, brightness and noise"),
     "quant-features": (CONDITIONS, ["predictor.features=quant"], "quee",
                        "predictor also sees the state's statistics against each level's scale"),
     "paid-probe": (CONDITIONS, [], "quee-probe",
