@@ -1,17 +1,15 @@
 """Quantization backends: integer GEMMs and compiled blocks against the fake-quant reference, and the
 dynamic engine against the path-cache simulation when both run the ``int`` backend."""
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
 from quee_kit.backends import BACKENDS, INT_NUMERICS, IntLinear, act_scale, int_mm_available, quant_key, to_backend
 from quee_kit.config import ConfigError, QuantConfig, key_fields, load_config
-from quee_kit.engine import DynamicModel
 from quee_kit.models import ViTBlock, stored_once
-from quee_kit.policy import simulate
 from quee_kit.quant import ActQuant, QuantLinear, apply_level, fake_quant_act
+from tests.engine_check import assert_engine_equals_simulation
 
 pytestmark = pytest.mark.skipif(not int_mm_available(), reason="torch._int_mm does not run on this CPU")
 
@@ -95,18 +93,7 @@ def test_int_path_cache_is_its_own_artifact_and_close_to_fake(int_study, digits_
 
 
 def test_int_engine_matches_int_cache_simulation(int_study):
-    prep, opts = int_study.prep, int_study.opts
-    q, fitted = int_study.methods["quee"], int_study.predictors["quee"]
-    x = prep.data.test.x
-    for entry, lam in [(0, 0.5), (2, 3.0), (4, 20.0), (1, 0.0)]:
-        sim = simulate(fitted["test"], prep.caches["test"], opts, lam, entry, q.mask, q.call_cost)
-        eng = DynamicModel(prep.model, prep.qblocks, prep.costs, fitted["final"], opts, entry, lam, q.mask,
-                           q.call_cost)
-        res = [eng(x[s:e]) for s, e in [(0, 1), (1, 8), (8, 72), (72, len(x))]]  # batches of mixed sizes
-        np.testing.assert_array_equal(np.concatenate([r.node for r in res]), sim.node)
-        np.testing.assert_array_equal(torch.cat([r.pred for r in res]).numpy(),
-                                      prep.caches["test"].pred.numpy()[sim.node, np.arange(len(x))])
-        np.testing.assert_allclose(np.concatenate([r.cost for r in res]), sim.cost, rtol=1e-12)
+    assert_engine_equals_simulation(int_study, [(0, 0.5), (2, 3.0), (4, 20.0), (1, 0.0)])
 
 
 def test_integer_backends_key_their_arithmetic_so_older_caches_are_rebuilt():

@@ -1,17 +1,15 @@
 """Static activation scales (quant.act_scale: static): a reference fake quantization with fixed scales,
 batch independence, clipping, calibration against torch.quantile, the engine against the cache, config."""
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from quee_kit.config import ConfigError, QuantConfig, key_fields, load_config
-from quee_kit.engine import DynamicModel
 from quee_kit.models import EarlyExitModel, ViTBlock
-from quee_kit.policy import simulate
 from quee_kit.quant_static import (StaticActQuant, StaticScales, act_scales_for, apply_level_static,
                                    calibrate_static, quantize_residual_static)
+from tests.engine_check import assert_engine_equals_simulation
 
 
 def _qmax(b):
@@ -138,7 +136,7 @@ def static_study(digits_cfg):
 
 def test_static_cache_uses_the_calibrated_scales_and_engine_matches_simulation(static_study, digits_prep):
     from quee_kit.prepare import cache_path
-    prep, opts = static_study.prep, static_study.opts
+    prep = static_study.prep
     assert prep.act_scales is not None and prep.act_scales.samples == 300
     lv = prep.levels[-1]
     S = act_scales_for(prep.act_scales, lv, 1)
@@ -147,17 +145,7 @@ def test_static_cache_uses_the_calibrated_scales_and_engine_matches_simulation(s
     assert prep.act_scales.digest()[:16] != "" and cache_path(prep, "test") != cache_path(digits_prep, "test")
     assert torch.equal(prep.caches["test"].logits[0], digits_prep.caches["test"].logits[0])  # float root shared
     assert not torch.equal(prep.caches["test"].logits, digits_prep.caches["test"].logits)
-    q, fitted = static_study.methods["quee"], static_study.predictors["quee"]
-    x = prep.data.test.x
-    for entry, lam in [(0, 0.5), (2, 3.0), (len(prep.levels) - 1, 0.0), (1, 0.0)]:
-        sim = simulate(fitted["test"], prep.caches["test"], opts, lam, entry, q.mask, q.call_cost)
-        eng = DynamicModel(prep.model, prep.qblocks, prep.costs, fitted["final"], opts, entry, lam, q.mask,
-                           q.call_cost)
-        res = [eng(x[s:e]) for s, e in [(0, 1), (1, 8), (8, 72), (72, len(x))]]  # batches of mixed sizes
-        np.testing.assert_array_equal(np.concatenate([r.node for r in res]), sim.node)
-        np.testing.assert_array_equal(torch.cat([r.pred for r in res]).numpy(),
-                                      prep.caches["test"].pred.numpy()[sim.node, np.arange(len(x))])
-        np.testing.assert_allclose(np.concatenate([r.cost for r in res]), sim.cost, rtol=1e-12)
+    assert_engine_equals_simulation(static_study, [(0, 0.5), (2, 3.0), (len(prep.levels) - 1, 0.0), (1, 0.0)])
 
 
 def test_static_scales_and_quant_features_are_refused_together_in_one_line():
