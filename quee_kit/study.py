@@ -129,8 +129,8 @@ def shipped_predictor(prep: Prepared, key: str) -> dict | None:
 def predictor_artifacts(prep: Prepared, opts: OptionSpace, pcfgs: list, seed: int, progress: bool) -> list[dict]:
     """The stored fold predictors, refitted predictor and fold assignment of each predictor config in
     ``pcfgs``, each an artifact (from the cache, else shipped, else fitted); the missing ones are fitted
-    together, every fit on one thread, shared out
-    over ``cfg.jobs`` worker processes (the same numbers as one after another)."""
+    together, every fit on one thread, shared out over ``cfg.jobs`` worker processes (the same numbers as
+    one after another)."""
     keys = predictor_artifact_keys(prep, pcfgs, seed)
     paths = [cache_dir(prep.cfg) / f"predictors-{key[:16]}.pt" for key in keys]
     arts = []
