@@ -80,6 +80,9 @@ def test_params_file_errors_are_one_line(tmp_path, capsys):
 
 @pytest.mark.parametrize("path", notebook_paths(), ids=lambda p: p.stem)
 def test_notebook_is_parameterized(path):
+    raw = json.loads(path.read_text())
+    ids = [c.get("id") for c in raw["cells"]]       # nbformat 4.5: every cell has a unique id (soon a hard error)
+    assert None not in ids and len(set(ids)) == len(ids)
     book = nbformat.read(path, as_version=4)
     assert book.metadata.kernelspec.name == KERNEL
     tagged = [c for c in book.cells if "parameters" in c.metadata.get("tags", [])]
