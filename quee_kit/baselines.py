@@ -9,7 +9,7 @@ import copy
 
 import numpy as np
 
-from .methods import Method, MethodContext, Outcome, make_outcome, register_method
+from .methods import Envelope, Method, MethodContext, Outcome, make_outcome, register_method
 from .paths import PathCache
 
 __all__ = ["StaticQuant", "ConfidenceExit", "PerExitConfidence", "BestSingle", "RandomRouting", "Oracle"]
@@ -121,7 +121,7 @@ class PerExitConfidence(Method):
 
 
 @register_method("best-single")
-class BestSingle(Method):
+class BestSingle(Envelope):
     """The best *static* combination: the union of static quantization, early exit at the
     reference and early exit at every fixed level; the budget rule picks among all of them.
     Knob: ("static", level index) or ("ee", level index, τ)."""
@@ -137,14 +137,6 @@ class BestSingle(Method):
     @classmethod
     def build(cls, ctx: MethodContext, name: str) -> "BestSingle":
         return cls(ctx.built["static-quant"], ctx.built["ee-confidence@q"], name)
-
-    def outcome(self, split, knob) -> Outcome:
-        return self.parts[knob[0]].outcome(split, knob[1:])
-
-    def describe(self, knob) -> dict:
-        d = self.parts[knob[0]].describe(knob[1:])
-        d["entry"] = f"{knob[0]}:{d['entry']}"
-        return d
 
     def knob_levels(self, knob) -> set:
         return {knob[1]}

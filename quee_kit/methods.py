@@ -33,7 +33,7 @@ import numpy as np
 from .options import OptionSpace
 from .paths import PathCache
 
-__all__ = ["Outcome", "make_outcome", "Method", "MethodContext", "METHODS", "register_method",
+__all__ = ["Outcome", "make_outcome", "Method", "Envelope", "MethodContext", "METHODS", "register_method",
            "build_methods", "scalar_knob"]
 
 
@@ -105,6 +105,22 @@ class Method:
     def outcomes(self, split: str) -> list[Outcome]:
         """Every knob's outcome (subclasses vectorize where they can)."""
         return [self.outcome(split, k) for k in self.knobs]
+
+
+class Envelope(Method):
+    """A union of other methods' knobs (``parts``: part name -> method), the budget rule picking among all of
+    them: a knob is (part, *that part's knob), run and described by that part, its entry prefixed with the
+    part's name."""
+
+    parts: dict
+
+    def outcome(self, split, knob) -> Outcome:
+        return self.parts[knob[0]].outcome(split, knob[1:])
+
+    def describe(self, knob) -> dict:
+        d = self.parts[knob[0]].describe(knob[1:])
+        d["entry"] = f"{knob[0]}:{d['entry']}"
+        return d
 
 
 def scalar_knob(method) -> str | None:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .methods import Method, MethodContext, Outcome, make_outcome, register_method
+from .methods import Envelope, Method, MethodContext, Outcome, make_outcome, register_method
 from .paths import PathCache, PathTree
 
 __all__ = ["rule_frontier", "confidence_exit_nodes", "StaticSchedule", "ConfidenceSchedule", "BestStatic",
@@ -158,7 +158,7 @@ class ConfidenceSchedule(Method):
 
 
 @register_method("best-static")
-class BestStatic(Method):
+class BestStatic(Envelope):
     """The envelope of the static baselines: ``best-single``, ``static-schedule`` and
     ``ee-confidence-schedule``, the budget rule picking among all their knobs; so its calib accuracy at a
     budget is at least every feasible member's (tested). Knob: (part, *the member's knob), part one of
@@ -168,9 +168,9 @@ class BestStatic(Method):
     knob_fields = ("part", "entry", "schedule", "tau")
 
     def __init__(self, members: dict, name: str = "best-static"):
-        self.name, self.members = name, dict(members)
-        self.tree = next(iter(self.members.values())).tree
-        union = [(part,) + tuple(k) for part, m in self.members.items() for k in m.knobs]
+        self.name, self.parts = name, dict(members)
+        self.tree = next(iter(self.parts.values())).tree
+        union = [(part,) + tuple(k) for part, m in self.parts.items() for k in m.knobs]
         calib = [self.outcome("calib", k) for k in union]
         keep = rule_frontier(np.array([o.mean_cost for o in calib]), np.array([o.accuracy for o in calib]))
         self.knobs = [union[i] for i in keep]
@@ -180,21 +180,13 @@ class BestStatic(Method):
         return cls({"single": ctx.built["best-single"], "schedule": ctx.built["static-schedule"],
                     "ee-schedule": ctx.built["ee-confidence-schedule"]}, name)
 
-    def outcome(self, split, knob) -> Outcome:
-        return self.members[knob[0]].outcome(split, knob[1:])
-
-    def describe(self, knob) -> dict:
-        d = self.members[knob[0]].describe(knob[1:])
-        d["entry"] = f"{knob[0]}:{d['entry']}"
-        return d
-
     def knob_levels(self, knob) -> set:
-        return self.members[knob[0]].knob_levels(knob[1:])
+        return self.parts[knob[0]].knob_levels(knob[1:])
 
     def restrict(self, levels) -> "BestStatic":
         """Every member restricted to ``levels`` (a member with no knob there left out), the envelope rebuilt."""
         members = {}
-        for part, m in self.members.items():
+        for part, m in self.parts.items():
             try:
                 members[part] = m.restrict(levels)
             except ValueError:
