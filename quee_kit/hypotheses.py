@@ -142,11 +142,10 @@ def hypotheses_plot(gains: pd.DataFrame, room: pd.DataFrame, split: str = "test"
     cx.axhline(0.5, color="0.5", ls=":", lw=1)
     cx.axhline(0.7, color="0.3", ls="--", lw=1)
     cx.set(xlabel="decision depth (blocks run)", ylabel=f"hurt AUROC ({split}, stratified)", ylim=(0.3, 1.0),
-           title="Can the predictor tell whom a cheaper level hurts?")
+           title="Can the predictor tell whom a cheaper level hurts?\n"
+                 "(squares: every decision of the tree; hollow: where the policy decides)")
     fig.legend(*ax.get_legend_handles_labels(), loc="lower center", ncol=len(names), frameon=False,
                bbox_to_anchor=(0.5, -0.02))
-    fig.text(0.99, 0.005, "right: squares = every decision of the tree, hollow = where the policy decides",
-             ha="right", fontsize=8, color="0.3")
     fig.tight_layout(rect=(0, 0.06, 1, 1))
     return fig
 
