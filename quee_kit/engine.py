@@ -68,10 +68,17 @@ class DynamicModel(nn.Module):
         self.cls_last = getattr(model.heads[-1], "reads_cls", False)
         # block_cost[t, q]: normalized cost of block index t (0-based; depth t + 1) at level q
         self.block_cost = np.array([[costs.block(t + 1, lv) for lv in self.tree.levels] for t in range(self.tree.L)])
+        self.head_cost = [0.0] + [costs.head(t) for t in range(1, self.tree.L + 1)]
+        self.call_charge = np.where(self.calls_at, call_cost, 0.0)   # what a decision at each node pays
+        # the rule's score is ê + λ·Δcost over the allowed options (lowest option index on ties); where ê is
+        # not needed it is taken as 0, so the choice at such a node is fixed
+        self.lam_delta = self.lam * self.delta
+        free = np.where(self.mask, np.float32(0) + self.lam_delta, np.inf).argmin(1)
+        self.free_next = opts.next_node[np.arange(len(free)), free]
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> DynamicResult:
-        tree, opts, N = self.tree, self.opts, len(x)
+        tree, N = self.tree, len(x)
         pred = np.zeros(N, dtype=np.int64)
         cost = np.zeros(N)
         final = np.zeros(N, dtype=np.int64)
@@ -86,35 +93,48 @@ class DynamicModel(nn.Module):
         blocks_run, prev_logits = N, None
         for t in range(1, tree.L + 1):
             with self._label("heads"):
-                logits = self.model.heads[t - 1](h).float().cpu()
-            cost[idx] += self.costs.head(t)
+                logits = self.model.heads[t - 1](h)
+                if logits.dtype != torch.float32 or logits.device.type != "cpu":
+                    logits = logits.float().cpu()
+            cost[idx] += self.head_cost[t]
             with self._label("decide"):
                 if t == tree.L:
                     go = np.zeros(len(idx), bool)
                 else:
                     nxt = self._decide(logits, prev_logits, t, node, h)
-                    cost[idx[self.calls_at[node]]] += self.call_cost
+                    cost[idx] += self.call_charge[node]       # + 0.0 where no call is made: the same bits
                     go = nxt >= 0
-                done = ~go
-                pred[idx[done]] = logits.argmax(-1).numpy()[done]
-                final[idx[done]] = node[done]
+                if not go.all():
+                    done = ~go
+                    pred[idx[done]] = logits.argmax(-1).numpy()[done]
+                    final[idx[done]] = node[done]
             if not go.any():
                 break
             with self._label("regroup"):
                 # The remaining samples, sorted by the level of their next block: one gather, then each
-                # level's group is a contiguous slice that runs its block once.
+                # level's group is a contiguous slice that runs its block once. One level and nobody
+                # leaving (always so at batch size 1): nothing to gather.
                 keep = np.flatnonzero(go)
-                keep = keep[np.argsort(tree.level[nxt[keep]], kind="stable")]
+                level = tree.level[nxt[keep]]
+                single = bool((level == level[0]).all())
+                if not single:
+                    order = np.argsort(level, kind="stable")
+                    keep, level = keep[order], level[order]
                 idx, node = idx[keep], nxt[keep]
-                kt = torch.from_numpy(keep)
-                h, prev_logits = h.index_select(0, kt.to(dev)), logits.index_select(0, kt)
-                levels, counts = np.unique(tree.level[node], return_counts=True)
+                if len(keep) < len(go) or not single:
+                    kt = torch.from_numpy(keep)
+                    h, prev_logits = h.index_select(0, kt.to(dev)), logits.index_select(0, kt)
+                else:
+                    prev_logits = logits
             with self._label("blocks"):
-                parts = [self._block(self.qblocks[int(q)][t], part, t)
-                         for q, part in zip(levels, torch.split(h, counts.tolist()))]
-                h = parts[0] if len(parts) == 1 else torch.cat(parts)
+                if single:
+                    h = self._block(self.qblocks[int(level[0])][t], h, t)
+                else:
+                    levels, counts = np.unique(level, return_counts=True)
+                    h = torch.cat([self._block(self.qblocks[int(q)][t], part, t)
+                                   for q, part in zip(levels, torch.split(h, counts.tolist()))])
             blocks_run += len(idx)
-            cost[idx] += self.block_cost[t, tree.level[node]]
+            cost[idx] += self.block_cost[t, level]
         return DynamicResult(torch.from_numpy(pred), cost, final, blocks_run)
 
     def _label(self, part: str):
@@ -128,16 +148,17 @@ class DynamicModel(nn.Module):
     def _decide(self, logits: torch.Tensor, prev_logits, t: int, node: np.ndarray, h: torch.Tensor) -> np.ndarray:
         """The next node of each sample (-1: exit now) by the receding-horizon rule; ê is computed only
         where it can change the choice (elsewhere 0 gives the same argmin). ``h``: the state after block t."""
-        tree, opts = self.tree, self.opts
         call = self.calls_at[node]
-        err_hat = np.zeros((len(node), opts.n_options), dtype=np.float32)
+        if not call.any():  # ê = 0 everywhere gives the same argmin: the choice was made once, in __init__
+            return self.free_next[node]
         if call.all():      # the common case: no row to pick out
-            err_hat[:] = self._predict(logits, prev_logits, t, node, h)
-        elif call.any():
+            err_hat = self._predict(logits, prev_logits, t, node, h).astype(np.float32, copy=False)
+        else:
+            err_hat = np.zeros((len(node), self.opts.n_options), dtype=np.float32)
             err_hat[call] = self._predict(logits[call], None if prev_logits is None else prev_logits[call], t,
                                           node[call], h[torch.from_numpy(call).to(h.device)])
-        score = np.where(self.mask[node], err_hat + self.lam * self.delta[node], np.inf)
-        return opts.next_node[node, score.argmin(1)]
+        score = np.where(self.mask[node], err_hat + self.lam_delta[node], np.inf)
+        return self.opts.next_node[node, score.argmin(1)]
 
     def _predict(self, logits: torch.Tensor, prev_logits, t: int, node: np.ndarray, h: torch.Tensor) -> np.ndarray:
         """``err_hat`` (rows, O) of rows at depth ``t`` and ``node``, computing only the features the predictor
