@@ -3,16 +3,21 @@
 For every backend (``quant.backend``: fake, compiled, int, int-compiled) the study is built with that
 backend (path caches and predictors), so the engine runs the same blocks as the cache it was tuned on.
 Timed, in microseconds per test sample at batch sizes 1, 32 and 256 (best of ``--repeats`` passes, each
-alternating with a pass of the float full model, which every speed-up is taken against):
+alternating with a pass of the float full model in both its forms, eager and ``torch.compile``d; on a GPU
+compiled with ``mode="reduce-overhead"``, i.e. CUDA graphs):
 
 * ``full``: stem, every block at one level, the last head; the float model (``w16a16``) is the baseline;
 * ``engine``: QuEE's :class:`~quee_kit.engine.DynamicModel` at each default budget (entry and λ chosen
   on calib), after checking that it exits every test sample at the node the cache simulation says.
 
 Writes ``OUT/engine.csv`` (``backend,mode,budget,batch_size,us_per_sample,speedup_vs_float_full`` and
-then ``level,blocks_per_sample,cost_bops,engine_vs_cache_mismatches,float_full_us``, the float model's time
-beside that row) and prints a markdown table; ``--profile`` adds a
-``torch.profiler`` breakdown of the engine at budget 0.05 (best backend) to ``OUT/engine_profile.txt``, and on
+then ``level,blocks_per_sample,cost_bops,engine_vs_cache_mismatches,float_full_us``, the eager float model's
+time beside that row, ``float_compiled_us`` the compiled one's, ``float_best_us`` the faster of the two,
+``float_best_form`` which, and ``speedup_vs_float_best``, the ratio a user who compiles would see) and prints
+a markdown table of the speed-ups against the best float model; ``--profile`` adds a
+``torch.profiler`` breakdown of the engine at budget 0.05 (best backend) to ``OUT/engine_profile.txt``, the
+time of each of the engine's parts per sample at every budget up to 0.08 and batch size to
+``OUT/engine_parts.csv`` (and the top of that text file), and on
 the CPU one of a single block, float against ``w8a8`` with ``int-compiled`` (each generated kernel named)::
 
     python benchmarks/bench_engine.py --out results/bench
@@ -37,19 +42,22 @@ from quee_kit.study import run_study
 from quee_kit.policy import simulate
 
 COLUMNS = ["backend", "mode", "budget", "batch_size", "us_per_sample", "speedup_vs_float_full", "level",
-           "blocks_per_sample", "cost_bops", "engine_vs_cache_mismatches", "float_full_us"]
+           "blocks_per_sample", "cost_bops", "engine_vs_cache_mismatches", "float_full_us", "float_compiled_us",
+           "float_best_us", "float_best_form", "speedup_vs_float_best"]
 
 
-def per_sample_us(fn, x: torch.Tensor, batch: int, repeats: int, ref=None) -> tuple[float, float | None]:
-    """Best of ``repeats`` passes over ``x`` in batches of ``batch``, µs per sample (device synchronized).
+def per_sample_us(fn, x: torch.Tensor, batch: int, repeats: int, refs=()) -> list[float]:
+    """Best of ``repeats`` passes over ``x`` in batches of ``batch``, µs per sample (device synchronized), of
+    ``fn`` and then of each of ``refs``.
 
-    With ``ref`` (the float full model), each pass of ``fn`` alternates with a pass of ``ref`` and the best
-    of those is returned too: a speed-up is then the ratio of two times taken side by side, not against one
-    float timing taken minutes earlier (this machine drifts by 10-20% over a run)."""
+    Each pass of ``fn`` alternates with a pass of every one of ``refs`` (the float full model, eager and
+    compiled): a speed-up is then the ratio of two times taken side by side, not against one float timing
+    taken minutes earlier (this machine drifts by 10-20% over a run)."""
     sync = torch.cuda.synchronize if x.is_cuda else (lambda: None)
-    fns = [fn] + ([ref] if ref is not None else [])
+    fns = [fn, *refs]
     for f in fns:
-        f(x[:batch])  # warm-up: compiled blocks compile here, CUDA kernels load
+        for s in range(0, len(x), batch):   # warm-up: every shape compiles here, CUDA kernels load
+            f(x[s:s + batch])
     best = [float("inf")] * len(fns)
     for _ in range(repeats):
         for i, f in enumerate(fns):
@@ -59,8 +67,15 @@ def per_sample_us(fn, x: torch.Tensor, batch: int, repeats: int, ref=None) -> tu
                 f(x[s:s + batch])
             sync()
             best[i] = min(best[i], time.perf_counter() - t)
-    us = [b / len(x) * 1e6 for b in best]
-    return us[0], (us[1] if ref is not None else None)
+    return [b / len(x) * 1e6 for b in best]
+
+
+def float_forms(model, blocks, cuda: bool) -> list:
+    """The float full model as a user would run it: eager, and through ``torch.compile`` (static shapes:
+    each batch size compiled for itself, as a server with fixed batch sizes would; CUDA graphs on a GPU)."""
+    eager = full_model(model, blocks)
+    compiled = torch.compile(eager, dynamic=False, mode="reduce-overhead" if cuda else None)
+    return [eager, torch.no_grad()(compiled)]
 
 
 def full_model(model, blocks):
@@ -92,6 +107,34 @@ def profile_engine(eng, x: torch.Tensor, batch: int) -> str:
     finally:
         eng.labels = False
     return prof.key_averages().table(sort_by="cpu_time_total", row_limit=25)
+
+
+PARTS = ("blocks", "heads", "decide", "predictor", "regroup")
+
+
+def engine_breakdown(eng, x: torch.Tensor, batch: int) -> dict[str, float]:
+    """Where the engine's time goes at ``batch``: µs per sample inside each of its labelled parts
+    (``engine.blocks`` includes the stem; ``engine.predictor`` is part of ``engine.decide``), the rest of
+    the forward (``other``: costs, predictions, Python between the parts) and the total, all measured under
+    ``torch.profiler``, which adds a few µs per operation to every part."""
+    from torch.profiler import profile
+    for s in range(0, len(x), batch):   # warm-up: every group size the pass meets is compiled here
+        eng(x[s:s + batch])
+    eng.labels = True
+    try:
+        with profile() as prof:
+            t = time.perf_counter()
+            for s in range(0, len(x), batch):
+                eng(x[s:s + batch])
+            total = time.perf_counter() - t
+    finally:
+        eng.labels = False
+    us = {e.key.removeprefix("engine."): e.cpu_time_total / len(x) for e in prof.key_averages()
+          if e.key.startswith("engine.")}
+    out = {p: us.get(p, 0.0) for p in PARTS}
+    out["total"] = total / len(x) * 1e6
+    out["other"] = out["total"] - sum(out[p] for p in PARTS if p != "predictor")
+    return out
 
 
 def profile_block(model, level, x: torch.Tensor, batch: int, t: int = 2, calls: int = 50) -> str:
@@ -161,15 +204,18 @@ def main() -> None:
         dev = next(prep.model.parameters()).device
         x = prep.data.test.x.to(dev)
         print(f"{backend}: study ready in {time.perf_counter() - t0:.0f} s", flush=True)
-        # the float model, eager (its blocks stay float under every backend): every row is timed beside it
-        ref = full_model(prep.model, prep.qblocks[0])
+        # the float model (its blocks stay float under every backend), eager and compiled: every row is timed
+        # beside both
+        refs = float_forms(prep.model, prep.qblocks[0], x.is_cuda)
         for q, lv in enumerate(prep.levels):
             run = full_model(prep.model, prep.qblocks[q])
             for bs in sizes:
-                us, ref_us = per_sample_us(run, x[:args.batch1_samples] if bs == 1 else x, bs, args.repeats, ref)
+                us, eager_us, compiled_us = per_sample_us(run, x[:args.batch1_samples] if bs == 1 else x, bs,
+                                                          args.repeats, refs)
                 rows.append(dict(backend=backend, mode="full", budget=None, batch_size=bs, us_per_sample=us,
                                  level=lv.name, blocks_per_sample=prep.model.depth, cost_bops=None,
-                                 engine_vs_cache_mismatches=None, float_full_us=ref_us))
+                                 engine_vs_cache_mismatches=None, float_full_us=eager_us,
+                                 float_compiled_us=compiled_us))
         for budget in cfg.eval.budgets:
             eng = study.engine("quee", budget)
             mismatches = check_engine(study, eng, budget)
@@ -179,18 +225,25 @@ def main() -> None:
             r = eng(x)
             engines[(backend, budget)] = eng
             for bs in sizes:
-                us, ref_us = per_sample_us(eng, x[:args.batch1_samples] if bs == 1 else x, bs, args.repeats, ref)
+                us, eager_us, compiled_us = per_sample_us(eng, x[:args.batch1_samples] if bs == 1 else x, bs,
+                                                          args.repeats, refs)
                 rows.append(dict(backend=backend, mode="engine", budget=budget, batch_size=bs, us_per_sample=us,
                                  level=None, blocks_per_sample=r.blocks_run / len(x), cost_bops=r.cost.mean(),
-                                 engine_vs_cache_mismatches=mismatches, float_full_us=ref_us))
+                                 engine_vs_cache_mismatches=mismatches, float_full_us=eager_us,
+                                 float_compiled_us=compiled_us))
     df = pd.DataFrame(rows)
     df["speedup_vs_float_full"] = df.float_full_us / df.us_per_sample
+    df["float_best_us"] = df[["float_full_us", "float_compiled_us"]].min(axis=1)
+    df["float_best_form"] = np.where(df.float_compiled_us < df.float_full_us, "compiled", "eager")
+    df["speedup_vs_float_best"] = df.float_best_us / df.us_per_sample
     atomic_write_bytes(out / "engine.csv", df[COLUMNS].to_csv(index=False, float_format="%.4g").encode())
     machine = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
     if x.is_cuda:
         machine = f"{torch.cuda.get_device_name()}, torch {torch.__version__}"
-    print(f"\n{machine}; µs per sample (speed-up vs the float full model at the same batch size)\n")
-    wide = df.assign(cell=[f"{u:.1f} ({s:.2f}×)" for u, s in zip(df.us_per_sample, df.speedup_vs_float_full)],
+    print(f"\n{machine}; µs per sample (speed-up vs the best float full model at the same batch size)\n")
+    best = df.groupby("batch_size").agg(us=("float_best_us", "median"), form=("float_best_form", lambda f: f.value_counts().idxmax()))
+    print("best float full model: " + ", ".join(f"batch {b}: {r.us:.1f} µs ({r.form})" for b, r in best.iterrows()))
+    wide = df.assign(cell=[f"{u:.1f} ({s:.2f}×)" for u, s in zip(df.us_per_sample, df.speedup_vs_float_best)],
                      what=[f"full {l}" if m == "full" else f"engine @ {b:g}" for m, l, b in
                            zip(df["mode"], df.level, df.budget.fillna(0))])
     table = wide.pivot_table(index=["backend", "what"], columns="batch_size", values="cell", aggfunc="first",
@@ -200,6 +253,13 @@ def main() -> None:
         eng05 = df[(df["mode"] == "engine") & (df.budget == 0.05) & (df.batch_size == max(sizes))]
         best = eng05.sort_values("us_per_sample").iloc[0].backend
         text = f"backend {best}, budget 0.05\n" + profile_engine(engines[(best, 0.05)], x, max(sizes))
+        parts = pd.DataFrame([dict(budget=b, batch_size=bs, **engine_breakdown(engines[(best, b)],
+                                                                              x[:args.batch1_samples] if bs == 1 else x, bs))
+                              for b in cfg.eval.budgets if b <= 0.08 for bs in sizes])
+        atomic_write_bytes(out / "engine_parts.csv", parts.to_csv(index=False, float_format="%.4g").encode())
+        text = (f"where the engine's time goes, backend {best} (µs per sample under torch.profiler; blocks include "
+                f"the stem, predictor is part of decide)\n{parts.round({c: 1 for c in [*PARTS, 'total', 'other']}).to_string(index=False)}\n\n"
+                + text)
         if not x.is_cuda:   # why a quantized block is not cheaper than a float one here
             level = next((lv for lv in prep.levels if lv.name == "w8a8"), prep.levels[-1])
             text += "\n" + profile_block(prep.model, level, x, max(sizes))
