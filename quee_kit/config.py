@@ -15,10 +15,12 @@ from pathlib import Path
 
 from .config_rules import ConfigError, UserError, check_lengths, check_limits, fail, read_yaml
 
-from .locations import PROJECT_ROOT, resolve_path
+from .locations import resolve_path
+from .store import store_root
 from .variants import ALL_VARIANTS
 
-__all__ = ["UserError", "ConfigError", "read_yaml", "Config", "load_config", "parse_overrides", "cache_dir", "key_fields", "FAST_OVERRIDES"]
+__all__ = ["UserError", "ConfigError", "read_yaml", "Config", "DataConfig", "ModelConfig", "QuantConfig", "PathsConfig",
+           "PredictorConfig", "EvalConfig", "load_config", "parse_overrides", "cache_dir", "key_fields", "FAST_OVERRIDES"]
 
 
 @dataclass
@@ -385,8 +387,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | dict | No
 def cache_dir(cfg: Config) -> Path:
     """Where ``cfg``'s artifacts live: a relative ``cache_dir`` under the project root, so that the CLI
     and the notebooks (which run in ``notebooks/``) share one trained model and one cache per split."""
-    p = Path(cfg.cache_dir)
-    return p if p.is_absolute() else PROJECT_ROOT / p
+    return store_root(cfg.cache_dir)
 
 
 def key_fields(section) -> dict:

@@ -19,7 +19,6 @@ import warnings
 import numpy as np
 
 from .artifacts import ArtifactError, content_hash, load_artifact, points_source_digest, save_artifact
-from .config import cache_dir
 from .options import OptionSpace
 
 __all__ = ["STUDY_FORMAT", "study_artifact", "load_stored_study", "store_study", "pack_estimates",
@@ -55,7 +54,7 @@ def study_artifact(prep, cache_keys: dict, predictor_keys: list, variants: dict,
         return None, None
     key = content_hash("study", STUDY_FORMAT, cache_keys, predictor_keys, variants, lambda_grid, seed,
                        {name: cls.__qualname__ for name, cls in METHODS.items()}, points_source_digest())
-    return cache_dir(prep.cfg) / f"study-{key[:16]}.pt", key
+    return prep.store.file("study", key), key
 
 
 def load_stored_study(path, key, opts: OptionSpace) -> dict | None:

@@ -22,7 +22,7 @@ from .artifacts import content_hash
 from .config import Config, key_fields
 from .parallel import one_thread, resolve_jobs, stop_pool, warn_workers_failed
 
-__all__ = ["Task", "study_tasks", "run_graph", "warm", "run_studies", "estimated_seconds", "release_loaded"]
+__all__ = ["Task", "study_tasks", "run_graph", "warm", "estimated_seconds", "release_loaded"]
 
 
 @dataclass(frozen=True)
@@ -107,7 +107,7 @@ def study_tasks(cfg: Config, variants: dict | None = None) -> list[Task]:
     tasks = [Task(model, _train, (cfg,), (), estimated_seconds(cfg, "train"), f"train, {seed}")]
     tasks += [Task(name, _cache, (cfg, split), (model,), estimated_seconds(cfg, "cache", split),
                    f"{split} cache, {seed}") for split, name in caches.items()]
-    for pcfg in predictor_configs(cfg, QUEE_VARIANTS if variants is None else variants).values():
+    for pcfg in predictor_configs(cfg.predictor, QUEE_VARIANTS if variants is None else variants).values():
         name = "fit " + content_hash(caches["calib"], dataclasses.asdict(pcfg))[:16]
         label = f"{pcfg.kind}{'' if pcfg.kind != 'mlp' else f' {pcfg.targets} K{pcfg.K}'} predictors, {seed}"
         tasks.append(Task(name, _fit, (cfg, pcfg, caches["calib"]), (caches["calib"],),
@@ -222,21 +222,3 @@ def warm(studies, jobs: int | None = 0, progress: bool = True) -> list[dict]:
     graph = _unique(tasks)
     seconds = run_graph(tasks, jobs, progress)
     return [{"task": graph[n].label or n, "name": n, "seconds": round(s, 2)} for n, s in seconds.items()]
-
-
-def run_studies(cfg: Config, seeds, progress: bool = True, variants: dict | None = None) -> list:
-    """:func:`~quee_kit.study.run_study` for every seed. With several seeds, each seed's model, caches and
-    predictors are first built (where not cached) in ``cfg.jobs`` worker processes (:func:`warm`): every
-    piece runs on one thread either way, so the studies are the serial ones."""
-    import torch
-    from tqdm.auto import tqdm
-
-    from .study import run_study
-    seeds = list(seeds)
-    if len(seeds) > 1 and resolve_jobs(cfg.jobs) > 1:
-        warm([(dataclasses.replace(cfg, seed=s), variants or None) for s in seeds], cfg.jobs, progress)
-    studies = []
-    for seed in tqdm(seeds, desc="seeds", disable=not progress or len(seeds) == 1):
-        torch.manual_seed(seed)
-        studies.append(run_study(dataclasses.replace(cfg, seed=seed), progress, variants))
-    return studies
