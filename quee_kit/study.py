@@ -30,6 +30,7 @@ from .methods import MethodContext, build_methods
 from .options import OptionSpace
 from .paths import FEATURE_NAMES
 from .quant_features import QUANT_STATS, QUANT_STATS_VERSION, feature_ops, state_numel
+from .registry import PREDICTOR_KINDS
 from .budget_rule import select_points  # re-exported: the rule on a points table
 from .policy import QueePolicy, lambda_grid
 from .predictors import (CrossFitted, fit_cross_fitted, predictor_from_state, predictor_macs,
@@ -157,7 +158,7 @@ def fit_variants(prep: Prepared, opts: OptionSpace, pcfgs: list, seed: int, prog
             raise RuntimeError(f"predictor MACs {cf.final.macs} differ from its config's {macs}")
         # the quantization-aware statistics a call reads are computed for it: charged with it, at the same bits
         feats = feature_ops(prep.levels, state_numel(prep.model, prep.data.image_shape)) \
-            if pcfg.features == "quant" and pcfg.kind != "binned" else 0
+            if pcfg.features == "quant" and PREDICTOR_KINDS.get(pcfg.kind).reads_quant_features else 0
         out.append({**cf.predict(prep.caches["calib"], prep.caches["test"], opts, memo), "final": cf.final,
                     "call_cost": prep.costs.call_cost(macs + feats)})
     return out
