@@ -28,6 +28,9 @@ from .probe import PROBE_COLUMNS
 from .quant_features import QUANT_STATS, level_columns
 from .registry import PREDICTOR_KINDS
 
+# Bump when a change here changes the numbers of a stored study (keyed by quee_kit.store.code_versions).
+CODE_VERSION = 1
+
 __all__ = ["BinnedErrorPredictor", "PlattErrorPredictor", "ProbePlattErrorPredictor", "PlattQuantErrorPredictor",
            "SCORE", "cell_sums"]
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from .artifacts import atomic_write_csv, atomic_write_json
 from .config import UserError, load_config
 from .outputs import check_out, check_writable_dir, staged_output
-from .store import store_root
+from .locations import store_root
 
 __all__ = ["main", "build_parser"]
 

@@ -16,10 +16,9 @@ from pathlib import Path
 from .config_rules import ConfigError, UserError, check_lengths, check_limits, fail, read_yaml
 
 from .dataset_files import check_files, validate_dataset_name
-from .locations import resolve_path
+from .locations import resolve_path, store_root
 from .quant_levels import parse_level
 from .registry import BACKBONES, PREDICTOR_KINDS, QUANT_BACKENDS
-from .store import store_root
 from .variants import ALL_VARIANTS
 
 __all__ = ["UserError", "ConfigError", "read_yaml", "Config", "DataConfig", "ModelConfig", "QuantConfig", "PathsConfig",

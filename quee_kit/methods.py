@@ -34,6 +34,9 @@ from .options import OptionSpace
 from .paths import PathCache
 from .registry import METHODS
 
+# Bump when a change here changes the numbers of a stored study (keyed by quee_kit.store.code_versions).
+CODE_VERSION = 1
+
 __all__ = ["Outcome", "make_outcome", "Method", "Envelope", "MethodContext", "METHODS", "register_method",
            "build_methods", "scalar_knob"]
 

@@ -17,7 +17,7 @@ import pandas as pd
 import torch
 
 from . import distributed
-from .artifacts import content_hash, load_or_build, tensor_digest
+from .artifacts import load_or_build, tensor_digest
 from .backends import quant_key, to_backend
 from .config import Config, DataConfig, ModelConfig, PredictorConfig, key_fields
 from .costs import CostModel
@@ -28,7 +28,7 @@ from .models import BACKBONES, EarlyExitModel, build_model
 from .parallel import one_thread, resolve_jobs, run_jobs
 from .paths import PathCache, PathTree, build_path_cache
 from .shipped import find_shipped, load_shipped
-from .store import Store
+from .store import Store, artifact_key
 from .quant import REF_DTYPES, CastBlock, Level, apply_level, config_levels, quantize_residual
 from .quant_static import (StaticScales, act_scales_for, apply_level_static, calibrate_static,
                            quantize_residual_static)
@@ -106,7 +106,7 @@ def _train_model(cfg: Config, data: Dataset, progress: bool) -> dict:
 def model_key(cfg: Config, data: Dataset) -> str:
     """The key of the trained model: the training config section (less fields such as ``retrain`` that do
     not change the weights), the data, the seed and a local checkpoint's bytes. Shipped models carry it."""
-    return content_hash("model", key_fields(cfg.model), data.digest, cfg.seed,
+    return artifact_key("model", key_fields(cfg.model), data.digest, cfg.seed,
                         *([_weights_digest(cfg.model)] if cfg.model.checkpoint else []))
 
 
@@ -181,7 +181,7 @@ def static_scales(cfg: Config, data: Dataset, model: EarlyExitModel, weights: st
     """The static activation scales of ``model`` (float) on the first ``quant.static_samples`` train samples,
     an artifact keyed by the weights, the data and the settings: computed once per (model, data)."""
     q = cfg.quant
-    key = content_hash("static-scales", weights, data.digest, q.static_percentile, q.static_samples, q.residual)
+    key = artifact_key("static-scales", weights, data.digest, q.static_percentile, q.static_samples, q.residual)
     x = data.split("train").x[:q.static_samples]
 
     def build():
@@ -206,7 +206,7 @@ def cache_path(prep: Prepared, split: str) -> tuple[str, Path]:
     cfg = prep.cfg
     # a cache with the quantization-aware statistics is another artifact (never mixed with one without them)
     extra = ["quant-features", QUANT_STATS, QUANT_STATS_VERSION] if wants_quant_features(cfg.predictor) else []
-    key = content_hash("cache", prep.data.digest, split, prep.model_hash, [dataclasses.asdict(l) for l in prep.levels],
+    key = artifact_key("cache", prep.data.digest, split, prep.model_hash, [dataclasses.asdict(l) for l in prep.levels],
                        key_fields(cfg.paths), quant_key(cfg.quant), *extra,
                        *([prep.act_scales.digest()] if prep.act_scales is not None else []))
     return key, prep.store.file(f"cache-{split}", key)

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from . import baselines  # noqa: F401  (registers the baselines)
 from . import schedules  # noqa: F401  (registers the static-schedule baselines, after best-single)
-from .artifacts import ArtifactError, content_hash, load_artifact, save_artifact
+from .artifacts import ArtifactError, load_artifact, save_artifact
 from .safe_codec import decode
 from .shipped import find_shipped_predictor, load_shipped_predictor
 from .backends import quant_key
@@ -31,6 +31,7 @@ from .options import OptionSpace
 from .paths import FEATURE_NAMES
 from .quant_features import QUANT_STATS, QUANT_STATS_VERSION, feature_ops, state_numel
 from .registry import PREDICTOR_KINDS
+from .store import artifact_key
 from .budget_rule import select_points  # re-exported: the rule on a points table
 from .policy import QueePolicy, lambda_grid
 from .predictors import (CrossFitted, fit_cross_fitted, predictor_from_state, predictor_macs,
@@ -38,6 +39,9 @@ from .predictors import (CrossFitted, fit_cross_fitted, predictor_from_state, pr
 from .prepare import Prepared, cache_path, prepare
 from .study_store import load_stored_study, store_study, study_artifact
 from .variants import ALL_VARIANTS, QUEE_VARIANTS  # re-exported: the study builds them
+
+# Bump when a change here changes the numbers of a stored study (keyed by quee_kit.store.code_versions).
+CODE_VERSION = 1
 
 __all__ = ["Study", "run_study", "build_study", "fit_variants", "predictor_configs", "store_predictors", "shipped_predictor",
            "predictor_artifact_keys", "predictor_artifacts", "method_points", "select_points", "points_auc",
@@ -101,7 +105,7 @@ def _pcfg_key(pcfg) -> dict:
 
 def predictor_artifact_keys(prep: Prepared, pcfgs: list, seed: int) -> list[str]:
     """The artifact key of each predictor config's cross-fitted predictors (shipped ones carry it)."""
-    return [content_hash("predictors", PREDICTOR_FIT_VERSION, prep.model_hash, prep.data.digest,
+    return [artifact_key("predictors", PREDICTOR_FIT_VERSION, prep.model_hash, prep.data.digest,
                          [l.name for l in prep.levels], prep.tree.family, _pcfg_key(pcfg), seed,
                          quant_key(prep.cfg.quant), FEATURE_NAMES,  # a change of features makes old ones stale
                          *([QUANT_STATS, QUANT_STATS_VERSION] if pcfg.features == "quant" else []),

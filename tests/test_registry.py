@@ -14,7 +14,7 @@ from quee_kit.registry import PREDICTOR_KINDS, Registry
 
 # the leaves the config check may load: no loader, no backbone, no torch
 CONFIG_CLOSURE = {"quee_kit", "quee_kit.config", "quee_kit.config_rules", "quee_kit.locations", "quee_kit.registry",
-                  "quee_kit.dataset_files", "quee_kit.quant_levels", "quee_kit.store", "quee_kit.variants"}
+                  "quee_kit.dataset_files", "quee_kit.quant_levels", "quee_kit.variants"}
 
 
 def test_the_config_check_imports_no_torch_and_nothing_above_the_registries():
