@@ -17,6 +17,7 @@ Imports nothing of the kit but :mod:`quee_kit.locations` (machinery, below every
 from __future__ import annotations
 
 import ast
+import contextlib
 import functools
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +46,24 @@ class Store:
         """The file of the artifact of ``kind`` (``model``, ``cache-calib``, ``predictors``, ``study``, ...)
         and ``key``."""
         return self.root / f"{kind}-{key[:16]}{suffix}"
+
+    @contextlib.contextmanager
+    def locked(self, kind: str, key: str):
+        """Held by one process at a time: an advisory lock (``flock``) on ``root/{kind}-{key[:16]}.lock``, so
+        that two processes about to build one artifact (two notebooks reading one study) build it once,
+        the second loading what the first stored. Where ``fcntl`` does not exist (Windows) it locks nothing."""
+        try:
+            import fcntl
+        except ImportError:   # no flock: two processes may each build it (the same bits, written atomically)
+            yield
+            return
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.file(kind, key, ".lock"), "a") as f:   # "a": never truncates a file another holds
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def artifact_key(kind: str, *parts: Any, code: str | None = None) -> str:

@@ -9,6 +9,7 @@ method and the explorer share.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import time
@@ -223,33 +224,35 @@ def build_study(prep: Prepared, pcfg: PredictorConfig, ecfg: EvalConfig, seed: i
     path, key = study_artifact(prep, {s: cache_path(prep, s)[0] for s in ("calib", "test")},
                                predictor_artifact_keys(prep, list(pcfgs.values()), seed), variants,
                                ecfg.lambda_grid, seed)
-    stored = load_stored_study(path, key, opts) if store else None
-    timings["stored"] = stored is not None
-    if stored:
-        fitted = {k: {**f, "final": predictor_from_state(f["final"])} for k, f in stored["fits"].items()}
-    else:
-        fitted = dict(zip(pcfgs, fit_variants(prep, opts, list(pcfgs.values()), seed, progress)))
-        ref = None   # the AUROC of 1 - max prob: the same rows for every fit
-        for fit in fitted.values():
-            fit["quality"] = predictor_quality(fit["test"], caches["test"], opts, auroc_maxprob=ref)
-            ref = fit["quality"]["auroc_maxprob"]
-    for name, (pover, variant) in variants.items():
-        pkey = _predictor_key(pcfg, pover)
-        quality[name] = fitted[pkey]["quality"]                       # every name, also a shared fit's
-        predictors[name] = fitted[pkey]
-        # every call is charged: the cost of one call of the predictor that made the estimates
-        methods[name] = QueePolicy(name, fitted[pkey], caches, opts, lambdas, variant,
-                                   call_cost=fitted[pkey]["call_cost"], probe=pcfgs[pkey].probe)
-    timings["predictor_seconds"] = time.perf_counter() - t1
-    methods.update(build_methods(MethodContext(caches, opts, lambdas, seed, built=dict(methods))))
-    t2 = time.perf_counter()
-    test_nodes = {k: v.numpy() for k, v in stored["test_nodes"].items()} if stored else {}
-    points = stored["points"] if stored else {
-        name: method_points(m, test_nodes) for name, m in tqdm(methods.items(), desc="methods",
-                                                               disable=not progress, leave=False)}
-    timings["evaluate_seconds"] = time.perf_counter() - t2
-    if not stored and store:
-        store_study(path, key, opts, fitted, points, test_nodes)
+    # two processes evaluating one study (two notebooks side by side): the second waits, then loads it
+    with prep.store.locked("study", key) if store and key is not None else contextlib.nullcontext():
+        stored = load_stored_study(path, key, opts) if store else None
+        timings["stored"] = stored is not None
+        if stored:
+            fitted = {k: {**f, "final": predictor_from_state(f["final"])} for k, f in stored["fits"].items()}
+        else:
+            fitted = dict(zip(pcfgs, fit_variants(prep, opts, list(pcfgs.values()), seed, progress)))
+            ref = None   # the AUROC of 1 - max prob: the same rows for every fit
+            for fit in fitted.values():
+                fit["quality"] = predictor_quality(fit["test"], caches["test"], opts, auroc_maxprob=ref)
+                ref = fit["quality"]["auroc_maxprob"]
+        for name, (pover, variant) in variants.items():
+            pkey = _predictor_key(pcfg, pover)
+            quality[name] = fitted[pkey]["quality"]                       # every name, also a shared fit's
+            predictors[name] = fitted[pkey]
+            # every call is charged: the cost of one call of the predictor that made the estimates
+            methods[name] = QueePolicy(name, fitted[pkey], caches, opts, lambdas, variant,
+                                       call_cost=fitted[pkey]["call_cost"], probe=pcfgs[pkey].probe)
+        timings["predictor_seconds"] = time.perf_counter() - t1
+        methods.update(build_methods(MethodContext(caches, opts, lambdas, seed, built=dict(methods))))
+        t2 = time.perf_counter()
+        test_nodes = {k: v.numpy() for k, v in stored["test_nodes"].items()} if stored else {}
+        points = stored["points"] if stored else {
+            name: method_points(m, test_nodes) for name, m in tqdm(methods.items(), desc="methods",
+                                                                   disable=not progress, leave=False)}
+        timings["evaluate_seconds"] = time.perf_counter() - t2
+        if not stored and store:
+            store_study(path, key, opts, fitted, points, test_nodes)
     return Study(prep, opts, methods, points, quality, predictors, timings, None, test_nodes)
 
 

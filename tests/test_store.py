@@ -50,3 +50,41 @@ def test_every_module_that_registers_a_method_or_predictor_kind_keys_the_study()
 def test_a_store_names_a_file_by_kind_and_key(tmp_path, kind):
     assert Store(tmp_path).file(kind, "ab" * 32) == tmp_path / f"{kind}-{'ab' * 8}.pt"
     assert Store.at("rel").root.is_absolute()
+
+
+def test_a_lock_is_held_by_one_process_at_a_time(tmp_path):
+    """A second process asking for a held lock gets it only once the first lets it go: it then finds what
+    the first wrote before letting go (a broken lock would let it in at once, before that file exists)."""
+    import subprocess
+    import sys
+    import time
+    store = Store(tmp_path)
+    child = ("import pathlib, sys; from quee_kit.store import Store; s = Store(pathlib.Path(sys.argv[1])); "
+             "(s.root / 'trying').write_text(''); "
+             "ctx = s.locked('study', 'ab' * 32); ctx.__enter__(); "
+             "print((s.root / 'released').exists()); ctx.__exit__(None, None, None)")
+    with store.locked("study", "ab" * 32):
+        proc = subprocess.Popen([sys.executable, "-c", child, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+        while not (tmp_path / "trying").exists():
+            time.sleep(0.05)
+        time.sleep(0.5)
+        (tmp_path / "released").write_text("")
+    assert proc.communicate(timeout=60)[0].strip() == "True"
+
+
+def test_a_study_is_evaluated_under_its_lock(digits_prep, monkeypatch):
+    from quee_kit.study import run_study
+    from conftest import STUDY_OVERRIDES
+    from quee_kit.config import load_config
+    taken = []
+    real = Store.locked
+
+    def spy(self, kind, key):
+        taken.append((kind, self.root))
+        return real(self, kind, key)
+    monkeypatch.setattr(Store, "locked", spy)
+    cfg = load_config("configs/digits.yaml", [f"cache_dir={digits_prep.cfg.cache_dir}", *STUDY_OVERRIDES])
+    run_study(cfg, progress=False, variants={"quee": ({}, "all")}, prep=digits_prep)
+    assert taken == [("study", digits_prep.store.root)]
+    run_study(cfg, progress=False, variants={"quee": ({}, "all")}, prep=digits_prep, store=False)
+    assert len(taken) == 1            # nothing stored, nothing to wait for
