@@ -198,8 +198,8 @@ def run_graph(tasks, jobs: int | None = 0, progress: bool = True) -> dict[str, f
                         bar.set_postfix_str(graph[n].label or n, refresh=True)
                     finished, _ = wait(running, return_when=FIRST_COMPLETED)
                     for f in finished:
-                        n = running.pop(f)
-                        done[n] = f.result()
+                        done[running[f]] = f.result()   # raises first: a task whose worker died stays running
+                        del running[f]
                         bar.update(1)
             except BaseException:
                 todo.extend(running.values())   # a broken pool: these are run again below
