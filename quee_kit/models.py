@@ -235,6 +235,8 @@ def build_resmlp(cfg, image_shape: tuple[int, int, int], num_classes: int) -> Ea
 
 
 def build_model(cfg, image_shape, num_classes: int) -> EarlyExitModel:
-    """Build the backbone named by ``cfg.arch`` (a :class:`~quee_kit.config.ModelConfig`)."""
-    return BACKBONES[cfg.arch](cfg, tuple(image_shape), num_classes)
+    """Build the backbone named by ``cfg.arch`` (a :class:`~quee_kit.config.ModelConfig`). ``cnn`` and ``timm``
+    register when :mod:`quee_kit.cnn` / :mod:`quee_kit.timm_backbones` are imported (:mod:`quee_kit.prepare`
+    imports both); before that, a LookupError names the module to import."""
+    return BACKBONES.get(cfg.arch)(cfg, tuple(image_shape), num_classes)
 

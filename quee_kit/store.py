@@ -49,7 +49,8 @@ class Store:
 
     @contextlib.contextmanager
     def locked(self, kind: str, key: str):
-        """Held by one process at a time: an advisory lock (``flock``) on ``root/{kind}-{key[:16]}.lock``, so
+        """Held by one process at a time: an advisory lock (``flock``) on ``root/locks/{kind}-{key[:16]}.lock``
+        (a folder of their own: the artifact files stay all there is beside them), so
         that two processes about to build one artifact (two notebooks reading one study) build it once,
         the second loading what the first stored. Where ``fcntl`` does not exist (Windows) it locks nothing."""
         try:
@@ -57,8 +58,9 @@ class Store:
         except ImportError:   # no flock: two processes may each build it (the same bits, written atomically)
             yield
             return
-        self.root.mkdir(parents=True, exist_ok=True)
-        with open(self.file(kind, key, ".lock"), "a") as f:   # "a": never truncates a file another holds
+        folder = self.root / "locks"
+        folder.mkdir(parents=True, exist_ok=True)
+        with open(folder / self.file(kind, key, ".lock").name, "a") as f:   # "a": never truncates a file another holds
             fcntl.flock(f, fcntl.LOCK_EX)
             try:
                 yield

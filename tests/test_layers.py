@@ -153,7 +153,7 @@ def test_returns_counts_visits_to_a_module_already_left():
 def test_cfg_moves_down(tmp_path):
     """The CLI's ``run`` on the digits (cold: a model trained, caches built, predictors fitted, in this
     process) hands the whole config down the layers, with at most 4 returns to a module already left
-    (issue 26: 34 moves back up before; 21 returns by this rule)."""
+    (20 returns by this rule before issue 26 moved orchestration into pipeline.py)."""
     from quee_kit.cli import main
     argv = ["run", "--config", "configs/digits.yaml", "--quiet", "--seeds", "0", "--out", str(tmp_path / "out")]
     for s in [f"cache_dir={tmp_path / 'cache'}", "jobs=1", "model.epochs=2", "predictor.folds=3",
