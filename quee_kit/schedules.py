@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import baselines  # noqa: F401  (registered first: the study builds methods in registration order, and
+#                           best-static and the schedules read the baselines already built)
 from .methods import Envelope, Method, MethodContext, Outcome, make_outcome, register_method
 from .paths import PathCache, PathTree
 
