@@ -3,6 +3,8 @@ imports counted (a developer reads those as dependencies just the same)."""
 import ast
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1] / "quee_kit"
 
 
@@ -150,13 +152,15 @@ def test_returns_counts_visits_to_a_module_already_left():
     assert returns(["a"]) == 0 and returns([]) == 0
 
 
-def test_cfg_moves_down(tmp_path):
-    """The CLI's ``run`` on the digits (cold: a model trained, caches built, predictors fitted, in this
-    process) hands the whole config down the layers, with at most 4 returns to a module already left
-    (20 returns by this rule before issue 26 moved orchestration into pipeline.py)."""
+@pytest.mark.parametrize("seeds, jobs", [("0", 1), ("0,1", 2)])
+def test_cfg_moves_down(tmp_path, seeds, jobs):
+    """The CLI's ``run`` on the digits (cold: models trained, caches built, predictors fitted; with two seeds
+    and two jobs first as warm's task graph in worker processes, which are not traced) hands the whole config
+    down the layers, with at most 4 returns to a module already left (20 returns by this rule before issue 26
+    moved orchestration into pipeline.py)."""
     from quee_kit.cli import main
-    argv = ["run", "--config", "configs/digits.yaml", "--quiet", "--seeds", "0", "--out", str(tmp_path / "out")]
-    for s in [f"cache_dir={tmp_path / 'cache'}", "jobs=1", "model.epochs=2", "predictor.folds=3",
+    argv = ["run", "--config", "configs/digits.yaml", "--quiet", "--seeds", seeds, "--out", str(tmp_path / "out")]
+    for s in [f"cache_dir={tmp_path / 'cache'}", f"jobs={jobs}", "model.epochs=2", "predictor.folds=3",
               "predictor.epochs=5", "eval.lambda_grid=20", "eval.bootstrap=100", "eval.budgets=[0.04,0.08,0.2]",
               "eval.auc_range=[0.04,0.3]"]:
         argv += ["--set", s]
