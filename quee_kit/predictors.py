@@ -126,6 +126,17 @@ class ErrorPredictor(nn.Module):
         return mlp_macs([len(feature_columns(pcfg.history, n_quant if pcfg.features == "quant" else 0))]
                         + [pcfg.hidden] * pcfg.layers + [n_options])
 
+    @staticmethod
+    def fit_seconds(pcfg) -> float:
+        """Rough single-core seconds of one fit on 2,000 calib digits (it only orders warm's tasks; k-NN
+        targets take about twice as long)."""
+        return 3.0 * (2.0 if pcfg.targets == "knn" else 1.0)
+
+    @staticmethod
+    def describe(pcfg) -> str:
+        """The kind and what tells its fits apart, for people: ``mlp kmeans K8``."""
+        return f"mlp {pcfg.targets} K{pcfg.K}"
+
     def __init__(self, columns: list[int], n_options: int, depth: int, hidden: int = 32, layers: int = 2,
                  shared: bool = True):
         super().__init__()

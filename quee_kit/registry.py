@@ -62,8 +62,9 @@ BACKBONES = Registry("backbone", {"vit": "quee_kit.models", "resmlp": "quee_kit.
 DATASETS = Registry("dataset", {"mnist10k": "quee_kit.data", "digits": "quee_kit.data",
                                 "cifar10": "quee_kit.real_data", "cifar100": "quee_kit.real_data",
                                 "svhn": "quee_kit.real_data", "imagenet": "quee_kit.real_data"})
-# A predictor kind is a class with fit_config(rows, pcfg, opts, seed) and config_macs(pcfg, n_options, n_quant)
-# (quee_kit.predictors dispatches on it); the config's ``predictor.kind``.
+# A predictor kind (the config's ``predictor.kind``) is a class with fit_config(rows, pcfg, opts, seed) -> a fitted
+# predictor, config_macs(pcfg, n_options, n_quant) -> MACs of one call, reads_quant_features (bool),
+# fit_seconds(pcfg) (rough seconds of one fit: orders warm's tasks) and describe(pcfg) (a label for people).
 PREDICTOR_KINDS = Registry("predictor kind", {"platt": "quee_kit.calibrated", "binned": "quee_kit.calibrated",
                                               "mlp": "quee_kit.predictors"})
 # How quantized blocks compute (``quant.backend``); quee_kit.backends implements them.

@@ -21,6 +21,7 @@ from typing import Callable
 from .artifacts import content_hash
 from .config import Config, key_fields
 from .parallel import one_thread, resolve_jobs, stop_pool, warn_workers_failed
+from .registry import PREDICTOR_KINDS
 
 __all__ = ["Task", "study_tasks", "run_graph", "warm", "estimated_seconds", "release_loaded"]
 
@@ -41,7 +42,6 @@ class Task:
 # digits: they only decide which ready task starts first (the longest chain), never what is computed.
 SECONDS_PER_TRAIN_SAMPLE_EPOCH = 0.00032    # 30 epochs x 6,000 digits: 57 s (blocks on oneDNN: quee_kit.gemm)
 SECONDS_PER_NODE_SAMPLE = 0.000018          # 461 nodes x 2,000 digits: 17 s in a two-worker build
-SECONDS_PER_FIT = {"mlp": 3.0, "binned": 0.2, "platt": 0.4}   # one fit on 2,000 calib digits (k-NN: twice)
 
 
 def _sizes(cfg: Config) -> tuple[int, int, int]:
@@ -58,8 +58,8 @@ def estimated_seconds(cfg: Config, kind: str, split: str = "calib", pcfg=None) -
         from .quant import config_levels
         nodes = len(PathTree(config_levels(cfg.quant), cfg.model.depth, cfg.paths.family))
         return nodes * (n_calib if split == "calib" else n_test) * SECONDS_PER_NODE_SAMPLE
-    per_fit = SECONDS_PER_FIT.get(pcfg.kind, 1.0) * (2.0 if pcfg.targets == "knn" and pcfg.kind == "mlp" else 1.0)
-    return (pcfg.folds + 1) * per_fit * n_calib / 2000
+    from . import predictors  # noqa: F401  (registers the predictor kinds, each with its seconds per fit)
+    return (pcfg.folds + 1) * PREDICTOR_KINDS.get(pcfg.kind).fit_seconds(pcfg) * n_calib / 2000
 
 
 def _train(cfg: Config) -> None:
@@ -109,7 +109,7 @@ def study_tasks(cfg: Config, variants: dict | None = None) -> list[Task]:
                    f"{split} cache, {seed}") for split, name in caches.items()]
     for pcfg in predictor_configs(cfg.predictor, QUEE_VARIANTS if variants is None else variants).values():
         name = "fit " + content_hash(caches["calib"], dataclasses.asdict(pcfg))[:16]
-        label = f"{pcfg.kind}{'' if pcfg.kind != 'mlp' else f' {pcfg.targets} K{pcfg.K}'} predictors, {seed}"
+        label = f"{PREDICTOR_KINDS.get(pcfg.kind).describe(pcfg)} predictors, {seed}"
         tasks.append(Task(name, _fit, (cfg, pcfg, caches["calib"]), (caches["calib"],),
                           estimated_seconds(cfg, "fit", pcfg=pcfg), label))
     return tasks

@@ -84,12 +84,23 @@ def test_a_new_predictor_kind_is_one_class(digits_prep):
         def config_macs(pcfg, n_options, n_quant=0):
             return 0
 
+        @staticmethod
+        def fit_seconds(pcfg):
+            return 0.01
+
+        @staticmethod
+        def describe(pcfg):
+            return "constant"
+
     try:
         cfg = load_config("configs/digits.yaml", [f"cache_dir={digits_prep.cfg.cache_dir}", "predictor.kind=constant"])
         opts = OptionSpace(digits_prep.tree, digits_prep.caches["calib"].node_cost)
         fitted = fit_predictor(digits_prep.caches["calib"], opts, cfg.predictor, np.arange(100))
         assert isinstance(fitted, ConstantErrorPredictor) and 0 < fitted.rate < 1
         assert predictor_macs(cfg.predictor, opts.n_options) == 0
+        from quee_kit.warm import study_tasks
+        (fit,) = [t for t in study_tasks(cfg, {"quee": ({}, "all")}) if t.name.startswith("fit")]
+        assert fit.label.startswith("constant predictors") and fit.cost == pytest.approx((cfg.predictor.folds + 1) * 0.01)   # the default 2,000 calib
     finally:
         PREDICTOR_KINDS.pop("constant")
         PREDICTOR_KINDS.declared.pop("constant")
