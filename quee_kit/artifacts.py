@@ -27,16 +27,12 @@ if TYPE_CHECKING:
     import torch
 
 __all__ = ["content_hash", "atomic_write_bytes", "atomic_write_csv", "atomic_write_json", "file_mode", "umask", "save_artifact", "load_artifact", "load_or_build",
-           "ArtifactError", "tensor_digest", "points_source_digest", "NOT_POINTS"]
+           "ArtifactError", "tensor_digest"]
 
 # QUEEKIT1 files held pickle or torch.load payloads: they are refused (and rebuilt), never read.
 MAGIC = b"QUEEKIT2"
 OLD_MAGIC = b"QUEEKIT1"
 PAYLOAD_FORMAT = "safe1"   # the only payload this code reads (quee_kit.safe_codec)
-
-# Modules of the package that hold no number of a result (figures, CLI, the notebook runner): editing them
-# leaves stored points valid (:func:`points_source_digest`).
-NOT_POINTS = {"plots.py", "styles.py", "reproduce.py", "cli.py", "__main__.py", "__init__.py"}
 
 
 class ArtifactError(RuntimeError):
@@ -58,18 +54,6 @@ def tensor_digest(tensors: dict[str, torch.Tensor]) -> str:
         h.update(name.encode())
         h.update(str(t.dtype).encode())
         h.update(t.numpy().tobytes() if t.dtype != torch.bfloat16 else t.float().numpy().tobytes())
-    return h.hexdigest()
-
-
-def points_source_digest(*extra: str | Path) -> str:
-    """sha256 of the code that computes results: the package's top-level modules less :data:`NOT_POINTS`,
-    and the ``extra`` files. An artifact of computed points keyed with it is rebuilt when that code changes."""
-    h = hashlib.sha256()
-    pkg = Path(__file__).resolve().parent
-    for f in sorted(pkg.glob("*.py")) + [Path(e).resolve() for e in extra]:
-        if f.name not in NOT_POINTS or f.parent != pkg:
-            h.update(f.name.encode())
-            h.update(f.read_bytes())
     return h.hexdigest()
 
 

@@ -12,6 +12,9 @@ import numpy as np
 from .methods import Envelope, Method, MethodContext, Outcome, make_outcome, register_method
 from .paths import PathCache
 
+# Bump when a change here changes the numbers of a stored study (keyed by quee_kit.store.code_versions).
+CODE_VERSION = 1
+
 __all__ = ["StaticQuant", "ConfidenceExit", "PerExitConfidence", "BestSingle", "RandomRouting", "Oracle"]
 
 

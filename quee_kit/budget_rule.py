@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import numpy as np
 
+# Bump when a change here changes the numbers of a stored study (keyed by quee_kit.store.code_versions).
+CODE_VERSION = 1
+
 __all__ = ["select_for_budget", "select_points"]
 
 

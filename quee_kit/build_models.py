@@ -56,7 +56,7 @@ def build_models(only: str | None = None, seeds: list[int] | None = None, progre
                            fast=bool(e.get("fast", False)))
         for seed in chosen:
             cfg = dataclasses.replace(base, seed=seed)
-            data = load_data(cfg)
+            data = load_data(cfg.data, cfg.model)
             ckpt, _ = load_or_train(cfg, data, progress)
             entry = ship_model(ckpt["state_dict"], key=model_key(cfg, data), study=e["name"], seed=seed,
                                data_digest=data.digest, train=ckpt["train"])
@@ -82,7 +82,7 @@ def build_predictors(only: str | None = None, seeds: list[int] | None = None, pr
                 raise ConfigError(f"{e['name']} seed {seed}: no shipped model to fit predictors on; run `make models`")
             opts = OptionSpace(prep.tree, prep.caches["calib"].node_cost)
             for variant in e["predictors"]:
-                (pcfg,) = predictor_configs(cfg, {variant: QUEE_VARIANTS[variant]}).values()
+                (pcfg,) = predictor_configs(cfg.predictor, {variant: QUEE_VARIANTS[variant]}).values()
                 (key,) = predictor_artifact_keys(prep, [pcfg], seed)
                 (art,) = predictor_artifacts(prep, opts, [pcfg], seed, progress)
                 entry = ship_bytes(encode(art), name=f"{e['name']}-seed{seed}-{variant}.qkit", key=key,

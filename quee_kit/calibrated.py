@@ -23,8 +23,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from .paths import LOG_ODDS
+from .paths import FEATURE_NAMES, LOG_ODDS
 from .probe import PROBE_COLUMNS
+from .quant_features import QUANT_STATS, level_columns
+from .registry import PREDICTOR_KINDS
+
+# Bump when a change here changes the numbers of a stored study (keyed by quee_kit.store.code_versions).
+CODE_VERSION = 1
 
 __all__ = ["BinnedErrorPredictor", "PlattErrorPredictor", "ProbePlattErrorPredictor", "PlattQuantErrorPredictor",
            "SCORE", "cell_sums"]
@@ -49,12 +54,34 @@ def _node_rows(rows):
         yield node, r, valid, np.where(valid, rows.wrong[r], 0.0)
 
 
+@PREDICTOR_KINDS.register("binned")
 class BinnedErrorPredictor:
     """edges: (n_nodes, bins - 1) inner bin edges of the log-odds per node; table: (n_nodes, bins, O)
     shrunk mean error of every option per bin (NaN at nodes never fitted or invalid options)."""
 
     kind = "binned"
     columns = [SCORE]   # the feature columns predict_rows reads
+    reads_quant_features = False   # a call reads the log-odds alone, whatever ``features`` says
+
+    @classmethod
+    def fit_config(cls, rows, pcfg, opts, seed: int = 0) -> "BinnedErrorPredictor":
+        """The kind's fit from a predictor section ``pcfg`` (its ``bins``, ``prior_weight``)."""
+        return cls.fit(rows, len(opts.tree), pcfg.bins, pcfg.prior_weight)
+
+    @staticmethod
+    def config_macs(pcfg, n_options: int, n_quant: int = 0) -> int:
+        """``bins - 1`` comparisons locate the bin."""
+        return pcfg.bins - 1
+
+    @staticmethod
+    def fit_seconds(pcfg) -> float:
+        """Rough single-core seconds of one fit on 2,000 calib digits (it only orders warm's tasks)."""
+        return 0.2
+
+    @staticmethod
+    def describe(pcfg) -> str:
+        """The kind, for people (a task's label)."""
+        return "binned"
 
     def __init__(self, edges: np.ndarray, table: np.ndarray):
         self.edges, self.table = edges, table
@@ -108,12 +135,40 @@ def _platt_fit(z: np.ndarray, y: np.ndarray, iters: int = 25, ridge: float = 1e-
     return a, b
 
 
+@PREDICTOR_KINDS.register("platt")
 class PlattErrorPredictor:
     """coef: (n_nodes, O, 2) slope and intercept on the log-odds per node and option (NaN where the
     option is invalid or the node was never fitted)."""
 
     kind = "platt"
     columns = [SCORE]   # the feature columns predict_rows reads
+    reads_quant_features = True    # with ``features: quant`` (PlattQuantErrorPredictor)
+
+    @classmethod
+    def fit_config(cls, rows, pcfg, opts, seed: int = 0):
+        """The kind's fit from a predictor section ``pcfg``: with ``probe`` the probe's three scores
+        (:class:`ProbePlattErrorPredictor`), with ``features: quant`` the quantizers' statistics too
+        (:class:`PlattQuantErrorPredictor`), else the log-odds alone."""
+        if pcfg.probe:
+            return ProbePlattErrorPredictor.fit(rows, len(opts.tree))
+        if pcfg.features == "quant":
+            return PlattQuantErrorPredictor.fit(rows, len(opts.tree), level_columns(opts.tree.levels, len(FEATURE_NAMES)))
+        return cls.fit(rows, len(opts.tree))
+
+    @staticmethod
+    def config_macs(pcfg, n_options: int, n_quant: int = 0) -> int:
+        """One multiply-add per option and score read (the probe's three, or 1 + the quant statistics)."""
+        return n_options * (len(PROBE_COLUMNS) if pcfg.probe else 1 + (len(QUANT_STATS) if pcfg.features == "quant" else 0))
+
+    @staticmethod
+    def fit_seconds(pcfg) -> float:
+        """Rough single-core seconds of one fit on 2,000 calib digits (it only orders warm's tasks)."""
+        return 0.4
+
+    @staticmethod
+    def describe(pcfg) -> str:
+        """The kind, for people (a task's label)."""
+        return "platt"
 
     def __init__(self, coef: np.ndarray):
         self.coef = coef

@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import numpy as np
 
+# Bump when a change here changes the numbers of a stored study (keyed by quee_kit.store.code_versions).
+CODE_VERSION = 1
+
 __all__ = ["calibration_bins", "expected_calibration_error", "quality_metrics"]
 
 

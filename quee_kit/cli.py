@@ -16,8 +16,9 @@ import threading
 from pathlib import Path
 
 from .artifacts import atomic_write_csv, atomic_write_json
-from .config import UserError, cache_dir, load_config
+from .config import UserError, load_config
 from .outputs import check_out, check_writable_dir, staged_output
+from .locations import store_root
 
 __all__ = ["main", "build_parser"]
 
@@ -66,10 +67,10 @@ def stop_on_signals():
             signal.signal(s, h)
 
 
-def _check_places(cfg, out) -> None:
-    """``--out`` and ``cache_dir`` writable, before any compute (not found out after it)."""
+def _check_places(cache_dir: str, out) -> None:
+    """``--out`` and the config's ``cache_dir`` writable, before any compute (not found out after it)."""
     check_out(out)
-    check_writable_dir(cache_dir(cfg), "cache_dir")
+    check_writable_dir(store_root(cache_dir), "cache_dir")
 
 
 def _overrides(args) -> list[str]:
@@ -78,7 +79,7 @@ def _overrides(args) -> list[str]:
 
 def cmd_cache(args) -> int:
     cfg = load_config(args.config, _overrides(args))  # before the torch imports: a bad config fails fast
-    _check_places(cfg, args.out)
+    _check_places(cfg.cache_dir, args.out)
     from .distributed import is_main, process_group
     from .prepare import exits_table, peak_memory_mb, prepare
     out = Path(args.out)
@@ -110,10 +111,9 @@ def cmd_run(args) -> int:
     if args.seeds:
         overrides.append(f"eval.seeds=[{args.seeds}]")
     cfg = load_config(args.config, overrides)  # before the torch imports: a bad config fails fast
-    _check_places(cfg, args.out)
+    _check_places(cfg.cache_dir, args.out)
     from .distributed import is_main, launched_by_torchrun, process_group
-    from .evaluate import run_pipeline
-    from .study import check_config_against_data
+    from .pipeline import check_config_against_data, run_pipeline
     from .prepare import prepare
     if launched_by_torchrun():  # the cache stage of every seed sharded across ranks, the rest on rank 0
         check_config_against_data(cfg)

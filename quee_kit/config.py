@@ -15,10 +15,14 @@ from pathlib import Path
 
 from .config_rules import ConfigError, UserError, check_lengths, check_limits, fail, read_yaml
 
-from .locations import PROJECT_ROOT, resolve_path
+from .dataset_files import check_files, validate_dataset_name
+from .locations import resolve_path, store_root
+from .quant_levels import parse_level
+from .registry import BACKBONES, PREDICTOR_KINDS, QUANT_BACKENDS
 from .variants import ALL_VARIANTS
 
-__all__ = ["UserError", "ConfigError", "read_yaml", "Config", "load_config", "parse_overrides", "cache_dir", "key_fields", "FAST_OVERRIDES"]
+__all__ = ["UserError", "ConfigError", "read_yaml", "Config", "DataConfig", "ModelConfig", "QuantConfig", "PathsConfig",
+           "PredictorConfig", "EvalConfig", "load_config", "parse_overrides", "cache_dir", "key_fields", "FAST_OVERRIDES"]
 
 
 @dataclass
@@ -39,15 +43,9 @@ class DataConfig:
     heterogeneity: float = 0.0      # per-image contrast / brightness / noise drawn from a spread scaled by the dial
 
     def validate(self, p: str) -> None:
-        from .dataset_files import check_files
-        try:
-            check_files(self.name, self.root, self.download)  # no torch import yet: a missing dataset fails fast
-        except ValueError as e:
-            raise ConfigError(f"config: {e}") from None
-        from .data import check_dataset_available, validate_dataset_name
-        try:
+        try:   # the dataset registry's names and file checks: no loader (no torch) imported
+            check_files(self.name, self.root, self.download)
             validate_dataset_name(self.name)
-            check_dataset_available(self.name, self.root, self.download)
         except ValueError as e:
             raise ConfigError(f"config: {e}") from None
         if self.workers < 0:
@@ -63,7 +61,7 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    arch: str = "vit"          # backbone registry name (see quee_kit.models.BACKBONES)
+    arch: str = "vit"          # backbone registry name (quee_kit.registry.BACKBONES)
     patch: int = 7             # patch size in pixels (must divide the image side)
     dim: int = 64              # token width
     depth: int = 6             # number of blocks L (one exit head after each)
@@ -87,12 +85,10 @@ class ModelConfig:
     retrain: bool = field(default=False, metadata={"key": False})
 
     def validate(self, p: str) -> None:
-        from . import cnn, timm_backbones  # noqa: F401  (register "cnn" and "timm" beside models.py's backbones)
-        from .models import BACKBONES
         if self.exit_weighting not in ("uniform", "depth"):
             fail(f"{p}.exit_weighting", "'uniform' or 'depth'", self.exit_weighting)
-        if self.arch not in BACKBONES:
-            fail(f"{p}.arch", "one of " + ", ".join(sorted(BACKBONES)), self.arch)
+        if self.arch not in BACKBONES.names():
+            fail(f"{p}.arch", "one of " + ", ".join(sorted(BACKBONES.names())), self.arch)
         for k in ("patch", "dim", "depth", "heads", "mlp_ratio", "batch_size"):
             if getattr(self, k) < 1:
                 fail(f"{p}.{k}", "an int >= 1", getattr(self, k))
@@ -129,7 +125,6 @@ class QuantConfig:
     static_samples: int = field(default=1000, metadata={"key_if_set": True})       # the first N train samples
 
     def validate(self, p: str) -> None:
-        from .quant import parse_level
         if not self.levels:
             fail(f"{p}.levels", "a non-empty list like [w16a16, w8a8]", self.levels)
         for s in self.levels:
@@ -141,8 +136,8 @@ class QuantConfig:
             fail(f"{p}.levels", "a list without repeats", self.levels)
         if self.ref_dtype not in ("float32", "bfloat16"):
             fail(f"{p}.ref_dtype", "'float32' or 'bfloat16'", self.ref_dtype)
-        if self.backend not in ("fake", "compiled", "int", "int-compiled"):
-            fail(f"{p}.backend", "'fake', 'compiled', 'int' or 'int-compiled'", self.backend)
+        if self.backend not in QUANT_BACKENDS.names():
+            fail(f"{p}.backend", _one_of(QUANT_BACKENDS.names()), self.backend)
         if self.act_granularity not in ("tensor", "token"):
             fail(f"{p}.act_granularity", "'tensor' or 'token'", self.act_granularity)
         if self.clip_percentile is not None and not (50.0 < self.clip_percentile <= 100.0):
@@ -191,8 +186,8 @@ class PredictorConfig:
                                # each cheaper activation quantizer, quee_kit/quant_features.py; platt and mlp)
 
     def validate(self, p: str) -> None:
-        if self.kind not in ("mlp", "binned", "platt"):
-            fail(f"{p}.kind", "'mlp', 'binned' or 'platt'", self.kind)
+        if self.kind not in PREDICTOR_KINDS.names():
+            fail(f"{p}.kind", _one_of(PREDICTOR_KINDS.names()), self.kind)
         if self.features not in ("softmax", "quant"):
             fail(f"{p}.features", "'softmax' or 'quant'", self.features)
         if self.balance not in ("depth", "none"):
@@ -280,6 +275,12 @@ class Config:
 
 # ---------------------------------------------------------------- building from dicts
 
+def _one_of(names: list[str]) -> str:
+    """``'a', 'b' or 'c'``: what a registry allows, as a config message says it."""
+    quoted = [f"'{n}'" for n in names]
+    return quoted[0] if len(quoted) == 1 else ", ".join(quoted[:-1]) + " or " + quoted[-1]
+
+
 def _type_name(tp) -> str:
     return getattr(tp, "__name__", str(tp)).replace("typing.", "")
 
@@ -366,8 +367,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | dict | No
     """Read a YAML config (or defaults when ``path`` is None), apply overrides, validate.
 
     ``fast`` applies :data:`FAST_OVERRIDES` first (explicit ``overrides`` still win).
-    ``validate=False`` only fills the defaults: validation imports the dataset and backbone
-    registries (torch), which a cache lookup such as the explorer page's must not pay for.
+    ``validate=False`` only fills the defaults: no name, range or file check (validation asks the
+    registries of :mod:`quee_kit.registry` and imports no torch either way), for a cache lookup such as
+    the explorer page's.
     """
     raw: dict = {}
     if fast:
@@ -385,8 +387,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | dict | No
 def cache_dir(cfg: Config) -> Path:
     """Where ``cfg``'s artifacts live: a relative ``cache_dir`` under the project root, so that the CLI
     and the notebooks (which run in ``notebooks/``) share one trained model and one cache per split."""
-    p = Path(cfg.cache_dir)
-    return p if p.is_absolute() else PROJECT_ROOT / p
+    return store_root(cfg.cache_dir)
 
 
 def key_fields(section) -> dict:

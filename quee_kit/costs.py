@@ -21,6 +21,9 @@ from torch import nn
 from .models import Attention, EarlyExitModel
 from .quant import Level, deployed
 
+# Bump when a change here changes the numbers of a stored study (keyed by quee_kit.store.code_versions).
+CODE_VERSION = 1
+
 __all__ = ["OpCounts", "count_ops", "level_bops", "CostModel", "mlp_macs"]
 
 _ELEMENTWISE = (nn.LayerNorm, nn.GELU, nn.ReLU, nn.SiLU, nn.Softmax, nn.BatchNorm2d)

@@ -15,6 +15,7 @@ if TYPE_CHECKING:   # annotations only: this module stays cheap to import (no nu
 
 from .config_rules import UserError
 from .locations import PROJECT_ROOT
+from .registry import DATASETS
 
 
 __all__ = ["DataError", "CIFAR", "cifar_files", "check_files", "default_data_dir", "DATASETS", "DATASET_CHECKS",
@@ -32,14 +33,13 @@ def default_data_dir() -> Path:
     return Path(env) if env else PROJECT_ROOT / "data"
 
 
-# The dataset registry lives here, below both loaders' modules (quee_kit.data: mnist10k, digits, npz;
-# quee_kit.real_data: cifar10/100, svhn, imagenet), so neither imports the other's registry.
-# A loader takes the data directory and returns raw (x, y): x (N, H, W) or
+# The dataset registry (quee_kit.registry.DATASETS) sits below both loaders' modules (quee_kit.data:
+# mnist10k, digits, npz; quee_kit.real_data: cifar10/100, svhn, imagenet), and declares their names, so the
+# config check knows them without importing either. A loader takes the data directory and returns raw (x, y): x (N, H, W) or
 # (N, C, H, W) as uint8 (scaled by 1/255 later) or float (kept), y (N,) integers.
 # Loaders also receive keyword options (``download``, ``verify``, ``workers``, ``input_config``)
 # that only the real datasets use.
 Loader = Callable[..., "tuple[np.ndarray, np.ndarray] | OfficialSplits"]
-DATASETS: dict[str, Loader] = {}
 # name -> check(data_dir, download) raising ValueError with a how-to-get-it hint (cheap: no loading).
 DATASET_CHECKS: dict[str, Callable] = {}
 
@@ -68,7 +68,7 @@ def register_dataset(name: str, check: Callable | None = None) -> Callable[[Load
     data is there; it raises ``ValueError('data.root: ... how to get it')`` when it is not.
     """
     def deco(fn: Loader) -> Loader:
-        DATASETS[name] = fn
+        DATASETS.register(name)(fn)
         if check is not None:
             DATASET_CHECKS[name] = check
         return fn
@@ -76,13 +76,14 @@ def register_dataset(name: str, check: Callable | None = None) -> Callable[[Load
 
 
 def validate_dataset_name(name: str) -> None:
-    """Cheap check, no loading: a registered name or 'npz:' + an existing file."""
+    """Cheap check, no loading, no import of the loaders: a known name (:data:`~quee_kit.registry.DATASETS`)
+    or 'npz:' + an existing file."""
     if isinstance(name, str) and name.startswith("npz:"):
         if not Path(name[4:]).is_file():
             raise DataError(f"data.name: npz file not found: {name[4:]!r}")
         return
-    if name not in DATASETS:
-        allowed = ", ".join([*DATASETS, "npz:PATH"])
+    if name not in DATASETS.names():
+        allowed = ", ".join([*DATASETS.names(), "npz:PATH"])
         raise DataError(f"data.name: unknown dataset {name!r} (allowed: {allowed})")
 
 
@@ -139,11 +140,12 @@ def check_imagenet(root: Path, download: bool) -> None:
                              f"class folders), or point data.root at the folder holding imagenet/")
 
 
-_CHECKS = {"cifar10": check_cifar("cifar10"), "cifar100": check_cifar("cifar100"), "svhn": check_svhn,
-           "imagenet": check_imagenet}
+# the real datasets' checks, here with their files (quee_kit.real_data registers the same with its loaders)
+DATASET_CHECKS.update({"cifar10": check_cifar("cifar10"), "cifar100": check_cifar("cifar100"), "svhn": check_svhn,
+                       "imagenet": check_imagenet})
 
 
 def check_files(name: str, root: str | Path | None = None, download: bool = False) -> None:
-    """Raise ValueError('data.root: ... how to get it') if real dataset ``name``'s files are missing."""
-    if name in _CHECKS:
-        _CHECKS[name](Path(root) if root is not None else default_data_dir(), download)
+    """Raise ValueError('data.root: ... how to get it') if real dataset ``name``'s files are missing
+    (:func:`check_dataset_available`, before any loader is imported)."""
+    check_dataset_available(name, root, download)

@@ -33,7 +33,8 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
-from .artifacts import ArtifactError, content_hash, load_artifact, load_or_build, save_artifact
+from .artifacts import ArtifactError, load_artifact, load_or_build, save_artifact
+from .store import artifact_key
 
 __all__ = ["launched_by_torchrun", "shard_key", "is_active", "rank", "world_size", "is_main", "backend_for", "process_group",
            "barrier", "main_first", "shard_ranges", "rank_shards", "load_or_build_sharded", "EXIT_HOOK_ENV"]
@@ -134,7 +135,7 @@ def _shard_path(folder: Path, start: int, stop: int) -> Path:
 
 
 def shard_key(key: str, start: int, stop: int) -> str:
-    return content_hash("shard", key, start, stop)
+    return artifact_key("shard", key, start, stop)
 
 
 def _exit_hook() -> tuple[int, int] | None:

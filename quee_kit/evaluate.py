@@ -1,29 +1,20 @@
 """Statistics of studies: paired and hierarchical bootstrap intervals, budget and curve tables, AUC,
-predictor quality, and ``quee-kit run`` (every seed's study, its tables and summary written to disk)."""
+predictor quality. Studies in, tables out (``quee-kit run`` writes them: :mod:`quee_kit.pipeline`)."""
 from __future__ import annotations
 
-import dataclasses
 import json
-import time
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from .artifacts import atomic_write_csv, atomic_write_json
-from .config import Config
 from .methods import scalar_knob
-from .outputs import staged_output
 from .calibration import quality_metrics
 from .predictors import exit_now_rows
-from .prepare import peak_memory_mb
 from .verdicts import level_table, precision_diversity, t_interval, two_interval_verdict
-from .study import ALL_VARIANTS, Study, c_min_sat, check_config_against_data, points_auc
-from .warm import run_studies
+from .study import Study, c_min_sat, points_auc
 
 __all__ = ["paired_bootstrap", "hierarchical_bootstrap", "budget_tables", "core_auc", "quality_table",
-           "curves_table", "c_min_sat", "BUDGET_COLUMNS", "knob_value", "verdict", "oracle_gap_share", "headline",
-           "run_pipeline"]
+           "curves_table", "c_min_sat", "BUDGET_COLUMNS", "knob_value", "verdict", "oracle_gap_share", "headline"]
 
 
 def paired_bootstrap(diff: np.ndarray, n: int = 2000, seed: int = 0) -> tuple[float, float, float]:
@@ -221,73 +212,3 @@ def headline(budgets: pd.DataFrame, methods: list[str]) -> dict:
                       "t": [pts(r.diff_t_lo_static), pts(r.diff_t_hi_static)], "verdict": r.verdict_static,
                       "precision_diversity": float(r.precision_diversity)} for r in rows.itertuples()]
     return out
-
-
-def run_pipeline(cfg: Config, out: Path, progress: bool = True) -> dict:
-    """``quee-kit run``: every seed of ``cfg.eval.seeds``; writes curves.csv, budgets.csv,
-    predictor_quality.csv, room.csv and summary.json into ``out``, all five at once at the end
-    (:func:`~quee_kit.outputs.staged_output`: a reader never sees a mix of two runs' files)."""
-    check_config_against_data(cfg)
-    t0 = time.perf_counter()
-    with staged_output(out) as stage:
-        summary, budgets = _pipeline(cfg, stage, progress, t0)
-    if progress:
-        pooled = budgets[budgets.seed == "all"]
-        show = pooled[pooled.method.isin(["quee", "best-single", "best-static", "oracle", "static-quant",
-                                          "ee-confidence"])]
-        print(show.pivot_table(index="method", columns="budget", values="accuracy").round(4).to_string())
-        print("model per seed: " + ", ".join(f"{seed}: {src}" for seed, src in zip(cfg.eval.seeds, summary["model_source"])))
-        print(f"wrote {out}/curves.csv, budgets.csv, predictor_quality.csv, room.csv, summary.json in {summary['timings']['total_seconds']:.0f} s")
-    return summary
-
-
-def _pipeline(cfg: Config, out: Path, progress: bool, t0: float) -> tuple[dict, pd.DataFrame]:
-    """The studies of :func:`run_pipeline` and its five files, written into ``out``: (summary, budgets)."""
-    variants = None if cfg.eval.variants is None else {k: ALL_VARIANTS[k] for k in cfg.eval.variants}
-    studies = run_studies(cfg, cfg.eval.seeds, progress, variants)
-    budgets, auc = budget_tables(studies, cfg.eval.budgets, cfg.eval.bootstrap, cfg.eval.auc_range)
-    curves = curves_table(studies)
-    atomic_write_csv(out / "curves.csv", curves)
-    atomic_write_csv(out / "budgets.csv", budgets)
-    atomic_write_csv(out / "predictor_quality.csv", quality_table(studies, cfg.eval.budgets))
-    # room for per-input precision (reads these studies)
-    from .conditions import decision_summary, room_summary, room_table
-    room = room_table(studies)
-    atomic_write_csv(out / "room.csv", room)
-    cmins = [c_min_sat(s) for s in studies]
-    auc_core = core_auc(studies)
-
-    def finite(x):     # JSON has no NaN: an AUC that is infeasible in its range is written as null
-        return None if x is None or not np.isfinite(x) else float(x)
-
-    def auc_summary(a):
-        return {k: {"mean": finite(np.mean(v)), "std": finite(np.std(v)), "per_seed": [finite(x) for x in v]}
-                for k, v in a.items()}
-
-    def gap_shares(a):
-        return {k: finite(x) for k, x in oracle_gap_share(a).items()}
-
-    summary = {
-        "config": dataclasses.asdict(cfg),
-        "seeds": list(cfg.eval.seeds),
-        "split_sizes": {s: len(studies[0].prep.data.split(s)) for s in ("train", "calib", "test")},
-        "reference_accuracy": {"test": [float(s.points["static-quant"]["acc_test"].iloc[0]) for s in studies],
-                               "calib": [float(s.points["static-quant"]["acc_calib"].iloc[0]) for s in studies]},
-        "c_min": [c[0] for c in cmins], "c_sat": [c[1] for c in cmins],
-        "tree_nodes": len(studies[0].prep.tree),
-        "model_source": [s.prep.model_source for s in studies],   # "shipped model" or "trained here", per seed
-        "predictor_call_cost": {k: studies[0].methods[k].call_cost for k in studies[0].predictors},
-        "auc_range": list(cfg.eval.auc_range),
-        "auc_core": auc_summary(auc_core),
-        "auc": auc_summary(auc),
-        "oracle_gap_share_core": gap_shares(auc_core),
-        "oracle_gap_share": gap_shares(auc),
-        "room": room_summary(room),
-        "room_decisions": decision_summary(room),
-        "vs_best_static": headline(budgets, list(studies[0].predictors)),
-        "predictors": {name: [s.quality.get(name) for s in studies] for name in studies[0].quality},
-        "timings": {"total_seconds": time.perf_counter() - t0, "per_seed": [s.timings for s in studies],
-                    "peak_memory_mb": peak_memory_mb()},
-    }
-    atomic_write_json(out / "summary.json", summary)
-    return summary, budgets

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["PROJECT_ROOT", "resolve_path"]
+__all__ = ["PROJECT_ROOT", "resolve_path", "store_root"]
 
 
 def _project_root() -> Path:
@@ -24,3 +24,10 @@ def resolve_path(path: str | Path) -> Path:
     if p.is_absolute() or p.exists() or not (PROJECT_ROOT / p).exists():
         return p
     return PROJECT_ROOT / p
+
+
+def store_root(cache_dir: str | Path) -> Path:
+    """The artifact folder of the config field ``cache_dir``: absolute as given, a relative one under the
+    project root, so that the CLI and the notebooks (which run in ``notebooks/``) share one cache."""
+    p = Path(cache_dir)
+    return p if p.is_absolute() else PROJECT_ROOT / p

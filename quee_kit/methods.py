@@ -32,6 +32,10 @@ import numpy as np
 
 from .options import OptionSpace
 from .paths import PathCache
+from .registry import METHODS
+
+# Bump when a change here changes the numbers of a stored study (keyed by quee_kit.store.code_versions).
+CODE_VERSION = 1
 
 __all__ = ["Outcome", "make_outcome", "Method", "Envelope", "MethodContext", "METHODS", "register_method",
            "build_methods", "scalar_knob"]
@@ -130,19 +134,10 @@ def scalar_knob(method) -> str | None:
     return None if last in ("entry", "part") else last
 
 
-# name -> class whose ``build(ctx, name)`` makes the method; insertion order is the study's order.
-METHODS: dict[str, type] = {}
-
-
 def register_method(*names: str):
-    """Class decorator: the study builds ``cls.build(ctx, name)`` for each of ``names``."""
-    def deco(cls):
-        for n in names:
-            if n in METHODS:
-                raise ValueError(f"a method named {n!r} is already registered ({METHODS[n].__name__})")
-            METHODS[n] = cls
-        return cls
-    return deco
+    """Class decorator: the study builds ``cls.build(ctx, name)`` for each of ``names``
+    (:data:`~quee_kit.registry.METHODS`: name -> class; insertion order is the study's order)."""
+    return METHODS.register(*names)
 
 
 def build_methods(ctx: MethodContext, names=None) -> dict:

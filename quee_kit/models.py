@@ -6,7 +6,6 @@ only ever calls ``stem(x)``, ``blocks[t](h)`` and ``heads[t](h)``. The registry
 """
 from __future__ import annotations
 
-from typing import Callable
 
 import torch
 from torch import nn
@@ -14,6 +13,7 @@ from torch import nn
 from .config_rules import ConfigError
 from .gemm import Linear
 from .quant import softmax_fake_quant
+from .registry import BACKBONES
 
 __all__ = ["EarlyExitModel", "ViTStem", "ViTBlock", "Attention", "ExitHead", "BACKBONES",
            "register_backbone", "build_model", "first_token_state", "stored_once"]
@@ -178,14 +178,10 @@ def first_token_state(block: nn.Module, h: torch.Tensor) -> torch.Tensor:
     return block(h)[:, :1]
 
 
-BACKBONES: dict[str, Callable] = {}
-
-
 def register_backbone(name: str):
-    def deco(fn):
-        BACKBONES[name] = fn
-        return fn
-    return deco
+    """Decorator: ``fn(model_cfg, image_shape, num_classes) -> EarlyExitModel`` is backbone ``name``
+    (``model.arch``) in :data:`~quee_kit.registry.BACKBONES`."""
+    return BACKBONES.register(name)
 
 
 @register_backbone("vit")
@@ -239,6 +235,8 @@ def build_resmlp(cfg, image_shape: tuple[int, int, int], num_classes: int) -> Ea
 
 
 def build_model(cfg, image_shape, num_classes: int) -> EarlyExitModel:
-    """Build the backbone named by ``cfg.arch`` (a :class:`~quee_kit.config.ModelConfig`)."""
-    return BACKBONES[cfg.arch](cfg, tuple(image_shape), num_classes)
+    """Build the backbone named by ``cfg.arch`` (a :class:`~quee_kit.config.ModelConfig`). ``cnn`` and ``timm``
+    register when :mod:`quee_kit.cnn` / :mod:`quee_kit.timm_backbones` are imported (:mod:`quee_kit.prepare`
+    imports both); before that, a LookupError names the module to import."""
+    return BACKBONES.get(cfg.arch)(cfg, tuple(image_shape), num_classes)
 

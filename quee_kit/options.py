@@ -12,6 +12,9 @@ import numpy as np
 
 from .paths import PathTree
 
+# Bump when a change here changes the numbers of a stored study (keyed by quee_kit.store.code_versions).
+CODE_VERSION = 1
+
 __all__ = ["OptionSpace"]
 
 

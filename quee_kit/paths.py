@@ -21,6 +21,9 @@ from .models import EarlyExitModel, first_token_state
 from .quant import Level
 from .quant_features import quant_stats
 
+# Bump when a change here changes the numbers of a stored study (keyed by quee_kit.store.code_versions).
+CODE_VERSION = 1
+
 __all__ = ["FAMILIES", "PathTree", "PathCache", "build_path_cache", "softmax_features", "compact_features",
            "node_features", "FEATURE_NAMES", "HISTORY_FEATURES", "DISCRETE_FEATURES", "LOG_ODDS"]
 

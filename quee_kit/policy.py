@@ -16,6 +16,9 @@ from .options import OptionSpace
 from .paths import PathCache
 from .probe import Probe
 
+# Bump when a change here changes the numbers of a stored study (keyed by quee_kit.store.code_versions).
+CODE_VERSION = 1
+
 __all__ = ["Outcome", "make_outcome", "call_needed", "simulate", "simulate_many", "option_mask", "lambda_grid", "select_for_budget",
            "QueePolicy", "VARIANTS"]
 

@@ -45,12 +45,15 @@ from .costs import mlp_macs
 from .options import OptionSpace
 from .parallel import one_thread, run_jobs
 from .paths import DISCRETE_FEATURES, FEATURE_NAMES, HISTORY_FEATURES, PathCache
-from .probe import PROBE_COLUMNS, probe_rows
-from .quant_features import QUANT_STATS, level_columns
+from .probe import probe_rows
+from .registry import PREDICTOR_KINDS
 from .targets import depth_balanced_weights, discretized_targets, holdout_by_sample, subsample_by_depth
 
 CALIBRATED = {"binned": BinnedErrorPredictor, "platt": PlattErrorPredictor, "platt-probe": ProbePlattErrorPredictor,
               "platt-quant": PlattQuantErrorPredictor}
+
+# Bump when a change here changes the numbers of a stored study (keyed by quee_kit.store.code_versions).
+CODE_VERSION = 1
 
 __all__ = ["DecisionRows", "decision_rows", "feature_columns", "discretized_targets",
            "depth_balanced_weights", "subsample_by_depth", "holdout_by_sample",
@@ -68,12 +71,7 @@ def predictor_macs(cfg, n_options: int, n_quant: int = 0) -> int:
     fitting: the MLP's layers (one MLP runs per call, shared or not), ``bins - 1`` comparisons of
     ``binned``, one multiply-add per option of ``platt`` (per score with the probe, 1 + k with ``features: quant``); ``n_quant``: the quant
     columns a ``features: quant`` MLP reads (computing them is charged apart)."""
-    if cfg.kind == "binned":
-        return cfg.bins - 1
-    if cfg.kind == "platt":
-        return n_options * (len(PROBE_COLUMNS) if cfg.probe else 1 + (len(QUANT_STATS) if cfg.features == "quant" else 0))
-    return mlp_macs([len(feature_columns(cfg.history, n_quant if cfg.features == "quant" else 0))]
-                    + [cfg.hidden] * cfg.layers + [n_options])
+    return PREDICTOR_KINDS.get(cfg.kind).config_macs(cfg, n_options, n_quant)
 
 
 @dataclass
@@ -109,11 +107,35 @@ def decision_rows(cache: PathCache, opts: OptionSpace, samples: np.ndarray, node
                         np.repeat(nodes, S), np.tile(np.asarray(samples), len(nodes)))
 
 
+@PREDICTOR_KINDS.register("mlp")
 class ErrorPredictor(nn.Module):
     """MLP: features (R, len(columns)) -> error-probability logits (R, O). ``shared=False``: one MLP per
     depth. ``columns`` are the feature columns it reads; ``macs`` the MACs of one call."""
 
     kind = "mlp"
+    reads_quant_features = True    # with ``features: quant``, the quant columns are inputs
+
+    @classmethod
+    def fit_config(cls, rows, pcfg, opts, seed: int = 0) -> "ErrorPredictor":
+        """The kind's fit from a predictor section ``pcfg`` (soft targets, depth-balanced rows, early stopping)."""
+        return _fit_mlp(rows, pcfg, opts.tree.L, opts.n_options, seed)
+
+    @staticmethod
+    def config_macs(pcfg, n_options: int, n_quant: int = 0) -> int:
+        """The MLP's layers (one MLP runs per call, shared or not) on its feature columns."""
+        return mlp_macs([len(feature_columns(pcfg.history, n_quant if pcfg.features == "quant" else 0))]
+                        + [pcfg.hidden] * pcfg.layers + [n_options])
+
+    @staticmethod
+    def fit_seconds(pcfg) -> float:
+        """Rough single-core seconds of one fit on 2,000 calib digits (it only orders warm's tasks; k-NN
+        targets take about twice as long)."""
+        return 3.0 * (2.0 if pcfg.targets == "knn" else 1.0)
+
+    @staticmethod
+    def describe(pcfg) -> str:
+        """The kind and what tells its fits apart, for people: ``mlp kmeans K8``."""
+        return f"mlp {pcfg.targets} K{pcfg.K}"
 
     def __init__(self, columns: list[int], n_options: int, depth: int, hidden: int = 32, layers: int = 2,
                  shared: bool = True):
@@ -225,16 +247,8 @@ def _fit_mlp(rows: DecisionRows, cfg, L: int, n_options: int, seed: int) -> Erro
 
 def fit_predictor(cache: PathCache, opts: OptionSpace, cfg, samples: np.ndarray, seed: int = 0):
     """One predictor of ``cfg.kind`` fitted on the decision rows of ``samples``."""
-    rows = decision_rows(cache, opts, samples, probe=cfg.probe)
-    if cfg.probe:   # the config check allows it with platt only
-        return ProbePlattErrorPredictor.fit(rows, len(opts.tree))
-    if cfg.kind == "binned":
-        return BinnedErrorPredictor.fit(rows, len(opts.tree), cfg.bins, cfg.prior_weight)
-    if cfg.kind == "platt" and cfg.features == "quant":
-        return PlattQuantErrorPredictor.fit(rows, len(opts.tree), level_columns(opts.tree.levels, len(FEATURE_NAMES)))
-    if cfg.kind == "platt":
-        return PlattErrorPredictor.fit(rows, len(opts.tree))
-    return _fit_mlp(rows, cfg, opts.tree.L, opts.n_options, seed)
+    rows = decision_rows(cache, opts, samples, probe=cfg.probe)   # probe: the config allows it with platt only
+    return PREDICTOR_KINDS.get(cfg.kind).fit_config(rows, cfg, opts, seed)
 
 
 def _decision_predictions(predictor, cache: PathCache, opts: OptionSpace, samples: np.ndarray, memo=None):

@@ -1,7 +1,8 @@
 """Stage one, composed: data -> backbone + exits -> levels -> costs -> path caches.
 
-Everything expensive is an artifact under ``cfg.cache_dir`` keyed by the hash of what
-built it, so notebooks and the CLI share one trained model and one cache per split.
+Everything expensive is an artifact in the :class:`~quee_kit.store.Store` of ``cfg.cache_dir`` keyed by
+the hash of what built it, so notebooks and the CLI share one trained model and one cache per split.
+Stage one is where the config is taken apart: the modules it calls get the sections they need.
 """
 from __future__ import annotations
 
@@ -16,9 +17,9 @@ import pandas as pd
 import torch
 
 from . import distributed
-from .artifacts import content_hash, load_or_build, tensor_digest
+from .artifacts import load_or_build, tensor_digest
 from .backends import quant_key, to_backend
-from .config import Config, cache_dir, key_fields
+from .config import Config, DataConfig, ModelConfig, PredictorConfig, key_fields
 from .costs import CostModel
 from .data import Dataset, load_dataset
 from . import timm_backbones  # noqa: F401  (registers the "timm" backbone beside models.py's own)
@@ -27,6 +28,7 @@ from .models import BACKBONES, EarlyExitModel, build_model
 from .parallel import one_thread, resolve_jobs, run_jobs
 from .paths import PathCache, PathTree, build_path_cache
 from .shipped import find_shipped, load_shipped
+from .store import Store, artifact_key
 from .quant import REF_DTYPES, CastBlock, Level, apply_level, config_levels, quantize_residual
 from .quant_static import (StaticScales, act_scales_for, apply_level_static, calibrate_static,
                            quantize_residual_static)
@@ -57,21 +59,21 @@ class Prepared:
     model_hash: str = ""
     model_source: str = ""   # "shipped model" (quee_kit/embedded/models) or "trained here"
     act_scales: StaticScales | None = None   # quant.act_scale static: the calibrated scales (None: dynamic)
+    store: Store | None = None   # where this stage's artifacts (and the study's built on it) live
 
     @property
     def ref(self) -> Level:
         return self.levels[0]
 
 
-def load_data(cfg: Config) -> Dataset:
-    """The dataset of ``cfg.data`` (image folders decoded with the backbone's own eval transform, asked
-    for only by the loaders that need it)."""
-    d = cfg.data
-    input_config = getattr(BACKBONES.get(cfg.model.arch), "input_config", None)
+def load_data(d: DataConfig, mcfg: ModelConfig) -> Dataset:
+    """The dataset of the data section ``d`` (image folders decoded with the eval transform of the model
+    section's backbone, asked for only by the loaders that need it)."""
+    input_config = getattr(BACKBONES.get(mcfg.arch), "input_config", None)
     return load_dataset(d.name, split_seed=d.split_seed, sizes=tuple(d.sizes) if d.sizes else None,
                         data_dir=d.root, download=d.download, verify=d.verify, workers=d.workers,
                         image_size=d.image_size, difficulty=d.difficulty, heterogeneity=d.heterogeneity,
-                        input_config=(lambda: input_config(cfg.model)) if input_config else None)
+                        input_config=(lambda: input_config(mcfg)) if input_config else None)
 
 
 def _weights_digest(mcfg) -> str:
@@ -104,7 +106,7 @@ def _train_model(cfg: Config, data: Dataset, progress: bool) -> dict:
 def model_key(cfg: Config, data: Dataset) -> str:
     """The key of the trained model: the training config section (less fields such as ``retrain`` that do
     not change the weights), the data, the seed and a local checkpoint's bytes. Shipped models carry it."""
-    return content_hash("model", key_fields(cfg.model), data.digest, cfg.seed,
+    return artifact_key("model", key_fields(cfg.model), data.digest, cfg.seed,
                         *([_weights_digest(cfg.model)] if cfg.model.checkpoint else []))
 
 
@@ -117,7 +119,7 @@ def load_or_train(cfg: Config, data: Dataset, progress: bool = True) -> tuple[di
     if entry is not None:
         return {"state_dict": load_shipped(entry), "train": dict(entry.train)}, "shipped model"
     with distributed.main_first():  # under torchrun rank 0 trains, the others then load its checkpoint
-        ckpt = load_or_build(cache_dir(cfg) / f"model-{key[:16]}.pt", key,
+        ckpt = load_or_build(Store.at(cfg.cache_dir).file("model", key), key,
                              lambda: _train_model(cfg, data, progress), what="checkpoint")
     return ckpt, "trained here"
 
@@ -126,7 +128,7 @@ def prepare(cfg: Config, splits: tuple[str, ...] = ("calib", "test"), progress: 
     """Load or build the trained model and the path cache of each split in ``splits``."""
     timings: dict = {}
     torch.manual_seed(cfg.seed)
-    data = load_data(cfg)
+    data = load_data(cfg.data, cfg.model)
     t0 = time.perf_counter()
     ckpt, source = load_or_train(cfg, data, progress)
     timings["train_seconds"] = ckpt["train"]["seconds"]
@@ -155,7 +157,7 @@ def prepare(cfg: Config, splits: tuple[str, ...] = ("calib", "test"), progress: 
             if lv.is_float:
                 qblocks[i] = [CastBlock(b, REF_DTYPES[q.ref_dtype]) for b in qblocks[i]]
     prep = Prepared(cfg, data, model, levels, costs, tree, qblocks, timings=timings, model_hash=weights,
-                    model_source=source, act_scales=act_scales)
+                    model_source=source, act_scales=act_scales, store=Store.at(cfg.cache_dir))
     missing = [s for s in splits if not cache_path(prep, s)[1].exists()]
     if len(missing) > 1 and resolve_jobs(cfg.jobs) > 1 and cfg.device == "cpu" and not distributed.is_active():
         run_jobs(_build_split_cache, missing, cfg.jobs, shared=cfg)  # one split per core, then loaded below
@@ -179,7 +181,7 @@ def static_scales(cfg: Config, data: Dataset, model: EarlyExitModel, weights: st
     """The static activation scales of ``model`` (float) on the first ``quant.static_samples`` train samples,
     an artifact keyed by the weights, the data and the settings: computed once per (model, data)."""
     q = cfg.quant
-    key = content_hash("static-scales", weights, data.digest, q.static_percentile, q.static_samples, q.residual)
+    key = artifact_key("static-scales", weights, data.digest, q.static_percentile, q.static_samples, q.residual)
     x = data.split("train").x[:q.static_samples]
 
     def build():
@@ -188,7 +190,8 @@ def static_scales(cfg: Config, data: Dataset, model: EarlyExitModel, weights: st
                                     residual=q.residual).to_payload()
 
     with distributed.main_first():
-        payload = load_or_build(cache_dir(cfg) / f"static-scales-{key[:16]}.pt", key, build, what="static scales")
+        payload = load_or_build(Store.at(cfg.cache_dir).file("static-scales", key), key, build,
+                                what="static scales")
     return StaticScales.from_payload(payload)
 
 
@@ -202,11 +205,11 @@ def cache_path(prep: Prepared, split: str) -> tuple[str, Path]:
     :func:`~quee_kit.backends.quant_key`)."""
     cfg = prep.cfg
     # a cache with the quantization-aware statistics is another artifact (never mixed with one without them)
-    extra = ["quant-features", QUANT_STATS, QUANT_STATS_VERSION] if wants_quant_features(cfg) else []
-    key = content_hash("cache", prep.data.digest, split, prep.model_hash, [dataclasses.asdict(l) for l in prep.levels],
+    extra = ["quant-features", QUANT_STATS, QUANT_STATS_VERSION] if wants_quant_features(cfg.predictor) else []
+    key = artifact_key("cache", prep.data.digest, split, prep.model_hash, [dataclasses.asdict(l) for l in prep.levels],
                        key_fields(cfg.paths), quant_key(cfg.quant), *extra,
                        *([prep.act_scales.digest()] if prep.act_scales is not None else []))
-    return key, cache_dir(cfg) / f"cache-{split}-{key[:16]}.pt"
+    return key, prep.store.file(f"cache-{split}", key)
 
 
 def load_cache(prep: Prepared, split: str, progress: bool = True) -> PathCache | None:
@@ -223,7 +226,7 @@ def load_cache(prep: Prepared, split: str, progress: bool = True) -> PathCache |
         with one_thread():  # the same bits whatever the core count or the jobs that build it
             c = build_path_cache(prep.model, prep.qblocks, prep.tree, prep.costs, sp.x, sp.y,
                                  cfg.paths.batch_size, cfg.device, progress, desc=f"{split} cache",
-                                 quant_features=wants_quant_features(cfg))
+                                 quant_features=wants_quant_features(cfg.predictor))
         c.stats["peak_memory_mb"] = peak_memory_mb()
         c.stats.update(_device_stats(cfg.device))
         return {"logits": c.logits, "y": c.y, "node_cost": c.node_cost, "static_cost": c.static_cost,
@@ -239,9 +242,10 @@ def load_cache(prep: Prepared, split: str, progress: bool = True) -> PathCache |
                      stats=payload["stats"], qstats=payload.get("qstats"))
 
 
-def wants_quant_features(cfg: Config) -> bool:
-    """Whether the path caches carry the quantization-aware statistics (``predictor.features: quant``)."""
-    return cfg.predictor.features == "quant"
+def wants_quant_features(pcfg: PredictorConfig) -> bool:
+    """Whether the path caches carry the quantization-aware statistics (the predictor section's
+    ``features: quant``)."""
+    return pcfg.features == "quant"
 
 
 def _load_cache_sharded(prep: Prepared, split: str, path: Path, key: str, progress: bool) -> dict | None:
@@ -252,7 +256,7 @@ def _load_cache_sharded(prep: Prepared, split: str, path: Path, key: str, progre
 
     def compute(start: int, stop: int) -> dict:
         c = build_path_cache(prep.model, prep.qblocks, prep.tree, prep.costs, sp.x[start:stop], sp.y[start:stop],
-                             cfg.paths.batch_size, cfg.device, progress=False, quant_features=wants_quant_features(cfg))
+                             cfg.paths.batch_size, cfg.device, progress=False, quant_features=wants_quant_features(cfg.predictor))
         return {"logits": c.logits, "y": c.y, "node_cost": c.node_cost, "static_cost": c.static_cost,
                 **({} if c.qstats is None else {"qstats": c.qstats})}
 

@@ -33,6 +33,9 @@ import numpy as np
 from .options import OptionSpace
 from .paths import FEATURE_NAMES, LOG_ODDS, PathCache, PathTree
 
+# Bump when a change here changes the numbers of a stored study (keyed by quee_kit.store.code_versions).
+CODE_VERSION = 1
+
 __all__ = ["Probe", "probe_child", "probe_rows", "PROBE_COLUMNS"]
 
 # The columns the probe predictor reads from a row of [node features | probe features]: the node head's

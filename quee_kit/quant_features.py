@@ -29,6 +29,9 @@ import torch
 
 from .quant import FLOAT_BITS, Level, qmax
 
+# Bump when a change here changes the numbers of a stored study (keyed by quee_kit.store.code_versions).
+CODE_VERSION = 1
+
 __all__ = ["QUANT_STATS", "QUANT_STATS_VERSION", "SHARED_OPS", "PER_QUANTIZER_OPS", "act_quantizers", "act_scale", "quant_stats",
            "quant_feature_names", "level_columns", "feature_ops", "state_numel", "FEATURES"]
 

@@ -95,31 +95,17 @@ def _studies(stem: str, p: dict) -> list[tuple]:
     return []
 
 
-def run_order(planned: dict[str, list]) -> tuple[list[str], dict[str, str]]:
-    """The order notebooks start in and ``waits``: notebook -> the one it waits for.
+def run_order(planned: dict[str, list]) -> list[str]:
+    """The order notebooks start in: the most studies x QuEE variants to evaluate first, then numbered order.
 
-    A notebook whose studies with predictors another notebook evaluates too (one with more studies, or as
-    many and a lower number) waits for it: ``run_study`` stores each evaluated study, so the later one loads
-    it instead of evaluating it again. The notebooks others wait for start first, then those that evaluate
-    studies of their own (the most studies x QuEE variants first), then those that wait (each as soon as
-    it may), then the rest, each group in numbered order."""
-    import dataclasses
-
-    from .artifacts import content_hash
-    from .study import QUEE_VARIANTS
-    ids = {stem: {content_hash(dataclasses.asdict(dataclasses.replace(cfg, jobs=0)), variants)
-                  for cfg, variants in studies if variants != {}} for stem, studies in planned.items()}
-    rank = {stem: (-len(ids[stem]), i) for i, stem in enumerate(planned)}
-    waits = {}
-    for stem in planned:
-        providers = [o for o in planned if ids[stem] and ids[stem] <= ids[o] and rank[o] < rank[stem]]
-        if providers:
-            waits[stem] = min(providers, key=rank.get)
-    work = {stem: 0 if stem in waits else sum(len(QUEE_VARIANTS if v is None else v) for _, v in studies if v != {})
+    Nothing waits by plan: two notebooks evaluating one study side by side take its lock in turn
+    (:meth:`~quee_kit.store.Store.locked`, in :func:`~quee_kit.study.build_study`), so the second loads what
+    the first stored instead of evaluating it again."""
+    from .variants import QUEE_VARIANTS
+    work = {stem: sum(len(QUEE_VARIANTS if v is None else v) for _, v in studies if v != {})
             for stem, studies in planned.items()}
-    group = {st: 0 if st in waits.values() else 1 if work[st] else 2 if st in waits else 3 for st in planned}
-    order = sorted(planned, key=lambda st: (group[st], -work[st], rank[st][1]))
-    return order, waits
+    number = {stem: i for i, stem in enumerate(planned)}
+    return sorted(planned, key=lambda st: (-work[st], number[st]))
 
 
 def _artifact_files(cache: Path) -> set[str]:
@@ -151,8 +137,8 @@ def reproduce(config: str | Path, out_dir: str | Path, fast: bool = False, overr
 
     First every model, path cache and predictor the notebooks will read is built as one graph on the
     config's ``jobs`` worker processes (:func:`quee_kit.warm.warm`, the files of a serial run); then the
-    notebooks run, ``jobs`` at a time, each only loading them. A study two notebooks read is evaluated once:
-    the second waits for the first and loads its stored evaluation (:func:`run_order`). After a failing
+    notebooks run, ``jobs`` at a time (:func:`run_order`), each only loading them. A study two notebooks read is
+    evaluated once: the second waits on the study's lock and loads its stored evaluation. After a failing
     notebook no other starts.
     ``reproduce.json`` holds the seconds of both phases and ``built_by_notebooks``, the artifacts a
     notebook still had to build (none, when the plan covers them).
@@ -186,15 +172,13 @@ def reproduce(config: str | Path, out_dir: str | Path, fast: bool = False, overr
     threads = 1 if jobs > 1 else None
     t1 = time.perf_counter()
     bar = tqdm(total=len(notebooks), desc="notebooks", disable=not progress)
-    order, waits = run_order(planned)
+    order = run_order(planned)
     by_stem = {nb.stem: nb for nb in notebooks}
     with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
         queue, running = [by_stem[st] for st in order], {}
         while queue or running:
-            ready = [nb for nb in queue if waits.get(nb.stem) in (None, *seconds)]
-            while ready and len(running) < jobs and status == "ok":
-                nb = ready.pop(0)
-                queue.remove(nb)
+            while queue and len(running) < jobs and status == "ok":
+                nb = queue.pop(0)
                 running[pool.submit(_execute, nb, out / "notebooks" / nb.name, run_params[nb.stem], threads)] = nb
             if not running:
                 break

@@ -19,8 +19,13 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import baselines  # noqa: F401  (registered first: the study builds methods in registration order, and
+#                           best-static and the schedules read the baselines already built)
 from .methods import Envelope, Method, MethodContext, Outcome, make_outcome, register_method
 from .paths import PathCache, PathTree
+
+# Bump when a change here changes the numbers of a stored study (keyed by quee_kit.store.code_versions).
+CODE_VERSION = 1
 
 __all__ = ["rule_frontier", "confidence_exit_nodes", "StaticSchedule", "ConfidenceSchedule", "BestStatic",
            "schedule_name"]

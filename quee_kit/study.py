@@ -1,13 +1,15 @@
 """A study: the prepared caches of one seed, its fitted predictors, every method and its points.
 
-:func:`run_study` composes the stages: :func:`~quee_kit.prepare.prepare` (model and path caches),
-cross-fitted error predictors per QuEE variant, the QuEE policies and every registered baseline
-(:mod:`quee_kit.methods`), and every method's knobs evaluated on calib and test
-(:func:`method_points`). The budget rule on those points (:func:`select_points`) is the one every
+:func:`build_study` takes a prepared stage one (:func:`~quee_kit.prepare.prepare`: model and path caches)
+and the config sections it needs (predictor, eval) and builds cross-fitted error predictors per QuEE
+variant, the QuEE policies and every registered baseline (:mod:`quee_kit.methods`), and every method's
+knobs evaluated on calib and test (:func:`method_points`). :func:`run_study` is the one-call form for
+notebooks: stage one from a whole config, then :func:`build_study`. The budget rule on those points (:func:`select_points`) is the one every
 method and the explorer share.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import time
@@ -20,38 +22,31 @@ from tqdm.auto import tqdm
 
 from . import baselines  # noqa: F401  (registers the baselines)
 from . import schedules  # noqa: F401  (registers the static-schedule baselines, after best-single)
-from .artifacts import ArtifactError, content_hash, load_artifact, save_artifact
+from .artifacts import ArtifactError, load_artifact, save_artifact
 from .safe_codec import decode
 from .shipped import find_shipped_predictor, load_shipped_predictor
 from .backends import quant_key
-from .config import Config, ConfigError, cache_dir
+from .config import Config, EvalConfig, PredictorConfig
 from .methods import MethodContext, build_methods
 from .options import OptionSpace
 from .paths import FEATURE_NAMES
 from .quant_features import QUANT_STATS, QUANT_STATS_VERSION, feature_ops, state_numel
+from .registry import PREDICTOR_KINDS
+from .store import artifact_key
 from .budget_rule import select_points  # re-exported: the rule on a points table
 from .policy import QueePolicy, lambda_grid
 from .predictors import (CrossFitted, fit_cross_fitted, predictor_from_state, predictor_macs,
                          predictor_quality)
-from .prepare import Prepared, cache_path, load_data, prepare
+from .prepare import Prepared, cache_path, prepare
 from .study_store import load_stored_study, store_study, study_artifact
 from .variants import ALL_VARIANTS, QUEE_VARIANTS  # re-exported: the study builds them
 
-__all__ = ["Study", "run_study", "fit_variants", "predictor_configs", "store_predictors", "shipped_predictor",
-           "predictor_artifact_keys", "predictor_artifacts", "method_points", "select_points", "points_auc",
-           "c_min_sat", "QUEE_VARIANTS", "ALL_VARIANTS", "check_config_against_data",
-           "PREDICTOR_FIT_VERSION"]
+# Bump when a change here changes the numbers of a stored study (keyed by quee_kit.store.code_versions).
+CODE_VERSION = 1
 
-def check_config_against_data(cfg: Config) -> None:
-    """Checks that need the split sizes (cheap: loads the arrays, trains nothing)."""
-    data = load_data(cfg)
-    fold = len(data.calib) * (cfg.predictor.folds - 1) // cfg.predictor.folds
-    if cfg.predictor.targets == "kmeans" and cfg.predictor.K > fold:
-        raise ConfigError(f"config: predictor.K must be <= the calib samples of a training fold ({fold}) "
-                          f"(got {cfg.predictor.K})")
-    if cfg.predictor.folds > len(data.calib):
-        raise ConfigError(f"config: predictor.folds must be <= the calib size {len(data.calib)} "
-                          f"(got {cfg.predictor.folds})")
+__all__ = ["Study", "run_study", "build_study", "fit_variants", "predictor_configs", "store_predictors", "shipped_predictor",
+           "predictor_artifact_keys", "predictor_artifacts", "method_points", "select_points", "points_auc",
+           "c_min_sat", "QUEE_VARIANTS", "ALL_VARIANTS", "PREDICTOR_FIT_VERSION"]
 
 
 @dataclass
@@ -111,7 +106,7 @@ def _pcfg_key(pcfg) -> dict:
 
 def predictor_artifact_keys(prep: Prepared, pcfgs: list, seed: int) -> list[str]:
     """The artifact key of each predictor config's cross-fitted predictors (shipped ones carry it)."""
-    return [content_hash("predictors", PREDICTOR_FIT_VERSION, prep.model_hash, prep.data.digest,
+    return [artifact_key("predictors", PREDICTOR_FIT_VERSION, prep.model_hash, prep.data.digest,
                          [l.name for l in prep.levels], prep.tree.family, _pcfg_key(pcfg), seed,
                          quant_key(prep.cfg.quant), FEATURE_NAMES,  # a change of features makes old ones stale
                          *([QUANT_STATS, QUANT_STATS_VERSION] if pcfg.features == "quant" else []),
@@ -132,7 +127,7 @@ def predictor_artifacts(prep: Prepared, opts: OptionSpace, pcfgs: list, seed: in
     together, every fit on one thread, shared out over ``cfg.jobs`` worker processes (the same numbers as
     one after another)."""
     keys = predictor_artifact_keys(prep, pcfgs, seed)
-    paths = [cache_dir(prep.cfg) / f"predictors-{key[:16]}.pt" for key in keys]
+    paths = [prep.store.file("predictors", key) for key in keys]
     arts = []
     for path, key in zip(paths, keys):
         try:
@@ -168,7 +163,7 @@ def fit_variants(prep: Prepared, opts: OptionSpace, pcfgs: list, seed: int, prog
             raise RuntimeError(f"predictor MACs {cf.final.macs} differ from its config's {macs}")
         # the quantization-aware statistics a call reads are computed for it: charged with it, at the same bits
         feats = feature_ops(prep.levels, state_numel(prep.model, prep.data.image_shape)) \
-            if pcfg.features == "quant" and pcfg.kind != "binned" else 0
+            if pcfg.features == "quant" and PREDICTOR_KINDS.get(pcfg.kind).reads_quant_features else 0
         out.append({**cf.predict(prep.caches["calib"], prep.caches["test"], opts, memo), "final": cf.final,
                     "call_cost": prep.costs.call_cost(macs + feats)})
     return out
@@ -185,65 +180,80 @@ def _n_quant(prep: Prepared, pcfg) -> int:
     return q.shape[-1]
 
 
-def _predictor_key(cfg: Config, pover: dict) -> str:
+def _predictor_key(pcfg: PredictorConfig, pover: dict) -> str:
     """A QuEE variant's predictor config as a JSON key: variants with one config share one fit."""
-    return json.dumps(dataclasses.asdict(dataclasses.replace(cfg.predictor, **pover)), sort_keys=True)
+    return json.dumps(dataclasses.asdict(dataclasses.replace(pcfg, **pover)), sort_keys=True)
 
 
-def predictor_configs(cfg: Config, variants: dict) -> dict:
-    """The distinct predictor configs of ``variants`` (QuEE variant name -> (predictor overrides, option
-    restriction)), keyed by their JSON: variants with one predictor config share one fit."""
-    return {_predictor_key(cfg, pover): dataclasses.replace(cfg.predictor, **pover) for pover, _ in variants.values()}
+def predictor_configs(pcfg: PredictorConfig, variants: dict) -> dict:
+    """The distinct predictor configs of ``variants`` (QuEE variant name -> (overrides of the predictor
+    section ``pcfg``, option restriction)), keyed by their JSON: variants with one predictor config share
+    one fit."""
+    return {_predictor_key(pcfg, pover): dataclasses.replace(pcfg, **pover) for pover, _ in variants.values()}
 
 
 def run_study(cfg: Config, progress: bool = True, variants: dict | None = None, prep: Prepared | None = None,
               store: bool = True) -> Study:
-    """Prepare caches, fit predictors (cross-fitted), evaluate every method's knobs on calib and test.
+    """Prepare caches (unless ``prep`` is given), then :func:`build_study` with ``cfg``'s predictor and eval
+    sections and seed: the one call a notebook makes. The study records ``cfg``."""
+    t0 = time.perf_counter()
+    prep = prep or prepare(cfg, progress=progress)
+    study = build_study(prep, cfg.predictor, cfg.eval, cfg.seed, progress, variants, store, t0=t0)
+    study.cfg = cfg
+    return study
+
+
+def build_study(prep: Prepared, pcfg: PredictorConfig, ecfg: EvalConfig, seed: int, progress: bool = True,
+                variants: dict | None = None, store: bool = True, t0: float | None = None) -> Study:
+    """Fit predictors (cross-fitted) on the prepared caches ``prep``, evaluate every method's knobs on calib
+    and test. ``pcfg``: the predictor section (each variant overrides some of its fields), ``ecfg``: the eval
+    section (its λ grid), ``seed``: of the predictors' folds and fits.
 
     The evaluation is stored, and the next call for the same study loads it, with the same numbers
     (:mod:`quee_kit.study_store`; ``timings["stored"]``: it was loaded); ``store=False`` computes it afresh
-    and keeps nothing."""
-    t0 = time.perf_counter()
-    prep = prep or prepare(cfg, progress=progress)
+    and keeps nothing. ``t0``: when the study started (its ``prepare_seconds`` count from there)."""
+    t0 = time.perf_counter() if t0 is None else t0
     caches = prep.caches
     opts = OptionSpace(prep.tree, caches["calib"].node_cost)
     timings = {"prepare_seconds": time.perf_counter() - t0, **prep.timings}
-    lambdas = lambda_grid(cfg.eval.lambda_grid)
+    lambdas = lambda_grid(ecfg.lambda_grid)
     methods, quality, predictors = {}, {}, {}
     t1 = time.perf_counter()
     variants = variants or QUEE_VARIANTS
-    pcfgs = predictor_configs(cfg, variants)
+    pcfgs = predictor_configs(pcfg, variants)
     path, key = study_artifact(prep, {s: cache_path(prep, s)[0] for s in ("calib", "test")},
-                               predictor_artifact_keys(prep, list(pcfgs.values()), cfg.seed), variants,
-                               cfg.eval.lambda_grid, cfg.seed)
-    stored = load_stored_study(path, key, opts) if store else None
-    timings["stored"] = stored is not None
-    if stored:
-        fitted = {k: {**f, "final": predictor_from_state(f["final"])} for k, f in stored["fits"].items()}
-    else:
-        fitted = dict(zip(pcfgs, fit_variants(prep, opts, list(pcfgs.values()), cfg.seed, progress)))
-        ref = None   # the AUROC of 1 - max prob: the same rows for every fit
-        for fit in fitted.values():
-            fit["quality"] = predictor_quality(fit["test"], caches["test"], opts, auroc_maxprob=ref)
-            ref = fit["quality"]["auroc_maxprob"]
-    for name, (pover, variant) in variants.items():
-        pkey = _predictor_key(cfg, pover)
-        quality[name] = fitted[pkey]["quality"]                       # every name, also a shared fit's
-        predictors[name] = fitted[pkey]
-        # every call is charged: the cost of one call of the predictor that made the estimates
-        methods[name] = QueePolicy(name, fitted[pkey], caches, opts, lambdas, variant,
-                                   call_cost=fitted[pkey]["call_cost"], probe=pcfgs[pkey].probe)
-    timings["predictor_seconds"] = time.perf_counter() - t1
-    methods.update(build_methods(MethodContext(caches, opts, lambdas, cfg.seed, built=dict(methods))))
-    t2 = time.perf_counter()
-    test_nodes = {k: v.numpy() for k, v in stored["test_nodes"].items()} if stored else {}
-    points = stored["points"] if stored else {
-        name: method_points(m, test_nodes) for name, m in tqdm(methods.items(), desc="methods",
-                                                               disable=not progress, leave=False)}
-    timings["evaluate_seconds"] = time.perf_counter() - t2
-    if not stored and store:
-        store_study(path, key, opts, fitted, points, test_nodes)
-    return Study(prep, opts, methods, points, quality, predictors, timings, cfg, test_nodes)
+                               predictor_artifact_keys(prep, list(pcfgs.values()), seed), variants,
+                               ecfg.lambda_grid, seed)
+    # two processes evaluating one study (two notebooks side by side): the second waits, then loads it
+    with prep.store.locked("study", key) if store and key is not None else contextlib.nullcontext():
+        stored = load_stored_study(path, key, opts) if store else None
+        timings["stored"] = stored is not None
+        if stored:
+            fitted = {k: {**f, "final": predictor_from_state(f["final"])} for k, f in stored["fits"].items()}
+        else:
+            fitted = dict(zip(pcfgs, fit_variants(prep, opts, list(pcfgs.values()), seed, progress)))
+            ref = None   # the AUROC of 1 - max prob: the same rows for every fit
+            for fit in fitted.values():
+                fit["quality"] = predictor_quality(fit["test"], caches["test"], opts, auroc_maxprob=ref)
+                ref = fit["quality"]["auroc_maxprob"]
+        for name, (pover, variant) in variants.items():
+            pkey = _predictor_key(pcfg, pover)
+            quality[name] = fitted[pkey]["quality"]                       # every name, also a shared fit's
+            predictors[name] = fitted[pkey]
+            # every call is charged: the cost of one call of the predictor that made the estimates
+            methods[name] = QueePolicy(name, fitted[pkey], caches, opts, lambdas, variant,
+                                       call_cost=fitted[pkey]["call_cost"], probe=pcfgs[pkey].probe)
+        timings["predictor_seconds"] = time.perf_counter() - t1
+        methods.update(build_methods(MethodContext(caches, opts, lambdas, seed, built=dict(methods))))
+        t2 = time.perf_counter()
+        test_nodes = {k: v.numpy() for k, v in stored["test_nodes"].items()} if stored else {}
+        points = stored["points"] if stored else {
+            name: method_points(m, test_nodes) for name, m in tqdm(methods.items(), desc="methods",
+                                                                   disable=not progress, leave=False)}
+        timings["evaluate_seconds"] = time.perf_counter() - t2
+        if not stored and store:
+            store_study(path, key, opts, fitted, points, test_nodes)
+    return Study(prep, opts, methods, points, quality, predictors, timings, None, test_nodes)
 
 
 def store_predictors(cfg: Config, pcfgs: list, prep: Prepared | None = None) -> None:

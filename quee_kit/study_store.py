@@ -8,8 +8,9 @@ estimates and quality, bit for bit (``tests/test_study_store.py``).
 The estimates ``err_hat`` are held by the study as dense (n_nodes, N, O) arrays, NaN at the leaves and
 at invalid options; only the valid options of the decision nodes are stored (about 8% of the dense array
 for the default tree) and the rest is NaN again on loading. The key hashes the path caches' and the
-predictors' keys, the variants, the λ grid, the seed, the registered methods and the source of the modules
-that compute points (:func:`~quee_kit.artifacts.points_source_digest`): a changed method recomputes. A study
+predictors' keys, the variants, the λ grid, the seed, the registered methods and the ``CODE_VERSION`` of
+every module the study imports that declares one (:func:`~quee_kit.store.code_versions`): a method whose
+numbers change bumps its module's version and recomputes; an edit that changes no number keeps the store. A study
 with a method registered from outside the kit is not stored, since its code is in no key.
 """
 from __future__ import annotations
@@ -18,9 +19,12 @@ import warnings
 
 import numpy as np
 
-from .artifacts import ArtifactError, content_hash, load_artifact, points_source_digest, save_artifact
-from .config import cache_dir
+from .artifacts import ArtifactError, load_artifact, save_artifact
 from .options import OptionSpace
+from .store import artifact_key
+
+# Bump when a change here changes the numbers of a stored study (keyed by quee_kit.store.code_versions).
+CODE_VERSION = 1
 
 __all__ = ["STUDY_FORMAT", "study_artifact", "load_stored_study", "store_study", "pack_estimates",
            "unpack_estimates"]
@@ -53,9 +57,9 @@ def study_artifact(prep, cache_keys: dict, predictor_keys: list, variants: dict,
     from .methods import METHODS
     if any(not cls.__module__.startswith("quee_kit.") for cls in METHODS.values()):
         return None, None
-    key = content_hash("study", STUDY_FORMAT, cache_keys, predictor_keys, variants, lambda_grid, seed,
-                       {name: cls.__qualname__ for name, cls in METHODS.items()}, points_source_digest())
-    return cache_dir(prep.cfg) / f"study-{key[:16]}.pt", key
+    key = artifact_key("study", STUDY_FORMAT, cache_keys, predictor_keys, variants, lambda_grid, seed,
+                       {name: cls.__qualname__ for name, cls in METHODS.items()}, code="quee_kit.study")
+    return prep.store.file("study", key), key
 
 
 def load_stored_study(path, key, opts: OptionSpace) -> dict | None:

@@ -7,6 +7,9 @@ import numpy as np
 
 from .calibrated import cell_sums
 
+# Bump when a change here changes the numbers of a stored study (keyed by quee_kit.store.code_versions).
+CODE_VERSION = 1
+
 __all__ = ["discretized_targets", "depth_balanced_weights", "subsample_by_depth", "holdout_by_sample"]
 
 

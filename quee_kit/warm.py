@@ -21,8 +21,9 @@ from typing import Callable
 from .artifacts import content_hash
 from .config import Config, key_fields
 from .parallel import one_thread, resolve_jobs, stop_pool, warn_workers_failed
+from .registry import PREDICTOR_KINDS
 
-__all__ = ["Task", "study_tasks", "run_graph", "warm", "run_studies", "estimated_seconds", "release_loaded"]
+__all__ = ["Task", "study_tasks", "run_graph", "warm", "estimated_seconds", "release_loaded"]
 
 
 @dataclass(frozen=True)
@@ -41,7 +42,6 @@ class Task:
 # digits: they only decide which ready task starts first (the longest chain), never what is computed.
 SECONDS_PER_TRAIN_SAMPLE_EPOCH = 0.00032    # 30 epochs x 6,000 digits: 57 s (blocks on oneDNN: quee_kit.gemm)
 SECONDS_PER_NODE_SAMPLE = 0.000018          # 461 nodes x 2,000 digits: 17 s in a two-worker build
-SECONDS_PER_FIT = {"mlp": 3.0, "binned": 0.2, "platt": 0.4}   # one fit on 2,000 calib digits (k-NN: twice)
 
 
 def _sizes(cfg: Config) -> tuple[int, int, int]:
@@ -58,8 +58,8 @@ def estimated_seconds(cfg: Config, kind: str, split: str = "calib", pcfg=None) -
         from .quant import config_levels
         nodes = len(PathTree(config_levels(cfg.quant), cfg.model.depth, cfg.paths.family))
         return nodes * (n_calib if split == "calib" else n_test) * SECONDS_PER_NODE_SAMPLE
-    per_fit = SECONDS_PER_FIT.get(pcfg.kind, 1.0) * (2.0 if pcfg.targets == "knn" and pcfg.kind == "mlp" else 1.0)
-    return (pcfg.folds + 1) * per_fit * n_calib / 2000
+    from . import predictors  # noqa: F401  (registers the predictor kinds, each with its seconds per fit)
+    return (pcfg.folds + 1) * PREDICTOR_KINDS.get(pcfg.kind).fit_seconds(pcfg) * n_calib / 2000
 
 
 def _train(cfg: Config) -> None:
@@ -107,9 +107,9 @@ def study_tasks(cfg: Config, variants: dict | None = None) -> list[Task]:
     tasks = [Task(model, _train, (cfg,), (), estimated_seconds(cfg, "train"), f"train, {seed}")]
     tasks += [Task(name, _cache, (cfg, split), (model,), estimated_seconds(cfg, "cache", split),
                    f"{split} cache, {seed}") for split, name in caches.items()]
-    for pcfg in predictor_configs(cfg, QUEE_VARIANTS if variants is None else variants).values():
+    for pcfg in predictor_configs(cfg.predictor, QUEE_VARIANTS if variants is None else variants).values():
         name = "fit " + content_hash(caches["calib"], dataclasses.asdict(pcfg))[:16]
-        label = f"{pcfg.kind}{'' if pcfg.kind != 'mlp' else f' {pcfg.targets} K{pcfg.K}'} predictors, {seed}"
+        label = f"{PREDICTOR_KINDS.get(pcfg.kind).describe(pcfg)} predictors, {seed}"
         tasks.append(Task(name, _fit, (cfg, pcfg, caches["calib"]), (caches["calib"],),
                           estimated_seconds(cfg, "fit", pcfg=pcfg), label))
     return tasks
@@ -198,8 +198,8 @@ def run_graph(tasks, jobs: int | None = 0, progress: bool = True) -> dict[str, f
                         bar.set_postfix_str(graph[n].label or n, refresh=True)
                     finished, _ = wait(running, return_when=FIRST_COMPLETED)
                     for f in finished:
-                        n = running.pop(f)
-                        done[n] = f.result()
+                        done[running[f]] = f.result()   # raises first: a task whose worker died stays running
+                        del running[f]
                         bar.update(1)
             except BaseException:
                 todo.extend(running.values())   # a broken pool: these are run again below
@@ -222,21 +222,3 @@ def warm(studies, jobs: int | None = 0, progress: bool = True) -> list[dict]:
     graph = _unique(tasks)
     seconds = run_graph(tasks, jobs, progress)
     return [{"task": graph[n].label or n, "name": n, "seconds": round(s, 2)} for n, s in seconds.items()]
-
-
-def run_studies(cfg: Config, seeds, progress: bool = True, variants: dict | None = None) -> list:
-    """:func:`~quee_kit.study.run_study` for every seed. With several seeds, each seed's model, caches and
-    predictors are first built (where not cached) in ``cfg.jobs`` worker processes (:func:`warm`): every
-    piece runs on one thread either way, so the studies are the serial ones."""
-    import torch
-    from tqdm.auto import tqdm
-
-    from .study import run_study
-    seeds = list(seeds)
-    if len(seeds) > 1 and resolve_jobs(cfg.jobs) > 1:
-        warm([(dataclasses.replace(cfg, seed=s), variants or None) for s in seeds], cfg.jobs, progress)
-    studies = []
-    for seed in tqdm(seeds, desc="seeds", disable=not progress or len(seeds) == 1):
-        torch.manual_seed(seed)
-        studies.append(run_study(dataclasses.replace(cfg, seed=seed), progress, variants))
-    return studies

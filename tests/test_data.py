@@ -197,11 +197,16 @@ def test_validate_dataset_name(tmp_path):
         load_dataset("MNIST10k")
 
 
-def test_register_dataset(monkeypatch):
-    monkeypatch.setitem(qd.DATASETS, "toy", None)   # the registration below is undone after the test
+def test_register_dataset():
     @qd.register_dataset("toy")
     def toy(data_dir):
         return np.ones((10, 2, 2), np.float32), np.arange(10) % 2
-    validate_dataset_name("toy")
-    d = load_dataset("toy")
-    assert (len(d.train), len(d.calib), len(d.test)) == (6, 2, 2) and d.num_classes == 2
+    try:
+        validate_dataset_name("toy")
+        d = load_dataset("toy")
+        assert (len(d.train), len(d.calib), len(d.test)) == (6, 2, 2) and d.num_classes == 2
+        with pytest.raises(ValueError, match="already registered"):
+            qd.register_dataset("toy")(toy)
+    finally:   # the registry is global: leave it as the other tests expect it
+        qd.DATASETS.pop("toy")
+        qd.DATASETS.declared.pop("toy")

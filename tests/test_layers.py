@@ -3,6 +3,8 @@ imports counted (a developer reads those as dependencies just the same)."""
 import ast
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1] / "quee_kit"
 
 
@@ -78,3 +80,91 @@ def test_the_package_has_no_import_cycle():
 def test_function_local_imports_are_counted():
     # warm imports the study inside its functions only: that must still be an edge
     assert "quee_kit.study" in import_graph()["quee_kit.warm"]
+
+
+# ---------------------------------------------------------------- the config moves down the layers
+#
+# The rule: a call is recorded when one of its arguments (positional, keyword, *args, **kwargs, and the
+# items of a tuple, list or dict among them, two levels deep) is a whole `Config`; what is recorded is the
+# package module whose file holds the called code (code made at run time, such as a dataclass's generated
+# `__init__`, is in no file: building a Config runs no code of config.py). Config *sections* are what the
+# science takes, by design: they are not followed. Consecutive calls into one module count as one visit;
+# a return is a visit to a module the trace had already left.
+
+def _carries_config(value, config_type, depth: int = 2) -> bool:
+    if isinstance(value, config_type):
+        return True
+    if depth and isinstance(value, (tuple, list)):
+        return any(_carries_config(v, config_type, depth - 1) for v in value)
+    if depth and isinstance(value, dict):
+        return any(_carries_config(v, config_type, depth - 1) for v in value.values())
+    return False
+
+
+def config_trace(fn, *args) -> list[str]:
+    """The package modules that receive a whole Config while ``fn(*args)`` runs, in call order, consecutive
+    repeats collapsed (``quee_kit.x`` names)."""
+    import sys
+
+    from quee_kit.config import Config
+    files = {str(f.resolve()): m for m, f in _module_files().items()}
+    seen: list[str] = []
+
+    def profile(frame, event, arg):
+        if event != "call":
+            return
+        mod = files.get(frame.f_code.co_filename)
+        if mod is None or (seen and seen[-1] == mod):
+            return
+        co = frame.f_code
+        n = co.co_argcount + co.co_kwonlyargcount + bool(co.co_flags & 4) + bool(co.co_flags & 8)
+        if any(_carries_config(frame.f_locals.get(name), Config) for name in co.co_varnames[:n]):
+            seen.append(mod)
+
+    sys.setprofile(profile)
+    try:
+        fn(*args)
+    finally:
+        sys.setprofile(None)
+    return seen
+
+
+def returns(visits: list[str]) -> int:
+    """How many visits of ``visits`` (consecutive repeats already collapsed) go back to a module left before."""
+    left, n = set(), 0
+    for prev, mod in zip(visits, visits[1:]):
+        left.add(prev)
+        n += mod in left
+    return n
+
+
+def _module_files() -> dict[str, Path]:
+    out = {}
+    for f in ROOT.rglob("*.py"):
+        parts = list(f.relative_to(ROOT.parent).with_suffix("").parts)
+        out[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = f
+    return out
+
+
+def test_returns_counts_visits_to_a_module_already_left():
+    assert returns(["a", "b", "c"]) == 0
+    assert returns(["a", "b", "a", "c", "b"]) == 2
+    assert returns(["a"]) == 0 and returns([]) == 0
+
+
+@pytest.mark.parametrize("seeds, jobs", [("0", 1), ("0,1", 2)])
+def test_cfg_moves_down(tmp_path, seeds, jobs):
+    """The CLI's ``run`` on the digits (cold: models trained, caches built, predictors fitted; with two seeds
+    and two jobs first as warm's task graph in worker processes, which are not traced) hands the whole config
+    down the layers, with at most 4 returns to a module already left (20 returns by this rule before issue 26
+    moved orchestration into pipeline.py)."""
+    from quee_kit.cli import main
+    argv = ["run", "--config", "configs/digits.yaml", "--quiet", "--seeds", seeds, "--out", str(tmp_path / "out")]
+    for s in [f"cache_dir={tmp_path / 'cache'}", f"jobs={jobs}", "model.epochs=2", "predictor.folds=3",
+              "predictor.epochs=5", "eval.lambda_grid=20", "eval.bootstrap=100", "eval.budgets=[0.04,0.08,0.2]",
+              "eval.auc_range=[0.04,0.3]"]:
+        argv += ["--set", s]
+    visits = config_trace(main, argv)
+    assert (tmp_path / "out" / "budgets.csv").is_file()                     # the run ran
+    assert {"quee_kit.config", "quee_kit.pipeline", "quee_kit.prepare"} <= set(visits)   # and was traced
+    assert returns(visits) <= 4, visits

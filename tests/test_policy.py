@@ -8,7 +8,8 @@ import torch
 from quee_kit.config import ConfigError, load_config
 from quee_kit.engine import DynamicModel
 from quee_kit.evaluate import paired_bootstrap
-from quee_kit.study import check_config_against_data, select_points
+from quee_kit.pipeline import check_config_against_data
+from quee_kit.study import select_points
 from quee_kit.policy import option_mask, select_for_budget, simulate, simulate_many
 from quee_kit.options import OptionSpace
 from quee_kit.predictors import discretized_targets

@@ -110,15 +110,10 @@ def test_notebooks_side_by_side_write_the_serial_tables(tmp_path):
         assert (tmp_path / "1" / "tables" / name).read_bytes() == (tmp_path / "2" / "tables" / name).read_bytes(), name
 
 
-def test_a_notebook_reading_anothers_studies_waits_for_it_and_loads_them():
+def test_the_notebooks_with_the_most_studies_to_evaluate_start_first():
     c0, c1 = (load_config(CONFIG, [f"seed={s}"]) for s in (0, 1))
     k8 = {"quee-K8": ({"kind": "mlp", "K": 8}, "all")}
     planned = {"01": [(c0, {})], "05": [(c0, k8)], "06": [(c0, None), (c1, None)], "07": [(c0, None)],
-               "08": [(dataclasses.replace(c0, jobs=1), None)]}    # the worker count is no part of a study
-    order, waits = run_order(planned)
-    # 06 evaluates the seed-0 study 07 and 08 read: they wait for it; 05's variants are its own; 01 has none
-    assert waits == {"07": "06", "08": "06"}
-    # the provider first, then 05's own evaluation; the waiting ones ahead of 01 (which reads no study)
-    assert order == ["06", "05", "07", "08", "01"]
-    # two notebooks reading the same one study: the later one waits (never both for each other)
-    assert run_order({"07": planned["07"], "08": planned["08"]})[1] == {"08": "07"}
+               "08": [(dataclasses.replace(c0, jobs=1), None)], "09": []}
+    # 06: two studies x 6 variants; 07, 08: one x 6 (numbered order); 05: one variant; 01 and 09: none
+    assert run_order(planned) == ["06", "07", "08", "05", "01", "09"]

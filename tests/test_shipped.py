@@ -31,7 +31,7 @@ def _random_weights(cfg, data, seed):
 
 def test_a_shipped_model_is_used_instead_of_training_and_retrain_trains(tiny):
     cfg, folder = tiny
-    data = load_data(cfg)
+    data = load_data(cfg.data, cfg.model)
     weights = _random_weights(cfg, data, 123)   # not what 1 epoch of training gives: tells the two apart
     shipped.ship_model(weights, key=model_key(cfg, data), study="tiny", seed=cfg.seed, data_digest=data.digest,
                        train={"seconds": 1.5})
@@ -51,7 +51,7 @@ def test_a_shipped_model_is_used_instead_of_training_and_retrain_trains(tiny):
 
 def test_retrain_does_not_change_the_model_key(tiny):
     cfg, _ = tiny
-    data = load_data(cfg)
+    data = load_data(cfg.data, cfg.model)
     assert model_key(cfg, data) == model_key(dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, retrain=True)), data)
     assert model_key(cfg, data) != model_key(dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, epochs=2)), data)
 
@@ -59,7 +59,7 @@ def test_retrain_does_not_change_the_model_key(tiny):
 @pytest.mark.parametrize("damage", ["flip", "missing"])
 def test_a_damaged_shipped_file_is_refused_in_one_line(tiny, damage):
     cfg, folder = tiny
-    data = load_data(cfg)
+    data = load_data(cfg.data, cfg.model)
     entry = shipped.ship_model(_random_weights(cfg, data, 1), key=model_key(cfg, data), study="tiny", seed=0,
                                data_digest=data.digest, train={"seconds": 1.0})
     path = folder / entry.file
@@ -84,7 +84,7 @@ def test_the_kits_shipped_models_match_their_files_and_configs():
         cfg0 = load_config(e["config"], e.get("overrides", []), fast=bool(e.get("fast", False)))
         for seed in e["seeds"]:
             cfg = dataclasses.replace(cfg0, seed=seed)
-            m = shipped.find_shipped(model_key(cfg, load_data(cfg)))
+            m = shipped.find_shipped(model_key(cfg, load_data(cfg.data, cfg.model)))
             assert m is not None and (m.study, m.seed) == (e["name"], seed)
             assert hashlib.sha256((shipped.MODELS_DIR / m.file).read_bytes()).hexdigest() == m.sha256
 
@@ -102,7 +102,7 @@ def tiny_mlp(tiny, tmp_path, monkeypatch):
     monkeypatch.setattr(shipped, "PREDICTORS_DIR", pfolder)
     cfg = load_config("configs/digits.yaml", [f"cache_dir={tmp_path / 'cache'}", "model.epochs=1",
                                                "predictor.kind=mlp", "predictor.folds=2", "predictor.epochs=2"])
-    data = load_data(cfg)
+    data = load_data(cfg.data, cfg.model)
     shipped.ship_model(_random_weights(cfg, data, 7), key=model_key(cfg, data), study="tiny", seed=cfg.seed,
                        data_digest=data.digest, train={"seconds": 1.0})
     return cfg, pfolder
@@ -173,7 +173,7 @@ def test_the_kits_shipped_predictors_match_their_files_and_configs():
                 continue
             prep = prepare(dataclasses.replace(cfg0, seed=seed), splits=(), progress=False)
             for v in e["predictors"]:
-                (pcfg,) = predictor_configs(prep.cfg, {v: QUEE_VARIANTS[v]}).values()
+                (pcfg,) = predictor_configs(prep.cfg.predictor, {v: QUEE_VARIANTS[v]}).values()
                 (key,) = predictor_artifact_keys(prep, [pcfg], seed)
                 m = shipped.find_shipped_predictor(key)
                 assert m is not None and (m.study, m.seed, m.train["variant"]) == (e["name"], seed, v)

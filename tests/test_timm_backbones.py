@@ -177,7 +177,7 @@ def test_pipeline_end_to_end_on_standin(name, tiny_ckpt, tmp_path):
     with torch.no_grad():
         x = prep.data.test.x[torch.arange(len(prep.data.test))]
         assert torch.allclose(prep.caches["test"].logits[node], prep.model(x)[-1], atol=1e-5)
-    assert len(load_data(cfg).test) == sizes[2]
+    assert len(load_data(cfg.data, cfg.model).test) == sizes[2]
 
 
 def test_bf16_reference_runs_in_bf16_and_returns_float32():

@@ -64,16 +64,18 @@ def test_fit_tasks_sharing_a_loaded_calib_cache_store_the_fits_of_a_fresh_one(tm
 def test_a_warmed_study_builds_nothing(tmp_path):
     cfg = _cfg(tmp_path)
     warm([(cfg, VARIANTS)], jobs=2, progress=False)
-    before = {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir()}
+    def files():   # the artifacts (not the folder of the study's lock, quee_kit.store.Store.locked)
+        return {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir() if p.is_file()}
+    before = files()
     study = run_study(cfg, progress=False, variants=VARIANTS)
     # no model, cache or predictor built: the one new file is the study's own evaluation, which the next
     # run of the same study loads without writing anything
-    after = {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir()}
+    after = files()
     (new,) = set(after) - set(before)
     assert new.startswith("study-") and {n: after[n] for n in before} == before
     assert set(VARIANTS) <= set(study.points) and not study.timings["stored"]
     assert run_study(cfg, progress=False, variants=VARIANTS).timings["stored"]
-    assert {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir()} == after
+    assert files() == after
 
 
 def test_studies_sharing_a_model_share_its_tasks(tmp_path):
@@ -116,3 +118,22 @@ def test_run_graph_runs_each_task_once_after_its_dependencies(tmp_path):
     for jobs in (1, 2):
         with pytest.raises(RuntimeError, match="on purpose"):
             run_graph([Task("x", _fail, (0,)), Task("y", _record, (log, "y"), ("x",))], jobs=jobs, progress=False)
+
+
+def _die_in_a_worker(log, name):
+    """Kills the worker process it runs in (a broken pool); in the main process it records ``name``."""
+    import multiprocessing
+    import os
+    if multiprocessing.parent_process() is not None:
+        os._exit(1)
+    _record(log, name)
+
+
+def test_a_broken_pool_runs_the_rest_here_without_losing_a_task(tmp_path):
+    # the task whose worker died must be run again here, and its dependants after it (it was once dropped:
+    # its dependants then never became ready)
+    log = tmp_path / "log"
+    tasks = [Task("a", _die_in_a_worker, (log, "a"), cost=5), Task("b", _record, (log, "b"), ("a",))]
+    with pytest.warns(UserWarning, match="worker processes"):
+        assert sorted(run_graph(tasks, jobs=2, progress=False)) == ["a", "b"]
+    assert log.read_text().split() == ["a", "b"]

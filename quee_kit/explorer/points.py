@@ -7,8 +7,9 @@ correctness and max prob per node, the predicted error of exiting, the test imag
 once from a :class:`~quee_kit.study.Study` and saved through :func:`quee_kit.artifacts.load_or_build`
 as its fields (:meth:`ExplorerData.to_payload`: arrays, tables, strings; no pickle), so loading it
 imports neither torch nor the study's modules, and runs no code from the file. Its key hashes
-the whole config, the data file of ``npz:`` datasets and the source of the modules that compute
-the points (a changed method recomputes them). A level subset other than "all levels" needs the
+the whole config, the data file of ``npz:`` datasets and the ``CODE_VERSION`` of every module this one
+imports that declares one (:func:`~quee_kit.store.code_versions`: a method whose numbers change bumps its
+version, and the points are recomputed). A level subset other than "all levels" needs the
 live study (:func:`restricted_table`); it is loaded on first use.
 
     python -m quee_kit.explorer --config configs/mnist10k.yaml [--fast] [--seed 0]   # build it
@@ -24,9 +25,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..artifacts import ArtifactError, content_hash, load_artifact, load_or_build, points_source_digest
-from ..config import cache_dir, load_config
+from ..artifacts import ArtifactError, load_artifact, load_or_build
+from ..config import load_config
+from ..store import Store, artifact_key
 from .state import Memo
+
+# Bump when a change here changes the numbers of stored explorer points (keyed by quee_kit.store.code_versions).
+CODE_VERSION = 1
 
 __all__ = ["ExplorerData", "MethodTable", "build_explorer_data", "load_explorer_data", "explorer_artifact",
            "FORMAT"]
@@ -209,8 +214,8 @@ def explorer_artifact(cfg) -> tuple[Path, str]:
     data = cfg.data.name
     if data.startswith("npz:"):   # a user's file: its bytes are part of what the points were built from
         data = hashlib.sha256(Path(data[4:]).expanduser().read_bytes()).hexdigest()
-    key = content_hash("explorer", FORMAT, dataclasses.asdict(cfg), data, points_source_digest(__file__))
-    return cache_dir(cfg) / f"explorer-{key[:16]}.pkl", key
+    key = artifact_key("explorer", FORMAT, dataclasses.asdict(cfg), data, code="quee_kit.explorer.points")
+    return Store.at(cfg.cache_dir).file("explorer", key, ".pkl"), key
 
 
 def load_explorer_data(config: str = "configs/mnist10k.yaml", fast: bool | None = None, seed: int = 0,
