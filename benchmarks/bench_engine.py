@@ -13,7 +13,8 @@ compiled with ``mode="reduce-overhead"``, i.e. CUDA graphs):
 Writes ``OUT/engine.csv`` (``backend,mode,budget,batch_size,us_per_sample,speedup_vs_float_full`` and
 then ``level,blocks_per_sample,cost_bops,engine_vs_cache_mismatches,float_full_us``, the eager float model's
 time beside that row, ``float_compiled_us`` the compiled one's, ``float_best_us`` the faster of the two,
-``float_best_form`` which, and ``speedup_vs_float_best``, the ratio a user who compiles would see) and prints
+``float_best_form`` which, ``speedup_vs_float_best``, the ratio a user who compiles would see, and ``machine``)
+and prints
 a markdown table of the speed-ups against the best float model; ``--profile`` adds a
 ``torch.profiler`` breakdown of the engine at budget 0.05 (best backend) to ``OUT/engine_profile.txt``, the
 time of each of the engine's parts per sample at every budget up to 0.08 and batch size to
@@ -43,7 +44,7 @@ from quee_kit.policy import simulate
 
 COLUMNS = ["backend", "mode", "budget", "batch_size", "us_per_sample", "speedup_vs_float_full", "level",
            "blocks_per_sample", "cost_bops", "engine_vs_cache_mismatches", "float_full_us", "float_compiled_us",
-           "float_best_us", "float_best_form", "speedup_vs_float_best"]
+           "float_best_us", "float_best_form", "speedup_vs_float_best", "machine"]
 
 
 def per_sample_us(fn, x: torch.Tensor, batch: int, repeats: int, refs=()) -> list[float]:
@@ -76,6 +77,18 @@ def float_forms(model, blocks, cuda: bool) -> list:
     eager = full_model(model, blocks)
     compiled = torch.compile(eager, dynamic=False, mode="reduce-overhead" if cuda else None)
     return [eager, torch.no_grad()(compiled)]
+
+
+def machine_name(cuda: bool) -> str:
+    """The machine a timing belongs to: the CPU's model name (or the GPU's), threads, torch version."""
+    if cuda:
+        return f"{torch.cuda.get_device_name()}, torch {torch.__version__}"
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{cpu} ({platform.machine()}), {torch.get_num_threads()} threads, torch {torch.__version__}"
 
 
 def full_model(model, blocks):
@@ -236,12 +249,12 @@ def main() -> None:
     df["float_best_us"] = df[["float_full_us", "float_compiled_us"]].min(axis=1)
     df["float_best_form"] = np.where(df.float_compiled_us < df.float_full_us, "compiled", "eager")
     df["speedup_vs_float_best"] = df.float_best_us / df.us_per_sample
+    machine = machine_name(x.is_cuda)
+    df["machine"] = machine
     atomic_write_bytes(out / "engine.csv", df[COLUMNS].to_csv(index=False, float_format="%.4g").encode())
-    machine = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
-    if x.is_cuda:
-        machine = f"{torch.cuda.get_device_name()}, torch {torch.__version__}"
     print(f"\n{machine}; µs per sample (speed-up vs the best float full model at the same batch size)\n")
-    best = df.groupby("batch_size").agg(us=("float_best_us", "median"), form=("float_best_form", lambda f: f.value_counts().idxmax()))
+    best = df.groupby("batch_size").agg(us=("float_best_us", "median"),
+                                        form=("float_best_form", lambda f: f.value_counts().idxmax()))
     print("best float full model: " + ", ".join(f"batch {b}: {r.us:.1f} µs ({r.form})" for b, r in best.iterrows()))
     wide = df.assign(cell=[f"{u:.1f} ({s:.2f}×)" for u, s in zip(df.us_per_sample, df.speedup_vs_float_best)],
                      what=[f"full {l}" if m == "full" else f"engine @ {b:g}" for m, l, b in
