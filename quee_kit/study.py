@@ -2,12 +2,13 @@
 
 Pure: built pieces in, points out. From a prepared stage one (:class:`~quee_kit.prepared.Prepared`: model
 and path caches) and each predictor config's fitted predictors (fold states, refit, fold assignment), it
-predicts the error estimates (:func:`fitted_estimates`), builds the QuEE policies of every variant and every
-registered baseline (:func:`study_methods`, :mod:`quee_kit.methods`) and evaluates every method's knobs on
-calib and test (:func:`evaluate_methods`, :func:`method_points`). Where predictors come from (the store,
-shipped files, fits over the cores) and how an evaluation is stored is :mod:`quee_kit.study_run`, which
-also holds :func:`~quee_kit.study_run.run_study`, the one call a notebook makes. The budget rule on those
-points (:func:`select_points`) is the one every method and the explorer share.
+predicts the error estimates (:func:`fitted_estimates`), builds the QuEE policy of every variant
+(:func:`quee_policies`) and every registered baseline beside them (:func:`with_baselines`), and evaluates
+every method's knobs on calib and test (:func:`evaluate_methods`, :func:`method_points`). Where the
+predictors come from (the store, shipped files, fits over the cores) and how an evaluation is stored is
+:mod:`quee_kit.study_run`, which also holds :func:`~quee_kit.study_run.run_study`, the one call a notebook
+makes. The budget rule on those points (:func:`select_points`) is the one every method and the explorer
+share.
 """
 from __future__ import annotations
 
@@ -36,7 +37,7 @@ from .variants import ALL_VARIANTS, QUEE_VARIANTS  # re-exported: the study buil
 # Bump when a change here changes the numbers of a stored study (keyed by quee_kit.store.code_versions).
 CODE_VERSION = 1
 
-__all__ = ["Study", "predictor_configs", "fitted_estimates", "n_quant_columns", "add_quality", "study_methods", "evaluate_methods",
+__all__ = ["Study", "predictor_configs", "fitted_estimates", "n_quant_columns", "add_quality", "quee_policies", "with_baselines", "evaluate_methods",
            "method_points", "select_points", "points_auc", "c_min_sat", "QUEE_VARIANTS", "ALL_VARIANTS"]
 
 
@@ -116,7 +117,6 @@ def n_quant_columns(prep: Prepared, pcfg) -> int:
     return q.shape[-1]
 
 
-
 def _predictor_key(pcfg: PredictorConfig, pover: dict) -> str:
     """A QuEE variant's predictor config as a JSON key: variants with one config share one fit."""
     return json.dumps(dataclasses.asdict(dataclasses.replace(pcfg, **pover)), sort_keys=True)
@@ -138,11 +138,11 @@ def add_quality(fitted: dict, test_cache, opts: OptionSpace) -> None:
         ref = fit["quality"]["auroc_maxprob"]
 
 
-def study_methods(caches: dict, opts: OptionSpace, pcfg: PredictorConfig, variants: dict, fitted: dict,
-                  lambdas: np.ndarray, seed: int) -> tuple[dict, dict, dict]:
+def quee_policies(caches: dict, opts: OptionSpace, pcfg: PredictorConfig, variants: dict, fitted: dict,
+                  lambdas: np.ndarray) -> tuple[dict, dict, dict]:
     """``(methods, quality, predictors)``: the QuEE policy of every variant (name -> (predictor overrides of
-    ``pcfg``, option restriction)) on its fit in ``fitted`` (keyed as :func:`predictor_configs`), then every
-    registered baseline; each variant's predictor quality and fit. ``lambdas``: the λ grid."""
+    ``pcfg``, option restriction)) on its fit in ``fitted`` (keyed as :func:`predictor_configs`), each
+    variant's predictor quality and its fit. ``lambdas``: the λ grid."""
     methods, quality, predictors = {}, {}, {}
     pcfgs = predictor_configs(pcfg, variants)
     for name, (pover, variant) in variants.items():
@@ -152,8 +152,12 @@ def study_methods(caches: dict, opts: OptionSpace, pcfg: PredictorConfig, varian
         # every call is charged: the cost of one call of the predictor that made the estimates
         methods[name] = QueePolicy(name, fitted[pkey], caches, opts, lambdas, variant,
                                    call_cost=fitted[pkey]["call_cost"], probe=pcfgs[pkey].probe)
-    methods.update(build_methods(MethodContext(caches, opts, lambdas, seed, built=dict(methods))))
     return methods, quality, predictors
+
+
+def with_baselines(policies: dict, caches: dict, opts: OptionSpace, lambdas: np.ndarray, seed: int) -> dict:
+    """``policies`` (name -> method), then every registered baseline and bound built beside them."""
+    return {**policies, **build_methods(MethodContext(caches, opts, lambdas, seed, built=dict(policies)))}
 
 
 def evaluate_methods(methods: dict, progress: bool = True) -> tuple[dict, dict]:

@@ -29,7 +29,7 @@ from .safe_codec import decode
 from .shipped import find_shipped_predictor, load_shipped_predictor
 from .store import artifact_key
 from .study import (QUEE_VARIANTS, Study, add_quality, evaluate_methods, fitted_estimates, n_quant_columns,
-                    predictor_configs, study_methods)
+                    predictor_configs, quee_policies, with_baselines)
 from .study_store import load_stored_study, store_study, study_artifact
 
 __all__ = ["run_study", "build_study", "fit_variants", "store_predictors", "shipped_predictor",
@@ -149,8 +149,9 @@ def build_study(prep: Prepared, pcfg: PredictorConfig, ecfg: EvalConfig, seed: i
         else:
             fitted = dict(zip(pcfgs, fit_variants(prep, opts, list(pcfgs.values()), seed, progress)))
             add_quality(fitted, caches["test"], opts)
-        methods, quality, predictors = study_methods(caches, opts, pcfg, variants, fitted, lambdas, seed)
+        methods, quality, predictors = quee_policies(caches, opts, pcfg, variants, fitted, lambdas)
         timings["predictor_seconds"] = time.perf_counter() - t1
+        methods = with_baselines(methods, caches, opts, lambdas, seed)
         t2 = time.perf_counter()
         if stored:
             points, test_nodes = stored["points"], {k: v.numpy() for k, v in stored["test_nodes"].items()}
