@@ -39,7 +39,7 @@ import torch
 from quee_kit.artifacts import atomic_write_bytes
 from quee_kit.backends import BACKENDS
 from quee_kit.config import load_config
-from quee_kit.study import run_study
+from quee_kit.study_run import run_study
 from quee_kit.policy import simulate
 
 COLUMNS = ["backend", "mode", "budget", "batch_size", "us_per_sample", "speedup_vs_float_full", "level",

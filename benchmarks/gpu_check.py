@@ -36,7 +36,7 @@ def main() -> None:
     ap.add_argument("--tiny", action="store_true", help="a 32x32, 4-block model on 300 images (CPU smoke run)")
     args = ap.parse_args()
     from quee_kit.config import load_config
-    from quee_kit.study import run_study
+    from quee_kit.study_run import run_study
 
     n, side = (300, 32) if args.tiny else (args.n, 224)
     sizes = [n // 2, n // 4, n // 4]

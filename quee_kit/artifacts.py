@@ -21,10 +21,9 @@ import struct
 import tempfile
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
-if TYPE_CHECKING:
-    import torch
+from .digests import content_hash, tensor_digest  # re-exported: artifact keys and weights' digests
 
 __all__ = ["content_hash", "atomic_write_bytes", "atomic_write_csv", "atomic_write_json", "file_mode", "umask", "save_artifact", "load_artifact", "load_or_build",
            "ArtifactError", "tensor_digest"]
@@ -37,24 +36,6 @@ PAYLOAD_FORMAT = "safe1"   # the only payload this code reads (quee_kit.safe_cod
 
 class ArtifactError(RuntimeError):
     """An artifact that is missing, stale or corrupted."""
-
-
-def content_hash(*parts: Any) -> str:
-    """sha256 of a JSON rendering of ``parts`` (dataclasses/paths rendered with ``str``)."""
-    blob = json.dumps(parts, sort_keys=True, default=str).encode()
-    return hashlib.sha256(blob).hexdigest()
-
-
-def tensor_digest(tensors: dict[str, torch.Tensor]) -> str:
-    """sha256 of the bytes of named tensors (e.g. a model's state dict)."""
-    import torch
-    h = hashlib.sha256()
-    for name in sorted(tensors):
-        t = tensors[name].detach().cpu().contiguous()
-        h.update(name.encode())
-        h.update(str(t.dtype).encode())
-        h.update(t.numpy().tobytes() if t.dtype != torch.bfloat16 else t.float().numpy().tobytes())
-    return h.hexdigest()
 
 
 def umask() -> int:

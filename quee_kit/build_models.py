@@ -17,7 +17,8 @@ from .prepare import load_data, load_or_train, model_key, prepare
 from .safe_codec import encode
 from . import shipped
 from .shipped import ship_bytes, ship_model
-from .study import predictor_artifact_keys, predictor_artifacts, predictor_configs
+from .study import predictor_configs
+from .study_run import predictor_artifact_keys, predictor_artifacts
 from .options import OptionSpace
 from .variants import QUEE_VARIANTS
 

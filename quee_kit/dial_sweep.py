@@ -15,7 +15,8 @@ import pandas as pd
 from .conditions import calib_gain, room_summary, room_table
 from .config import load_config
 from .evaluate import budget_tables
-from .study import ALL_VARIANTS, Study, run_study
+from .study import ALL_VARIANTS, Study
+from .study_run import run_study
 
 __all__ = ["setting_configs", "setting_studies", "dial_sweep", "dial_sweep_plot"]
 

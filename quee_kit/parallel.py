@@ -7,7 +7,6 @@ thread, in this process: the results are identical either way (``tests/test_para
 """
 from __future__ import annotations
 
-import contextlib
 import multiprocessing
 import os
 import pickle
@@ -18,6 +17,8 @@ from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Callable, Iterable
 
 import torch
+
+from .threads import one_thread  # re-exported: the callers that share work out use it too
 
 __all__ = ["cores", "resolve_jobs", "one_thread", "run_jobs", "stop_pool", "warn_workers_failed"]
 
@@ -33,17 +34,6 @@ def cores() -> int:
 def resolve_jobs(jobs: int | None) -> int:
     """``jobs`` worker processes; 0 or None: one per core."""
     return int(jobs) if jobs else cores()
-
-
-@contextlib.contextmanager
-def one_thread():
-    """Run the block on one torch thread (restored afterwards)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def warn_workers_failed() -> None:

@@ -3,7 +3,7 @@
 :func:`run_pipeline` reads a whole :class:`~quee_kit.config.Config` and hands each stage what it needs:
 stage one (:func:`~quee_kit.prepare.prepare`, which takes the config apart into data, model, quant and
 paths sections) for every seed, the prepared pieces and the predictor and eval sections to
-:func:`~quee_kit.study.build_study`, and the studies and eval fields to the tables
+:func:`~quee_kit.study_run.build_study`, and the studies and eval fields to the tables
 (:mod:`quee_kit.evaluate`, :mod:`quee_kit.conditions`); then the five files are written together.
 Below this module no function receives the whole config (``tests/test_layers.py::test_cfg_moves_down``).
 """
@@ -25,7 +25,8 @@ from .evaluate import budget_tables, core_auc, curves_table, headline, oracle_ga
 from .outputs import staged_output
 from .parallel import resolve_jobs
 from .prepare import load_data, peak_memory_mb, prepare
-from .study import Study, build_study, c_min_sat
+from .study import Study, c_min_sat
+from .study_run import build_study
 from .variants import ALL_VARIANTS
 from .warm import warm
 
@@ -47,7 +48,7 @@ def check_config_against_data(cfg: Config) -> None:
 
 def run_studies(cfg: Config, seeds, progress: bool = True, variants: dict | None = None) -> list[Study]:
     """The study of every seed: stage one (:func:`~quee_kit.prepare.prepare`), then
-    :func:`~quee_kit.study.build_study` on its pieces. With several seeds, each seed's model, caches and
+    :func:`~quee_kit.study_run.build_study` on its pieces. With several seeds, each seed's model, caches and
     predictors are first built (where not cached) in ``cfg.jobs`` worker processes
     (:func:`~quee_kit.warm.warm`): every piece runs on one thread either way, so the studies are the serial
     ones."""

@@ -37,17 +37,18 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm.auto import tqdm
 
 from .calibrated import (BinnedErrorPredictor, PlattErrorPredictor, PlattQuantErrorPredictor,
                          ProbePlattErrorPredictor)
 from .calibration import expected_calibration_error, quality_metrics
 from .costs import mlp_macs
 from .options import OptionSpace
-from .parallel import one_thread, run_jobs
 from .paths import DISCRETE_FEATURES, FEATURE_NAMES, HISTORY_FEATURES, PathCache
 from .probe import probe_rows
 from .registry import PREDICTOR_KINDS
 from .targets import depth_balanced_weights, discretized_targets, holdout_by_sample, subsample_by_depth
+from .threads import one_thread
 
 CALIBRATED = {"binned": BinnedErrorPredictor, "platt": PlattErrorPredictor, "platt-probe": ProbePlattErrorPredictor,
               "platt-quant": PlattQuantErrorPredictor}
@@ -58,6 +59,7 @@ CODE_VERSION = 1
 __all__ = ["DecisionRows", "decision_rows", "feature_columns", "discretized_targets",
            "depth_balanced_weights", "subsample_by_depth", "holdout_by_sample",
            "ErrorPredictor", "predictor_macs", "fit_predictor", "predictor_from_state", "fit_cross_fitted", "CrossFitted",
+           "fit_task", "cross_fit_plan", "cross_fitted_from_states",
            "predict_nodes", "exit_now_rows", "quality_metrics", "predictor_quality", "expected_calibration_error"]
 
 
@@ -303,20 +305,21 @@ class CrossFitted:
         return {"calib": oof, "test": predict_nodes(self.final, test, opts, np.arange(test.n_samples), memo)}
 
 
-def _fit_task(shared, task):
+def fit_task(shared, task) -> dict:
+    """One fit of a cross-fitting plan (:func:`cross_fit_plan`): ``shared`` = (calib cache, option space,
+    seed), ``task`` = (predictor config, its training samples, fold index k; k = folds: the refit on all
+    of calib). Returns the fitted predictor's ``state()``; a module-level function, so that worker
+    processes can run it."""
     calib, opts, seed = shared
     cfg, samples, k = task
     return fit_predictor(calib, opts, cfg, samples, seed + k).state()
 
 
-def fit_cross_fitted(calib: PathCache, opts: OptionSpace, cfgs, seed: int = 0, progress: bool = True,
-                     jobs: int | None = 1):
-    """``cfg.folds`` fold predictors on calib plus one refitted on all of calib, for one predictor config
-    or a list of them (then a list of :class:`CrossFitted`). Every fit is independent and runs on one
-    thread; ``jobs`` processes share them out (0: one per core) with the same result."""
-    one = not isinstance(cfgs, (list, tuple))
-    cfgs, N = [cfgs] if one else list(cfgs), calib.n_samples
-    tasks, fold_ofs = [], []
+def cross_fit_plan(cfgs: list, n_samples: int, seed: int = 0) -> tuple[list[tuple], list[np.ndarray]]:
+    """The independent fits of each predictor config in ``cfgs`` on ``n_samples`` calib samples: the tasks
+    of :func:`fit_task` (``cfg.folds`` fold fits, then the refit on all of calib, config after config) and
+    each config's fold assignment ``fold_of`` (N,)."""
+    N, tasks, fold_ofs = n_samples, [], []
     for cfg in cfgs:
         if cfg.kind == "mlp" and cfg.targets == "kmeans" and cfg.K > N * (cfg.folds - 1) // cfg.folds:
             raise ValueError(f"predictor.K={cfg.K} is larger than a training fold "
@@ -325,12 +328,30 @@ def fit_cross_fitted(calib: PathCache, opts: OptionSpace, cfgs, seed: int = 0, p
         fold_ofs.append(fold_of)
         tasks += [(cfg, np.flatnonzero(fold_of != k) if k < cfg.folds else np.arange(N), k)
                   for k in range(cfg.folds + 1)]
-    states = iter(run_jobs(_fit_task, tasks, jobs, shared=(calib, opts, seed),
-                           desc="predictors" if progress else None))
-    out = []
+    return tasks, fold_ofs
+
+
+def cross_fitted_from_states(cfgs: list, fold_ofs: list, states: list) -> list[CrossFitted]:
+    """The :class:`CrossFitted` of each config from the ``states`` of its plan's fits, in the plan's order."""
+    it, out = iter(states), []
     for cfg, fold_of in zip(cfgs, fold_ofs):
-        fits = [predictor_from_state(next(states)) for _ in range(cfg.folds + 1)]
+        fits = [predictor_from_state(next(it)) for _ in range(cfg.folds + 1)]
         out.append(CrossFitted(fits[:-1], fits[-1], fold_of))
+    return out
+
+
+def fit_cross_fitted(calib: PathCache, opts: OptionSpace, cfgs, seed: int = 0, progress: bool = True):
+    """``cfg.folds`` fold predictors on calib plus one refitted on all of calib, for one predictor config
+    or a list of them (then a list of :class:`CrossFitted`). Every fit is independent and runs on one
+    thread, one after another here (sharing them out over processes gives the same result:
+    :func:`quee_kit.study_run.fit_cross_fitted_jobs`)."""
+    one = not isinstance(cfgs, (list, tuple))
+    cfgs = [cfgs] if one else list(cfgs)
+    tasks, fold_ofs = cross_fit_plan(cfgs, calib.n_samples, seed)
+    with one_thread():
+        states = [fit_task((calib, opts, seed), t)
+                  for t in tqdm(tasks, desc="predictors", disable=not progress, leave=False)]
+    out = cross_fitted_from_states(cfgs, fold_ofs, states)
     return out[0] if one else out
 
 

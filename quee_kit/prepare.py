@@ -10,7 +10,6 @@ import dataclasses
 import hashlib
 import resource
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -27,6 +26,7 @@ from . import cnn  # noqa: F401  (registers the "cnn" backbone)
 from .models import BACKBONES, EarlyExitModel, build_model
 from .parallel import one_thread, resolve_jobs, run_jobs
 from .paths import PathCache, PathTree, build_path_cache
+from .prepared import Prepared  # re-exported: what stage one returns
 from .shipped import find_shipped, load_shipped
 from .store import Store, artifact_key
 from .quant import REF_DTYPES, CastBlock, Level, apply_level, config_levels, quantize_residual
@@ -41,29 +41,6 @@ __all__ = ["Prepared", "prepare", "model_key", "load_or_train", "load_cache", "c
 
 def peak_memory_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
-@dataclass
-class Prepared:
-    """Everything downstream stages need. ``levels[0]`` is the reference; ``qblocks[q][t - 1]`` is
-    block ``t`` (1-based depth) at ``levels[q]``; ``caches`` maps split name -> :class:`PathCache`."""
-    cfg: Config
-    data: Dataset
-    model: EarlyExitModel
-    levels: list[Level]
-    costs: CostModel
-    tree: PathTree
-    qblocks: dict[int, list[torch.nn.Module]]
-    caches: dict[str, PathCache] = field(default_factory=dict)
-    timings: dict = field(default_factory=dict)
-    model_hash: str = ""
-    model_source: str = ""   # "shipped model" (quee_kit/embedded/models) or "trained here"
-    act_scales: StaticScales | None = None   # quant.act_scale static: the calibrated scales (None: dynamic)
-    store: Store | None = None   # where this stage's artifacts (and the study's built on it) live
-
-    @property
-    def ref(self) -> Level:
-        return self.levels[0]
 
 
 def load_data(d: DataConfig, mcfg: ModelConfig) -> Dataset:

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .artifacts import content_hash
+from .digests import content_hash
 from .quant import FLOAT_BITS, Level, QuantConv2d, QuantLinear, ResidualQuant, deployed, parse_level, qmax
 
 __all__ = ["StaticActQuant", "AttentionRoles", "StaticScales", "calibrate_static", "act_scales_for",

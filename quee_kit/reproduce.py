@@ -99,7 +99,7 @@ def run_order(planned: dict[str, list]) -> list[str]:
     """The order notebooks start in: the most studies x QuEE variants to evaluate first, then numbered order.
 
     Nothing waits by plan: two notebooks evaluating one study side by side take its lock in turn
-    (:meth:`~quee_kit.store.Store.locked`, in :func:`~quee_kit.study.build_study`), so the second loads what
+    (:meth:`~quee_kit.store.Store.locked`, in :func:`~quee_kit.study_run.build_study`), so the second loads what
     the first stored instead of evaluating it again."""
     from .variants import QUEE_VARIANTS
     work = {stem: sum(len(QUEE_VARIANTS if v is None else v) for _, v in studies if v != {})

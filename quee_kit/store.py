@@ -70,7 +70,7 @@ class Store:
 
 def artifact_key(kind: str, *parts: Any, code: str | None = None) -> str:
     """The key of an artifact of ``kind`` built from ``parts``; with ``code`` (a module name, e.g.
-    ``quee_kit.study``) also the :func:`code_versions` of that module. Without ``code`` it is
+    ``quee_kit.study_run``) also the :func:`code_versions` of that module. Without ``code`` it is
     ``content_hash(kind, *parts)``, the recipe the shipped models and predictors were keyed with."""
     return content_hash(kind, *parts, *([dict(code_versions(code))] if code else []))
 

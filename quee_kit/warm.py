@@ -5,7 +5,7 @@ those pieces runs on one torch thread (its bits must not depend on the core coun
 :func:`warm` takes the whole list up front as a graph of tasks (train a seed; then each split's path
 cache; then each predictor config's cross-fitted fits) and runs it on ``jobs`` worker processes, the
 longest remaining chain first. Every task calls what a study calls (:func:`~quee_kit.prepare.prepare`,
-:func:`~quee_kit.study.store_predictors`), keyed and stored the same way, so the files are those of the
+:func:`~quee_kit.study_run.store_predictors`), keyed and stored the same way, so the files are those of the
 serial run and the studies afterwards only load them.
 """
 from __future__ import annotations
@@ -79,7 +79,7 @@ _LOADED: dict = {}
 
 def _fit(cfg: Config, pcfg, cache_task: str) -> None:
     from .prepare import prepare
-    from .study import store_predictors
+    from .study_run import store_predictors
     cfg = dataclasses.replace(cfg, jobs=1)
     if cache_task not in _LOADED:
         _LOADED.clear()
@@ -93,7 +93,7 @@ def release_loaded() -> None:
 
 
 def study_tasks(cfg: Config, variants: dict | None = None) -> list[Task]:
-    """The tasks that leave everything :func:`~quee_kit.study.run_study` of ``cfg`` with ``variants``
+    """The tasks that leave everything :func:`~quee_kit.study_run.run_study` of ``cfg`` with ``variants``
     (``None``: :data:`~quee_kit.study.QUEE_VARIANTS`; ``{}``: no predictors) reads on disk: the trained
     model, the calib and test path caches, and one task per distinct predictor config. Names hash the
     config sections each artifact is keyed on, so two studies that share a model (or a cache, or a fit)

@@ -27,7 +27,7 @@ def study_cfg(digits_cfg):
 
 @pytest.fixture(scope="session")
 def study(study_cfg, digits_prep):
-    from quee_kit.study import run_study
+    from quee_kit.study_run import run_study
     return run_study(study_cfg, progress=False, prep=digits_prep)
 
 

@@ -133,7 +133,7 @@ def test_variants_sharing_one_fit_each_get_its_quality(study_digits_shared):
 
 @pytest.fixture(scope="module")
 def study_digits_shared(digits_cfg, digits_prep):
-    from quee_kit.study import run_study
+    from quee_kit.study_run import run_study
     cfg = dataclasses.replace(digits_cfg, predictor=dataclasses.replace(digits_cfg.predictor, folds=2, epochs=3),
                               eval=dataclasses.replace(digits_cfg.eval, lambda_grid=10))
     variants = {"quee-mlp": ({"kind": "mlp"}, "all"), "quee-K8": ({"kind": "mlp", "K": 8}, "all")}

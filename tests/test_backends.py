@@ -74,7 +74,7 @@ def test_float_blocks_stay_float_and_unknown_backend_is_refused():
 
 @pytest.fixture(scope="module")
 def int_study(digits_cfg):
-    from quee_kit.study import run_study
+    from quee_kit.study_run import run_study
     cfg = load_config("configs/digits.yaml", [f"cache_dir={digits_cfg.cache_dir}", "model.epochs=15",
                                               "quant.backend=int", "predictor.folds=3",
                                               "eval.lambda_grid=40"])

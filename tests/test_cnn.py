@@ -151,7 +151,7 @@ def test_config_accepts_cnn_and_rejects_an_unknown_arch_in_one_line():
 def test_engine_equals_the_simulation_on_a_tiny_cnn(tmp_path):
     from quee_kit.engine import DynamicModel
     from quee_kit.policy import simulate
-    from quee_kit.study import run_study
+    from quee_kit.study_run import run_study
     cfg = load_config("configs/digits.yaml", [f"cache_dir={tmp_path}", "model.arch=cnn", "model.dim=4",
                                               "model.epochs=3", "predictor.folds=3", "eval.lambda_grid=20",
                                               "eval.variants=[quee]"])

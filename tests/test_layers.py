@@ -82,6 +82,69 @@ def test_function_local_imports_are_counted():
     assert "quee_kit.study" in import_graph()["quee_kit.warm"]
 
 
+# ---------------------------------------------------------------- science imports no machinery
+#
+# Every module of the package in one layer (docs/architecture.md): a new module must be placed. Machinery
+# is how things are cached, stored, shipped and scheduled; science computes the numbers from values it is
+# handed. Above both sit the modules that compose them (stage one, running studies, warm, the pipeline,
+# reproduce, the CLI) and the presentation (plots, notebooks' setup, the explorer).
+
+LEAVES = {"quee_kit", "config_rules", "locations", "registry", "variants", "quant_levels", "dataset_files", "gemm",
+          "dials", "styles", "budget_rule", "calibration", "digests", "threads"}
+SCHEMA = {"config"}
+MACHINERY = {"artifacts", "store", "safe_codec", "outputs", "parallel", "distributed", "shipped", "study_store"}
+SCIENCE = {"vision_import", "real_data", "data", "quant", "quant_static", "quant_features", "models", "cnn",
+           "timm_backbones", "backends", "costs", "train", "paths", "options", "probe", "prepared", "calibrated",
+           "targets", "predictors", "methods", "policy", "baselines", "schedules", "engine", "study", "verdicts",
+           "conditions", "evaluate", "analysis", "tables"}
+ABOVE = {"prepare", "study_run", "warm", "dial_sweep", "hypotheses", "build_models", "pipeline", "reproduce", "cli",
+         "__main__", "plots", "notebook", "explorer", "explorer.__main__", "explorer.figure", "explorer.page",
+         "explorer.points", "explorer.state", "explorer.widgets"}
+
+
+def reach(graph: dict[str, set[str]], start: str) -> set[str]:
+    """Every module ``start`` imports, directly or through others (function-local imports included)."""
+    seen, todo = set(), list(graph[start])
+    while todo:
+        m = todo.pop()
+        if m not in seen:
+            seen.add(m)
+            todo += graph.get(m, ())
+    return seen
+
+
+def reaches_up(graph: dict[str, set[str]], lower: set[str], upper: set[str]) -> dict[str, set[str]]:
+    """module of ``lower`` -> the modules of ``upper`` it reaches through imports (only the offenders)."""
+    out = {m: reach(graph, m) & upper for m in sorted(lower)}
+    return {m: up for m, up in out.items() if up}
+
+
+def test_reaches_up_finds_an_indirect_import():
+    g = {"sci": {"helper"}, "helper": {"cache"}, "cache": set(), "other": set()}
+    assert reaches_up(g, {"sci", "other"}, {"cache"}) == {"sci": {"cache"}}
+    assert reaches_up(g, {"other"}, {"cache"}) == {}
+
+
+def test_every_module_is_in_one_layer():
+    names = {m.removeprefix("quee_kit.") if m != "quee_kit" else m for m in import_graph()}
+    layers = [LEAVES, SCHEMA, MACHINERY, SCIENCE, ABOVE]
+    assert sum(len(layer) for layer in layers) == len(set().union(*layers))   # no module in two layers
+    assert set().union(*layers) == names
+
+
+def test_science_imports_no_machinery():
+    """No science module imports a machinery module, nor anything that does (stage one, the study runner),
+    function-local imports counted; machinery and the leaves import no science either."""
+    q = {m: "quee_kit" if m == "quee_kit" else f"quee_kit.{m}" for m in
+         LEAVES | SCHEMA | MACHINERY | SCIENCE | ABOVE}
+    graph = import_graph()
+    science, machinery, above = ({q[m] for m in layer} for layer in (SCIENCE, MACHINERY, ABOVE))
+    assert "quee_kit.artifacts" in reach(graph, "quee_kit.study_run")   # the graph reads what it should
+    assert reaches_up(graph, science, machinery | above) == {}
+    below = {q[m] for m in LEAVES | SCHEMA | MACHINERY}
+    assert reaches_up(graph, below, science | above) == {}
+
+
 # ---------------------------------------------------------------- the config moves down the layers
 #
 # The rule: a call is recorded when one of its arguments (positional, keyword, *args, **kwargs, and the

@@ -6,7 +6,8 @@ import pytest
 from quee_kit.evaluate import budget_tables, curves_table, knob_value
 from quee_kit.explorer import build_explorer_data
 from quee_kit.methods import METHODS, Method, MethodContext, build_methods, make_outcome, register_method
-from quee_kit.study import method_points, run_study
+from quee_kit.study import method_points
+from quee_kit.study_run import run_study
 
 
 class FixedExit(Method):

@@ -9,6 +9,7 @@ from quee_kit.config import ConfigError, load_config
 from quee_kit.parallel import one_thread, resolve_jobs, run_jobs
 from quee_kit.options import OptionSpace
 from quee_kit.predictors import fit_cross_fitted
+from quee_kit.study_run import fit_cross_fitted_jobs
 
 
 def _square_plus(shared, item):
@@ -52,8 +53,8 @@ def test_parallel_predictor_fits_equal_serial(digits_prep):
     opts = OptionSpace(digits_prep.tree, calib.node_cost)
     base = dataclasses.replace(digits_prep.cfg.predictor, folds=2, epochs=3)
     cfgs = [base, dataclasses.replace(base, kind="mlp"), dataclasses.replace(base, kind="binned")]
-    serial = fit_cross_fitted(calib, opts, cfgs, seed=3, progress=False, jobs=1)
-    parallel = fit_cross_fitted(calib, opts, cfgs, seed=3, progress=False, jobs=2)
+    serial = fit_cross_fitted(calib, opts, cfgs, seed=3, progress=False)           # one after another, here
+    parallel = fit_cross_fitted_jobs(calib, opts, cfgs, seed=3, progress=False, jobs=2)
     for s, p in zip(serial, parallel):
         assert (s.fold_of == p.fold_of).all()
         for a, b in zip(s.folds + [s.final], p.folds + [p.final]):

@@ -151,7 +151,7 @@ def test_an_informative_probe_beats_plain_platt_out_of_sample():
 
 
 def test_probe_study_charges_its_probes_and_keeps_quee_unchanged(study_cfg, digits_prep, study):
-    from quee_kit.study import run_study
+    from quee_kit.study_run import run_study
     from quee_kit.variants import ALL_VARIANTS, QUEE_VARIANTS
     s = run_study(study_cfg, progress=False, prep=digits_prep, store=False,
                   variants={k: ALL_VARIANTS[k] for k in ("quee", "quee-probe")})

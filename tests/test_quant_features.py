@@ -123,7 +123,7 @@ def test_config_rejects_an_unknown_feature_set_naming_the_key():
 @pytest.fixture(scope="module")
 def quant_study(digits_cfg, digits_prep):
     from quee_kit.prepare import prepare
-    from quee_kit.study import run_study
+    from quee_kit.study_run import run_study
     cfg = load_config("configs/digits.yaml", [f"cache_dir={digits_cfg.cache_dir}", "model.epochs=15",
                                               "predictor.folds=3", "predictor.epochs=15", "eval.lambda_grid=40",
                                               "predictor.features=quant"])

@@ -127,7 +127,7 @@ def test_config_checks_and_default_keys():
 
 @pytest.fixture(scope="module")
 def static_study(digits_cfg):
-    from quee_kit.study import run_study
+    from quee_kit.study_run import run_study
     cfg = load_config("configs/digits.yaml", [f"cache_dir={digits_cfg.cache_dir}", "model.epochs=15",
                                               "quant.act_scale=static", "quant.residual=true", "predictor.folds=3",
                                               "eval.lambda_grid=40", "quant.static_samples=300"])

@@ -83,7 +83,7 @@ def test_every_artifact_kind_refuses_a_planted_payload(tmp_path):
     """Every file a study and the explorer store (model, path caches, predictors, study, explorer points)
     replaced by a payload with a matching header: nothing runs, each is rebuilt, the numbers are the same."""
     from quee_kit.explorer.points import load_explorer_data
-    from quee_kit.study import run_study
+    from quee_kit.study_run import run_study
     over = [f"cache_dir={tmp_path / 'cache'}", "model.epochs=2", "predictor.folds=2", "predictor.epochs=2",
             "eval.lambda_grid=10", "jobs=1"]
     cfg = load_config("configs/digits.yaml", over)

@@ -113,7 +113,7 @@ def _fit_and_ship(cfg, perturb: float):
     (so a shipped fit and a fit made here are told apart); returns (prep, opts, pcfg, shipped artifact)."""
     from quee_kit.options import OptionSpace
     from quee_kit.safe_codec import encode
-    from quee_kit.study import predictor_artifact_keys, predictor_artifacts
+    from quee_kit.study_run import predictor_artifact_keys, predictor_artifacts
     prep = prepare(cfg, splits=("calib",), progress=False)
     opts = OptionSpace(prep.tree, prep.caches["calib"].node_cost)
     pcfg = cfg.predictor
@@ -128,7 +128,7 @@ def _fit_and_ship(cfg, perturb: float):
 
 def test_a_shipped_predictor_is_used_instead_of_fitting_and_retrain_refits(tiny_mlp, tmp_path):
     import shutil
-    from quee_kit.study import predictor_artifacts
+    from quee_kit.study_run import predictor_artifacts
     cfg, _ = tiny_mlp
     prep, opts, pcfg, art, bias = _fit_and_ship(cfg, perturb=0.25)
     for f in Path(cfg.cache_dir).glob("predictors-*"):   # a fresh cache: only the shipped fit is left
@@ -144,7 +144,7 @@ def test_a_shipped_predictor_is_used_instead_of_fitting_and_retrain_refits(tiny_
 
 
 def test_a_damaged_shipped_predictor_is_refused_in_one_line(tiny_mlp):
-    from quee_kit.study import predictor_artifacts
+    from quee_kit.study_run import predictor_artifacts
     cfg, pfolder = tiny_mlp
     prep, opts, pcfg, _, _ = _fit_and_ship(cfg, perturb=0.0)
     for f in Path(cfg.cache_dir).glob("predictors-*"):
@@ -162,7 +162,8 @@ def test_the_kits_shipped_predictors_match_their_files_and_configs():
     """Every listed (entry, seed, variant) has a shipped predictor whose key is the one the listed config
     computes today on the shipped model, and whose file is intact (a change of the fitting code, features
     or predictor config fails here: run `make models`)."""
-    from quee_kit.study import QUEE_VARIANTS, predictor_artifact_keys, predictor_configs
+    from quee_kit.study import QUEE_VARIANTS, predictor_configs
+    from quee_kit.study_run import predictor_artifact_keys
     entries = shipped.shipped_models(shipped.PREDICTORS_DIR)
     listed = {(e["name"], s, v) for e in shipped_list() for s in e["seeds"] for v in e.get("predictors", [])}
     assert listed and {(m.study, m.seed, m.train["variant"]) for m in entries.values()} == listed

@@ -73,7 +73,7 @@ def test_a_lock_is_held_by_one_process_at_a_time(tmp_path):
 
 
 def test_a_study_is_evaluated_under_its_lock(digits_prep, monkeypatch):
-    from quee_kit.study import run_study
+    from quee_kit.study_run import run_study
     from conftest import STUDY_OVERRIDES
     from quee_kit.config import load_config
     taken = []

@@ -8,7 +8,7 @@ import pytest
 from quee_kit.config import cache_dir, load_config
 from quee_kit.explorer import build_explorer_data
 from quee_kit.methods import METHODS, register_method
-from quee_kit.study import run_study
+from quee_kit.study_run import run_study
 from quee_kit.study_store import study_artifact
 
 from conftest import STUDY_OVERRIDES

@@ -6,7 +6,7 @@ import pytest
 
 from quee_kit.artifacts import load_artifact
 from quee_kit.config import load_config
-from quee_kit.study import run_study
+from quee_kit.study_run import run_study
 from quee_kit.warm import Task, release_loaded, run_graph, study_tasks, warm
 
 from test_parallel import assert_same

@@ -138,7 +138,7 @@ class ExplorerData:
     def study(self):
         """The live :class:`~quee_kit.study.Study` (loaded from the cache on first use: seconds to minutes)."""
         if self._study is None:
-            from ..study import run_study
+            from ..study_run import run_study
             cfg = load_config(self.config, [*self.overrides, f"seed={self.seed}"], fast=self.fast)
             self._study = run_study(cfg, progress=False)
         return self._study
@@ -240,7 +240,7 @@ def load_explorer_data(config: str = "configs/mnist10k.yaml", fast: bool | None 
         data = ExplorerData.from_payload(load_artifact(path, key))
     else:
         def make():
-            from ..study import run_study
+            from ..study_run import run_study
             if progress:
                 print(f"building the explorer data for the {'fast' if fast else 'full'} study (once; "
                       f"minutes when the model is not trained yet)…", flush=True)
