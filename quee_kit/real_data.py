@@ -38,6 +38,7 @@ import numpy as np
 import torch
 
 from .dataset_files import DataError, OfficialSplits, register_dataset
+from .vision_import import import_torchvision
 from .dataset_files import CIFAR as _CIFAR
 from .dataset_files import check_cifar as _check_cifar
 from .dataset_files import check_imagenet as _check_imagenet
@@ -86,7 +87,6 @@ def _verify(name: str, folder: Path, files: list[str]) -> None:
 
 def _download(name: str, root: Path) -> None:
     """Fetch with torchvision's own dataset classes (only when data.download is true)."""
-    from .vision_import import import_torchvision
     datasets = import_torchvision().datasets
     root.mkdir(parents=True, exist_ok=True)
     for train in (True, False):
