@@ -34,8 +34,10 @@ from torch import nn
 
 from .config import key_fields
 from .quant import ActQuant, QuantLinear, qmax
+from .registry import QUANT_BACKENDS
 
-__all__ = ["BACKENDS", "IntLinear", "CompiledBlock", "to_backend", "int_mm_available", "act_scale", "quant_key"]
+__all__ = ["BACKENDS", "Backend", "IntLinear", "CompiledBlock", "to_backend", "int_mm_available", "act_scale",
+           "quant_key"]
 
 BACKENDS = ("fake", "compiled", "int", "int-compiled")
 INT_MAX_BITS = 8  # values of at most this many bits fit int8 operands
@@ -47,9 +49,11 @@ INT_NUMERICS = 2
 
 def quant_key(q) -> dict:
     """What an artifact keyed on a :class:`~quee_kit.config.QuantConfig` hashes: its key fields, plus the
-    integer backends' :data:`INT_NUMERICS` (the ``fake`` and ``compiled`` keys are the fields alone)."""
+    version of its backend's arithmetic where the backend declares one (``numerics``: the integer backends'
+    :data:`INT_NUMERICS`; the ``fake`` and ``compiled`` keys are the fields alone)."""
     k = key_fields(q)
-    return {**k, "int_numerics": INT_NUMERICS} if str(k.get("backend", "fake")).startswith("int") else k
+    numerics = QUANT_BACKENDS.get(str(k.get("backend", "fake"))).numerics
+    return {**k, "int_numerics": numerics} if numerics else k
 
 
 def act_scale(x2d: torch.Tensor, act: ActQuant, rows_per_sample: int) -> torch.Tensor:
@@ -138,19 +142,41 @@ class CompiledBlock(nn.Module):
             return self.block(x)
 
 
-def to_backend(block: nn.Module, backend: str) -> nn.Module:
-    """``block`` (a level's block from :func:`quee_kit.quant.apply_level`) computed by ``backend``.
+class Backend:
+    """How a quantized block computes (``quant.backend``): a class registered in
+    :data:`~quee_kit.registry.QUANT_BACKENDS` under its name, whose ``convert(block)`` returns the block
+    computed its way (the same numbers up to float rounding); ``numerics``: the version of its arithmetic,
+    keyed into the artifacts it builds (0: none beyond the config's fields). A new backend is one such class
+    in one file."""
+    numerics = 0
 
-    ``fake`` returns it unchanged; ``int`` returns a copy whose eligible :class:`QuantLinear` layers are
-    :class:`IntLinear`; the ``-compiled`` forms wrap the result in :class:`CompiledBlock`. A float block (no
-    quantized layer) is returned unchanged by every backend.
-    """
-    if backend not in BACKENDS:
-        raise ValueError(f"quant.backend must be one of {', '.join(BACKENDS)} (got {backend!r})")
-    if backend == "fake" or not any(isinstance(m, QuantLinear) for m in block.modules()):
+    @classmethod
+    def convert(cls, block: nn.Module) -> nn.Module:
         return block
-    out = block
-    if backend.startswith("int"):
+
+
+@QUANT_BACKENDS.register("fake")
+class FakeBackend(Backend):
+    """Float32 fake quantization, the reference: the block as :func:`~quee_kit.quant.apply_level` made it."""
+
+
+@QUANT_BACKENDS.register("compiled")
+class CompiledBackend(Backend):
+    """The same graph through ``torch.compile``."""
+
+    @classmethod
+    def convert(cls, block: nn.Module) -> nn.Module:
+        return CompiledBlock(block)
+
+
+@QUANT_BACKENDS.register("int")
+class IntBackend(Backend):
+    """A copy whose eligible :class:`QuantLinear` layers (weights and activations of at most
+    :data:`INT_MAX_BITS` bits) are :class:`IntLinear`."""
+    numerics = INT_NUMERICS
+
+    @classmethod
+    def convert(cls, block: nn.Module) -> nn.Module:
         out = copy.deepcopy(block)
 
         def swap(mod: nn.Module):
@@ -163,4 +189,24 @@ def to_backend(block: nn.Module, backend: str) -> nn.Module:
                     swap(child)
 
         swap(out)
-    return CompiledBlock(out) if backend.endswith("compiled") else out
+        return out
+
+
+@QUANT_BACKENDS.register("int-compiled")
+class IntCompiledBackend(IntBackend):
+    """``int``, with the rounding and rescaling around each integer product fused by ``torch.compile``."""
+
+    @classmethod
+    def convert(cls, block: nn.Module) -> nn.Module:
+        return CompiledBlock(IntBackend.convert(block))
+
+
+def to_backend(block: nn.Module, backend: str) -> nn.Module:
+    """``block`` (a level's block from :func:`quee_kit.quant.apply_level`) computed by ``backend`` (a name in
+    :data:`~quee_kit.registry.QUANT_BACKENDS`). A float block (no quantized layer) is returned unchanged by
+    every backend."""
+    if backend not in QUANT_BACKENDS.names():
+        raise ValueError(f"quant.backend must be one of {', '.join(QUANT_BACKENDS.names())} (got {backend!r})")
+    if not any(isinstance(m, QuantLinear) for m in block.modules()):
+        return block
+    return QUANT_BACKENDS.get(backend).convert(block)

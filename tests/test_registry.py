@@ -104,3 +104,36 @@ def test_a_new_predictor_kind_is_one_class(digits_prep):
     finally:
         PREDICTOR_KINDS.pop("constant")
         PREDICTOR_KINDS.declared.pop("constant")
+
+
+def test_a_new_quantization_backend_is_one_class_and_its_numerics_key_its_artifacts():
+    from torch import nn
+
+    from quee_kit.backends import Backend, quant_key, to_backend
+    from quee_kit.config import QuantConfig
+    from quee_kit.models import ViTBlock
+    from quee_kit.quant import apply_level
+
+    class Marked(nn.Module):
+        def __init__(self, block):
+            super().__init__()
+            self.block = block
+
+    try:
+        @registry.QUANT_BACKENDS.register("marked")
+        class MarkedBackend(Backend):
+            numerics = 7
+
+            @classmethod
+            def convert(cls, block):
+                return Marked(block)
+
+        quantized = apply_level(ViTBlock(16, 2, 2), "w8a8")
+        assert isinstance(to_backend(quantized, "marked"), Marked)
+        float_block = ViTBlock(16, 2, 2)
+        assert to_backend(float_block, "marked") is float_block     # nothing to quantize: unchanged
+        assert quant_key(QuantConfig(backend="marked"))["int_numerics"] == 7
+        assert "int_numerics" not in quant_key(QuantConfig(backend="compiled"))
+    finally:
+        registry.QUANT_BACKENDS.pop("marked", None)
+        registry.QUANT_BACKENDS.declared.pop("marked", None)
