@@ -61,7 +61,6 @@ class DynamicModel(nn.Module):
         self.model, self.qblocks, self.predictor, self.costs = model.eval(), qblocks, predictor, costs
         self.opts, self.entry, self.lam, self.call_cost = opts, entry, float(lam), call_cost
         self.mask = opts.valid if mask is None else mask
-        self.delta = opts.delta_cost(call_cost)
         # nodes where err_hat can change the decision (as in the cache simulation)
         self.calls_at = call_needed(opts, self.mask, call_cost, [self.lam])[0]
         self.tree = opts.tree
@@ -72,7 +71,7 @@ class DynamicModel(nn.Module):
         self.call_charge = np.where(self.calls_at, call_cost, 0.0)   # what a decision at each node pays
         # the rule's score is ê + λ·Δcost over the allowed options (lowest option index on ties); where ê is
         # not needed it is taken as 0, so the choice at such a node is fixed
-        self.lam_delta = self.lam * self.delta
+        self.lam_delta = self.lam * opts.delta_cost(call_cost)
         free = np.where(self.mask, np.float32(0) + self.lam_delta, np.inf).argmin(1)
         self.free_next = opts.next_node[np.arange(len(free)), free]
 
