@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .config_rules import ConfigError, UserError, check_lengths, check_limits, fail, read_yaml
-
 from .dataset_files import check_files, validate_dataset_name
 from .locations import resolve_path, store_root
 from .quant_levels import parse_level
@@ -155,10 +154,15 @@ class QuantConfig:
 class PathsConfig:
     family: str = "monotone"   # monotone (level may only stay or go down) | free | uniform
     batch_size: int = field(default=500, metadata={"key": False})  # samples per chunk when building the path cache (same numbers)
+    # the forward pass of the path caches and the engine: float32 | float64 (about 3x slower on a CPU; near-ties
+    # of quantization rounding then fall the same way on every CPU: docs/results.md, "Across machines")
+    dtype: str = field(default="float32", metadata={"key_if_set": True})
 
     def validate(self, p: str) -> None:
         if self.family not in ("monotone", "free", "uniform"):
             fail(f"{p}.family", "'monotone', 'free' or 'uniform'", self.family)
+        if self.dtype not in ("float32", "float64"):
+            fail(f"{p}.dtype", "'float32' or 'float64'", self.dtype)
         if self.batch_size < 1:
             fail(f"{p}.batch_size", "an int >= 1", self.batch_size)
 
@@ -298,22 +302,13 @@ def _coerce(value, tp, key: str):
         if not isinstance(value, (list, tuple)):
             fail(key, f"a list of {_type_name(args[0])}", value)
         return [_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)]
-    if tp is bool:
-        if not isinstance(value, bool):
-            fail(key, "true or false", value)
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            fail(key, "an int", value)
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            fail(key, "a number", value)
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            fail(key, "a string", value)
-        return value
+    simple = {bool: ((bool,), "true or false"), int: ((int,), "an int"), float: ((int, float), "a number"),
+              str: ((str,), "a string")}
+    if tp in simple:
+        types, what = simple[tp]
+        if not isinstance(value, types) or (tp is not bool and isinstance(value, bool)):   # True is an int too
+            fail(key, what, value)
+        return float(value) if tp is float else value
     raise TypeError(f"unsupported annotation {tp} for {key}")
 
 

@@ -21,7 +21,7 @@ from torch import nn
 from torch.profiler import record_function
 
 from .costs import CostModel
-from .models import EarlyExitModel, first_token_state
+from .models import EarlyExitModel, first_token_state, input_dtype
 from .paths import FEATURE_NAMES, compact_features
 from .quant_features import quant_stats
 from .policy import call_needed
@@ -65,6 +65,7 @@ class DynamicModel(nn.Module):
         self.calls_at = call_needed(opts, self.mask, call_cost, [self.lam])[0]
         self.tree = opts.tree
         self.cls_last = getattr(model.heads[-1], "reads_cls", False)
+        self.dtype = input_dtype(model)   # the path cache's (``paths.dtype``): inputs are cast to it
         # block_cost[t, q]: normalized cost of block index t (0-based; depth t + 1) at level q
         self.block_cost = np.array([[costs.block(t + 1, lv) for lv in self.tree.levels] for t in range(self.tree.L)])
         self.head_cost = [0.0] + [costs.head(t) for t in range(1, self.tree.L + 1)]
@@ -85,7 +86,7 @@ class DynamicModel(nn.Module):
         node = np.full(N, tree.entry[self.entry])
         dev = next(self.model.parameters()).device            # backbone on the GPU, predictors on the CPU
         with self._label("blocks"):
-            h = self._block(self.qblocks[self.entry][0], self.model.stem(x.to(dev)), 0)
+            h = self._block(self.qblocks[self.entry][0], self.model.stem(x.to(dev, self.dtype)), 0)
         # Costs are accumulated from what actually runs: stem, each block at its level, each head,
         # each predictor call.
         cost += self.costs.stem + self.costs.block(1, tree.levels[self.entry])
@@ -168,6 +169,6 @@ class DynamicModel(nn.Module):
         feats = compact_features(logits, prev_logits, t, self.tree.level[node], self.tree.L, len(self.tree.levels),
                                  [c for c in cols if c < len(FEATURE_NAMES)] if quant else cols)
         if quant:
-            feats = torch.cat([feats, quant_stats(h, self.tree.levels).cpu()], -1)
+            feats = torch.cat([feats, quant_stats(h, self.tree.levels).float().cpu()], -1)
         with self._label("predictor"):
             return self.predictor.predict_rows(feats.numpy(), np.full(len(node), t), node)

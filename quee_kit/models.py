@@ -16,7 +16,27 @@ from .quant import softmax_fake_quant
 from .registry import BACKBONES
 
 __all__ = ["EarlyExitModel", "ViTStem", "ViTBlock", "Attention", "ExitHead", "BACKBONES",
-           "register_backbone", "build_model", "first_token_state", "stored_once"]
+           "register_backbone", "build_model", "first_token_state", "stored_once", "widen", "input_dtype"]
+
+
+def widen(module: nn.Module, dtype: torch.dtype) -> nn.Module:
+    """``module`` with its float32 parameters and buffers turned to ``dtype``, in place (``paths.dtype:
+    float64``). Unlike ``module.to(dtype)`` it leaves every other dtype alone: a bf16 reference block
+    (:class:`~quee_kit.quant.CastBlock`) stays bf16, integer weights stay integers. Weights already rounded to a
+    level's grid are integers times a float32 scale, which float64 holds exactly."""
+    for m in module.modules():
+        for name, p in m.named_parameters(recurse=False):
+            if p.dtype == torch.float32:
+                p.data = p.data.to(dtype)
+        for name, b in m.named_buffers(recurse=False):
+            if b.dtype == torch.float32:
+                setattr(m, name, b.to(dtype))
+    return module
+
+
+def input_dtype(model: nn.Module) -> torch.dtype:
+    """The dtype ``model`` computes in: that of its first floating-point parameter (its inputs are cast to it)."""
+    return next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
 
 
 class EarlyExitModel(nn.Module):

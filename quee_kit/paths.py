@@ -17,7 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .costs import CostModel
-from .models import EarlyExitModel, first_token_state
+from .models import EarlyExitModel, first_token_state, input_dtype
 from .quant import Level
 from .quant_features import quant_stats
 
@@ -232,6 +232,7 @@ def build_path_cache(model: EarlyExitModel, qblocks: dict[int, list[torch.nn.Mod
     ``quant_features``: also the statistics of every decision node's state (``PathCache.qstats``).
     """
     model.eval()
+    dtype = input_dtype(model)   # float32, or float64 with ``paths.dtype`` (logits are stored in float32 either way)
     cls_last = getattr(model.heads[tree.L - 1], "reads_cls", False)
     n_nodes, N = len(tree), len(x)
     logits = qstats = None
@@ -239,7 +240,7 @@ def build_path_cache(model: EarlyExitModel, qblocks: dict[int, list[torch.nn.Mod
     steps = n_nodes * ((N + batch_size - 1) // batch_size)
     bar = tqdm(total=steps, desc=f"{desc} ({n_nodes} nodes)", disable=not progress, leave=False)
     for s in range(0, N, batch_size):
-        xb = x[s:s + batch_size].to(device)
+        xb = x[s:s + batch_size].to(device, dtype)
         root = model.stem(xb)
         states = {-1: root}
         for t in range(1, tree.L + 1):
@@ -255,7 +256,7 @@ def build_path_cache(model: EarlyExitModel, qblocks: dict[int, list[torch.nn.Mod
                 if t < tree.L:
                     new[int(node)] = h
                     if quant_features:
-                        st = quant_stats(h, tree.levels).cpu()
+                        st = quant_stats(h, tree.levels).float().cpu()
                         if qstats is None:
                             qstats = torch.full((n_nodes, N, st.shape[-1]), float("nan"))
                         qstats[node, s:s + len(xb)] = st

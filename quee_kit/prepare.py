@@ -23,7 +23,7 @@ from .costs import CostModel
 from .data import Dataset, load_dataset
 from . import timm_backbones  # noqa: F401  (registers the "timm" backbone beside models.py's own)
 from . import cnn  # noqa: F401  (registers the "cnn" backbone)
-from .models import BACKBONES, EarlyExitModel, build_model
+from .models import BACKBONES, EarlyExitModel, build_model, widen
 from .parallel import one_thread, resolve_jobs, run_jobs
 from .paths import PathCache, PathTree, build_path_cache
 from .prepared import Prepared  # re-exported: what stage one returns
@@ -133,6 +133,10 @@ def prepare(cfg: Config, splits: tuple[str, ...] = ("calib", "test"), progress: 
         for i, lv in enumerate(levels):
             if lv.is_float:
                 qblocks[i] = [CastBlock(b, REF_DTYPES[q.ref_dtype]) for b in qblocks[i]]
+    if cfg.paths.dtype != "float32":  # the path caches and the engine compute in it (models.widen)
+        dtype = getattr(torch, cfg.paths.dtype)
+        widen(model, dtype)
+        qblocks = {i: [widen(b, dtype) for b in blocks] for i, blocks in qblocks.items()}
     prep = Prepared(cfg, data, model, levels, costs, tree, qblocks, timings=timings, model_hash=weights,
                     model_source=source, act_scales=act_scales, store=Store.at(cfg.cache_dir))
     missing = [s for s in splits if not cache_path(prep, s)[1].exists()]

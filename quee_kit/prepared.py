@@ -24,7 +24,8 @@ __all__ = ["Prepared"]
 @dataclass
 class Prepared:
     """Everything downstream stages need. ``levels[0]`` is the reference; ``qblocks[q][t - 1]`` is
-    block ``t`` (1-based depth) at ``levels[q]``; ``caches`` maps split name -> :class:`PathCache`."""
+    block ``t`` (1-based depth) at ``levels[q]``; ``caches`` maps split name -> :class:`PathCache`. ``model``
+    and ``qblocks`` compute in ``paths.dtype`` (float32, or float64: cast inputs to it)."""
     cfg: Config
     data: Dataset
     model: EarlyExitModel

@@ -213,7 +213,7 @@ REF_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 class CastBlock(nn.Module):
     """A float block run in ``dtype`` (e.g. the reference level in bf16 on a GPU): the input is cast to
-    ``dtype``, the output back to float32, so the stem, heads and the other levels are unchanged.
+    ``dtype``, the output back to the input's dtype, so the stem, heads and the other levels are unchanged.
     Costed like any reference block, at its nominal bits (16 x 16 for ``w16a16``)."""
 
     def __init__(self, block: nn.Module, dtype: torch.dtype):
@@ -223,12 +223,12 @@ class CastBlock(nn.Module):
             p.requires_grad_(False)
 
     def forward(self, x):
-        return self.block(x.to(self.dtype)).float()
+        return self.block(x.to(self.dtype)).to(x.dtype)
 
     def first_token(self, x):
         """The wrapped block's ``first_token`` (see :func:`quee_kit.models.first_token_state`), or None."""
         out = self.block.first_token(x.to(self.dtype)) if hasattr(self.block, "first_token") else None
-        return None if out is None else out.float()
+        return None if out is None else out.to(x.dtype)
 
 
 # ---------------------------------------------------------------- quantized residual stream (optional)
