@@ -66,3 +66,11 @@ def test_float64_cache_is_the_float64_forward_rounded_to_float32(f64_study, digi
 
 def test_float64_engine_matches_float64_cache_simulation(f64_study):
     assert_engine_equals_simulation(f64_study, [(0, 0.5), (2, 3.0), (4, 20.0), (1, 0.0)])
+
+
+def test_predictors_fitted_on_float64_caches_are_their_own_artifacts(f64_study, study):
+    from quee_kit.study_run import predictor_artifact_keys
+    pcfg = f64_study.prep.cfg.predictor
+    k64 = predictor_artifact_keys(f64_study.prep, [pcfg], f64_study.prep.cfg.seed)
+    k32 = predictor_artifact_keys(study.prep, [pcfg], f64_study.prep.cfg.seed)
+    assert k64 != k32      # else a float32 fit would be loaded for float64 caches
