@@ -10,6 +10,9 @@ compiled with ``mode="reduce-overhead"``, i.e. CUDA graphs):
 * ``engine``: QuEE's :class:`~quee_kit.engine.DynamicModel` at each default budget (entry and λ chosen
   on calib), after checking that it exits every test sample at the node the cache simulation says.
 
+Both compute in float32, a deployment's numerics: ``paths.dtype=float32`` comes before ``--set`` (the default
+config studies in float64, for figures that are the same on every CPU).
+
 Writes ``OUT/engine.csv`` (``backend,mode,budget,batch_size,us_per_sample,speedup_vs_float_full`` and
 then ``level,blocks_per_sample,cost_bops,engine_vs_cache_mismatches,float_full_us``, the eager float model's
 time beside that row, ``float_compiled_us`` the compiled one's, ``float_best_us`` the faster of the two,
@@ -199,7 +202,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--profile", action="store_true")
     args = ap.parse_args()
-    overrides = list(args.set) + ([f"device={args.device}"] if args.device else [])
+    overrides = ["paths.dtype=float32", *args.set] + ([f"device={args.device}"] if args.device else [])
     base = load_config(args.config, overrides, fast=args.fast)
     backends = args.backends.split(",")
     for b in backends:

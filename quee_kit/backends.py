@@ -1,4 +1,4 @@
-"""How a quantized block is computed: ``fake`` (float32 fake quantization, the reference), ``compiled``
+"""How a quantized block is computed: ``fake`` (fake quantization in the forward's float dtype, the reference), ``compiled``
 (the same graph through ``torch.compile``), ``int`` (integer GEMMs) or ``int-compiled`` (integer GEMMs,
 with the quantize and rescale arithmetic around them fused by ``torch.compile``).
 
@@ -157,7 +157,7 @@ class Backend:
 
 @QUANT_BACKENDS.register("fake")
 class FakeBackend(Backend):
-    """Float32 fake quantization, the reference: the block as :func:`~quee_kit.quant.apply_level` made it."""
+    """Fake quantization in the forward's float dtype (``paths.dtype``), the reference: the block as :func:`~quee_kit.quant.apply_level` made it."""
 
 
 @QUANT_BACKENDS.register("compiled")

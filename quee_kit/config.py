@@ -114,8 +114,8 @@ class QuantConfig:
     act_granularity: str = "token"       # token: one scale per token of a sample | tensor: one per sample
     clip_percentile: float | None = None  # e.g. 99.9 clips activations at that percentile of |x| (per sample)
     quantize_attention: bool = True       # attention matmuls at a_bits (and costed so) or float (costed at reference)
-    ref_dtype: str = "float32"            # the float reference level runs in float32 | bfloat16 (costed at its bits either way)
-    backend: str = "fake"                 # how quantized blocks compute: fake (float32) | compiled | int (int8 GEMMs) | int-compiled
+    ref_dtype: str = "float32"            # the float reference level: float32 (as the forward, paths.dtype) | bfloat16 (costed at its bits either way)
+    backend: str = "fake"                 # how quantized blocks compute: fake (in paths.dtype) | compiled | int (int8 GEMMs) | int-compiled
     residual: bool = False                # also quantize each block's input (the un-normalized residual stream) at a_bits
     # dynamic: activation scales per sample/token (above) | static: one scale per tensor and point, calibrated once
     # on the float model (quant_static.py). Keyed only when set, so the default keys (and caches) stay as they were.

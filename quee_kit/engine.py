@@ -4,7 +4,7 @@ Samples are grouped by the level of their next block; each group's block runs on
 level; samples that exit leave the batch. Predictions and per-sample costs equal what the
 path-cache simulation (:func:`quee_kit.policy.simulate`) says for the same inputs.
 
-With ``quant.backend: fake`` the quantized blocks compute in float32, so the engine saves time only
+With ``quant.backend: fake`` the quantized blocks compute in floats (``paths.dtype``), so the engine saves time only
 through the blocks it skips; the ``int`` and ``int-compiled`` backends make low-precision blocks cheaper
 than float ones too (README, "Wall-clock"). With ``labels = True`` ``torch.profiler`` sees the engine's parts
 as ``engine.blocks``, ``engine.heads``, ``engine.decide`` (with ``engine.predictor``) and ``engine.regroup``
