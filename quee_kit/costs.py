@@ -91,7 +91,7 @@ class CostModel:
 
     def __init__(self, model: EarlyExitModel, image_shape, levels: list[Level], ref: Level,
                  quantize_attention: bool = True):
-        x = torch.zeros(1, *image_shape)
+        x = torch.zeros(1, *image_shape, dtype=next(model.parameters()).dtype)
         was_training = model.training
         model.eval()
         self.stem_ops, h = count_ops(model.stem, x)

@@ -111,7 +111,8 @@ def feature_ops(levels: list[Level], numel: int) -> int:
 @torch.no_grad()
 def state_numel(model, image_shape) -> int:
     """The largest per-sample element count of a block's output (the state a decision node reads)."""
-    h = model.stem(torch.zeros(1, *image_shape, device=next(model.parameters()).device))
+    p = next(model.parameters())   # its device and dtype (float64 with paths.dtype)
+    h = model.stem(torch.zeros(1, *image_shape, device=p.device, dtype=p.dtype))
     n = 0
     for b in model.blocks:
         h = b(h)

@@ -51,7 +51,7 @@ def flop_check_table(model, image_shape) -> pd.DataFrame:
     from .costs import count_ops
     was_training = model.training
     model.eval()
-    h, rows = torch.zeros(1, *image_shape), []
+    h, rows = torch.zeros(1, *image_shape, dtype=next(model.parameters()).dtype), []   # float64 with paths.dtype
     parts = [("stem", model.stem)] + [(f"{k}{t + 1}", m) for t in range(model.depth)
                                       for k, m in (("block", model.blocks[t]), ("head", model.heads[t]))]
     with torch.no_grad():

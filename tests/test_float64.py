@@ -74,3 +74,15 @@ def test_predictors_fitted_on_float64_caches_are_their_own_artifacts(f64_study, 
     k64 = predictor_artifact_keys(f64_study.prep, [pcfg], f64_study.prep.cfg.seed)
     k32 = predictor_artifact_keys(study.prep, [pcfg], f64_study.prep.cfg.seed)
     assert k64 != k32      # else a float32 fit would be loaded for float64 caches
+
+
+def test_shape_probes_run_on_a_float64_model(f64_study, digits_prep):
+    from quee_kit.costs import CostModel
+    from quee_kit.quant_features import state_numel
+    from quee_kit.tables import flop_check_table
+    prep = f64_study.prep
+    shape = prep.data.image_shape
+    assert state_numel(prep.model, shape) == state_numel(digits_prep.model, shape)
+    assert flop_check_table(prep.model, shape).match.all()
+    c64 = CostModel(prep.model, shape, prep.levels, prep.levels[0], prep.cfg.quant.quantize_attention)
+    assert c64.stem_ops == prep.costs.stem_ops and c64.block_ops == prep.costs.block_ops
