@@ -154,9 +154,9 @@ class QuantConfig:
 class PathsConfig:
     family: str = "monotone"   # monotone (level may only stay or go down) | free | uniform
     batch_size: int = field(default=500, metadata={"key": False})  # samples per chunk when building the path cache (same numbers)
-    # the forward pass of the path caches and the engine: float32 | float64 (about 3x slower on a CPU; near-ties
-    # of quantization rounding then fall the same way on every CPU: docs/results.md, "Across machines")
-    dtype: str = field(default="float32", metadata={"key_if_set": True})
+    # the forward pass of the path caches and the engine: float64 (near-ties of quantization rounding fall the
+    # same way on every CPU: docs/results.md, "Across machines") | float32 (about 3x faster to build on a CPU)
+    dtype: str = "float64"
 
     def validate(self, p: str) -> None:
         if self.family not in ("monotone", "free", "uniform"):

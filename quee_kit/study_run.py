@@ -54,7 +54,7 @@ def predictor_artifact_keys(prep: Prepared, pcfgs: list, seed: int) -> list[str]
                          quant_key(prep.cfg.quant), FEATURE_NAMES,  # a change of features makes old ones stale
                          *([QUANT_STATS, QUANT_STATS_VERSION] if pcfg.features == "quant" else []),
                          *([prep.act_scales.digest()] if prep.act_scales is not None else []),
-                         # fitted on caches of that dtype (float32, the default, keeps the keys it had)
+                         # fitted on caches of that dtype (float32 fits keep the keys they had before it)
                          *([prep.cfg.paths.dtype] if prep.cfg.paths.dtype != "float32" else []))
             for pcfg in pcfgs]
 

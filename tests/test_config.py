@@ -50,7 +50,7 @@ def test_cli_rejects_bad_config_before_compute(tmp_path):
 
 def test_key_fields_are_the_config_section_less_what_cannot_change_numbers():
     from quee_kit.config import PathsConfig, QuantConfig, key_fields
-    assert key_fields(PathsConfig()) == {"family": "monotone"}          # batch_size: same numbers either way
+    assert key_fields(PathsConfig()) == {"family": "monotone", "dtype": "float64"}   # batch_size: same numbers either way
     q = QuantConfig()
     # every quant field changes the numbers; the static-scale ones are keyed only when set, so that the
     # default keys (and every stored default artifact) stay what they were before those options existed

@@ -30,11 +30,12 @@ def test_widen_turns_float32_alone_and_keeps_rounded_weights_exact():
     assert out.dtype == torch.float64
 
 
-def test_paths_dtype_is_checked_and_keys_only_when_set():
+def test_paths_dtype_is_checked_defaults_to_float64_and_is_keyed():
     with pytest.raises(ConfigError, match=r"paths\.dtype.*'float32' or 'float64'"):
         load_config("configs/digits.yaml", ["paths.dtype=float16"])
-    assert "dtype" not in key_fields(PathsConfig())           # float32 caches keep the names they had
-    assert key_fields(PathsConfig(dtype="float64"))["dtype"] == "float64"
+    assert PathsConfig().dtype == "float64"                   # the built-in default, as configs/mnist10k.yaml
+    assert load_config("configs/digits.yaml").paths.dtype == "float32"
+    assert key_fields(PathsConfig(dtype="float32")) != key_fields(PathsConfig())   # caches of each are their own
 
 
 @pytest.fixture(scope="module")
