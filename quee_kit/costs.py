@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .models import Attention, EarlyExitModel
+from .models import Attention, EarlyExitModel, input_dtype
 from .quant import Level, deployed
 
 # Bump when a change here changes the numbers of a stored study (keyed by quee_kit.store.code_versions).
@@ -91,7 +91,7 @@ class CostModel:
 
     def __init__(self, model: EarlyExitModel, image_shape, levels: list[Level], ref: Level,
                  quantize_attention: bool = True):
-        x = torch.zeros(1, *image_shape, dtype=next(model.parameters()).dtype)
+        x = torch.zeros(1, *image_shape, dtype=input_dtype(model))
         was_training = model.training
         model.eval()
         self.stem_ops, h = count_ops(model.stem, x)

@@ -49,9 +49,10 @@ def flop_check_table(model, image_shape) -> pd.DataFrame:
     from torch.utils.flop_counter import FlopCounterMode
 
     from .costs import count_ops
+    from .models import input_dtype
     was_training = model.training
     model.eval()
-    h, rows = torch.zeros(1, *image_shape, dtype=next(model.parameters()).dtype), []   # float64 with paths.dtype
+    h, rows = torch.zeros(1, *image_shape, dtype=input_dtype(model)), []   # float64 with paths.dtype
     parts = [("stem", model.stem)] + [(f"{k}{t + 1}", m) for t in range(model.depth)
                                       for k, m in (("block", model.blocks[t]), ("head", model.heads[t]))]
     with torch.no_grad():
