@@ -25,7 +25,7 @@ def widen(module: nn.Module, dtype: torch.dtype) -> nn.Module:
     (:class:`~quee_kit.quant.CastBlock`) stays bf16, integer weights stay integers. Weights already rounded to a
     level's grid are integers times a float32 scale, which float64 holds exactly."""
     for m in module.modules():
-        for name, p in m.named_parameters(recurse=False):
+        for p in m.parameters(recurse=False):
             if p.dtype == torch.float32:
                 p.data = p.data.to(dtype)
         for name, b in m.named_buffers(recurse=False):
